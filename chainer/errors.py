@@ -1,0 +1,197 @@
+"""Every error chainer raises, in one tree.
+
+The tree separates the questions a caller must answer after a failure:
+
+    ChainerError
+    ├── StoryboardError          the storyboard is wrong; positioned problems, nothing was sent
+    ├── ConfigError              a flag, an environment variable or a profile is wrong
+    ├── ProviderError            talking to the provider failed (carries request_id when known)
+    │   ├── RequestNotSent       provably never left this machine: safe to send again
+    │   ├── OutcomeUnknown       sent, but no trustworthy answer came back: a create may have
+    │   │                        happened, so it must be reconciled, never blindly re-sent
+    │   ├── ProtocolError        the provider answered with something that is not its protocol
+    │   └── ApiError             the provider answered with a non-zero business code
+    │       ├── AuthError            1000-1004
+    │       ├── AccountError         1100-1103 (arrears, no resource pack, no permission)
+    │       ├── InvalidRequestError  1200-1203
+    │       ├── PolicyError          1300, 1301, 1304
+    │       ├── RateLimitError       1302, 1303
+    │       └── ServerError          5000-5002
+    ├── TaskFailed               the API call worked, but the remote task ended `failed`
+    ├── ChainLocked              another process owns this chain
+    ├── JournalError             the local journal is unusable or disagrees with the request
+    ├── DownloadError            a result could not be fetched or verified
+    └── MediaError               an ffmpeg/ffprobe call failed (carries the command and stderr)
+
+"The remote task failed" (TaskFailed) is kept apart from "the API call failed"
+(ProviderError): the first cost money and needs a new prompt, the second usually needs
+a retry or a fix of credentials.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+
+class ChainerError(Exception):
+    """Base of every error chainer raises on purpose."""
+
+    exit_code: int = 1
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One positioned problem in an input file (storyboard, config)."""
+
+    file: str
+    line: int
+    column: int
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.file}:{self.line}:{self.column}: {self.message}"
+
+
+class StoryboardError(ChainerError):
+    """A storyboard could not be accepted. Holds every problem found in one pass."""
+
+    exit_code = 2
+
+    def __init__(self, problems: Sequence[Problem]):
+        self.problems = list(problems)
+        super().__init__("\n".join(str(p) for p in self.problems))
+
+
+class ConfigError(ChainerError):
+    """A command-line flag, environment variable or profile setting is unusable."""
+
+    exit_code = 2
+
+
+class ProviderError(ChainerError):
+    """Talking to the provider failed. `request_id` is what its support will ask for."""
+
+    def __init__(self, message: str, *, request_id: str | None = None):
+        self.request_id = request_id
+        suffix = f" (request_id {request_id})" if request_id else ""
+        super().__init__(f"{message}{suffix}")
+
+    @property
+    def retryable(self) -> bool:
+        return False
+
+
+class RequestNotSent(ProviderError):
+    """The request never reached the provider (connect error or connect/pool timeout)."""
+
+    @property
+    def retryable(self) -> bool:
+        return True
+
+
+class OutcomeUnknown(ProviderError):
+    """The request may have been acted on, but no trustworthy answer came back.
+
+    For a query this is just a failed read. For a create it means a task may exist and
+    be billed: the caller must reconcile (look the task up) before any new submission.
+    """
+
+    @property
+    def retryable(self) -> bool:
+        return True
+
+
+class ProtocolError(ProviderError):
+    """The provider's answer does not follow the Kling protocol (bad JSON, wrong shape)."""
+
+
+class ApiError(ProviderError):
+    """The provider answered with a non-zero business `code`."""
+
+    def __init__(
+        self,
+        *,
+        code: int,
+        message: str,
+        http_status: int,
+        request_id: str | None = None,
+        retryable: bool = False,
+        retry_after: float | None = None,
+        meaning: str = "",
+    ):
+        self.code = code
+        self.api_message = message
+        self.http_status = http_status
+        self.meaning = meaning
+        self.retry_after = retry_after
+        self._retryable = retryable
+        what = f"{meaning}: {message}" if meaning and message else (meaning or message)
+        super().__init__(f"HTTP {http_status}, code {code}: {what}", request_id=request_id)
+
+    @property
+    def retryable(self) -> bool:
+        return self._retryable
+
+
+class AuthError(ApiError):
+    """1000-1004: credentials missing, malformed, not yet valid or expired."""
+
+
+class AccountError(ApiError):
+    """1100-1103: the account cannot pay or is not entitled. Stops everything at once."""
+
+
+class InvalidRequestError(ApiError):
+    """1200-1203: the request itself is wrong (bad field, unknown task or video id)."""
+
+
+class PolicyError(ApiError):
+    """1300, 1301, 1304: a platform, content-safety or IP policy refused the request."""
+
+
+class RateLimitError(ApiError):
+    """1302 (too fast) and 1303 (account concurrency full): wait and try again."""
+
+
+class ServerError(ApiError):
+    """5000-5002: the provider's own trouble. Retry later."""
+
+
+class TaskFailed(ChainerError):
+    """The remote task ended with `task_status: failed`; the provider's reason is kept."""
+
+    def __init__(self, *, task_id: str, reason: str, request_id: str | None = None):
+        self.task_id = task_id
+        self.reason = reason
+        self.request_id = request_id
+        super().__init__(f"task {task_id} failed: {reason or 'no reason given'}")
+
+
+class ChainLocked(ChainerError):
+    """Another live process owns the chain."""
+
+    exit_code = 3
+
+
+class JournalError(ChainerError):
+    """The journal cannot be used as it is (corrupt, newer schema, changed request)."""
+
+
+class DownloadError(ChainerError):
+    """A result could not be downloaded or did not verify."""
+
+
+class MediaError(ChainerError):
+    """An ffmpeg or ffprobe call failed; the message carries the command and stderr tail."""
+
+    def __init__(self, message: str, *, command: Sequence[str] = (), stderr: str = ""):
+        self.command = list(command)
+        self.stderr = stderr
+        parts = [message]
+        if self.command:
+            parts.append("command: " + " ".join(self.command))
+        if stderr:
+            tail = "\n".join(stderr.strip().splitlines()[-8:])
+            parts.append("ffmpeg said:\n" + tail)
+        super().__init__("\n".join(parts))

@@ -1,0 +1,211 @@
+"""The Kling HTTP client: one request per call, every outcome mapped to chainer's errors.
+
+The client knows the wire and nothing else: it never retries, never sleeps and never
+decides what to do next (that is the runner's job). Its single transport seam is the
+`httpx.AsyncClient` it is given, which unit tests build on `httpx.MockTransport`.
+
+Outcome mapping, applied once, here:
+- connect error / connect or pool timeout        -> RequestNotSent (safe to send again)
+- any other transport failure (read timeout, ...) -> OutcomeUnknown
+- an envelope with code != 0                      -> the ApiError subclass for its family
+- a body that is not the Kling envelope           -> ProtocolError
+For creates, everything that leaves the server's action in doubt (5xx, a server-family
+code, a reply that cannot be read) is raised as OutcomeUnknown, chained to the cause,
+because a task may exist and be billed.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any, TypeVar
+
+import httpx
+from pydantic import BaseModel, ValidationError
+
+from .. import errors
+from ..rules import TaskKind, error_code
+from .auth import BearerAuth, JwtAuth
+from .config import ProviderConfig
+from .wire import CreateRequest, Envelope, Task
+
+_FAMILY_ERRORS: dict[str, type[errors.ApiError]] = {
+    "auth": errors.AuthError,
+    "account": errors.AccountError,
+    "invalid": errors.InvalidRequestError,
+    "policy": errors.PolicyError,
+    "rate": errors.RateLimitError,
+    "server": errors.ServerError,
+}
+
+DEFAULT_TIMEOUT = httpx.Timeout(connect=10.0, read=60.0, write=60.0, pool=10.0)
+
+M = TypeVar("M", bound=BaseModel)
+
+
+def _retry_after(response: httpx.Response) -> float | None:
+    value = response.headers.get("Retry-After")
+    if value is None:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        return None  # an HTTP date: rare for APIs, and backoff covers it
+
+
+def api_error(envelope: Envelope, response: httpx.Response) -> errors.ApiError:
+    """The typed exception for a non-zero business code."""
+    entry = error_code(envelope.code, response.status_code)
+    cls = _FAMILY_ERRORS[entry.family]
+    return cls(
+        code=envelope.code,
+        message=envelope.message,
+        http_status=response.status_code,
+        request_id=envelope.request_id or response.headers.get("X-Request-Id"),
+        retryable=entry.retryable,
+        retry_after=_retry_after(response),
+        meaning=entry.meaning,
+    )
+
+
+class KlingClient:
+    """Create, query and list Kling video tasks over one httpx.AsyncClient."""
+
+    def __init__(self, config: ProviderConfig, *, http: httpx.AsyncClient | None = None):
+        self.config = config
+        self._auth: httpx.Auth
+        if config.dialect == "official":
+            if not (config.access_key and config.secret_key):
+                raise errors.ConfigError("the official dialect needs an access key and a secret key")
+            self._auth = JwtAuth(config.access_key.get_secret_value(), config.secret_key.get_secret_value())
+        else:
+            if not config.api_key:
+                raise errors.ConfigError(f"provider {config.name!r} needs an API key")
+            self._auth = BearerAuth(config.api_key.get_secret_value())
+        self._http = http or httpx.AsyncClient(timeout=DEFAULT_TIMEOUT)
+        self._owns_http = http is None
+
+    async def aclose(self) -> None:
+        if self._owns_http:
+            await self._http.aclose()
+
+    async def __aenter__(self) -> KlingClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    # ------------------------------------------------------------------ public calls
+
+    async def create(self, kind: TaskKind, request: CreateRequest) -> Task:
+        """Create a task. Only RequestNotSent and 4xx ApiErrors prove nothing was created."""
+        try:
+            data, rid = await self._call("POST", f"/v1/videos/{kind}", json_body=request.body())
+            return self._parse(Task, data, kind, rid)
+        except errors.ApiError as exc:
+            if exc.http_status >= 500 or isinstance(exc, errors.ServerError):
+                raise errors.OutcomeUnknown(
+                    f"create {kind} answered {exc}; a task may have been created",
+                    request_id=exc.request_id,
+                ) from exc
+            raise
+        except errors.ProtocolError as exc:
+            raise errors.OutcomeUnknown(
+                f"create {kind} got an unreadable answer; a task may have been created",
+                request_id=exc.request_id,
+            ) from exc
+
+    async def get_task(self, kind: TaskKind, task_id: str) -> Task:
+        """One task by its task_id."""
+        data, rid = await self._call("GET", f"/v1/videos/{kind}/{task_id}")
+        return self._parse(Task, data, kind, rid)
+
+    async def find_by_external_id(self, kind: TaskKind, external_task_id: str) -> Task | None:
+        """The task created with `external_task_id`, or None if the provider has none.
+
+        Uses the query-parameter form (kling-api.md §8 lists both forms); a 1203 "not
+        found" and an empty answer both mean no such task.
+        """
+        try:
+            data, rid = await self._call(
+                "GET", f"/v1/videos/{kind}", params={"external_task_id": external_task_id}
+            )
+        except errors.InvalidRequestError as exc:
+            if exc.code == 1203:
+                return None
+            raise
+        items = data if isinstance(data, list) else [data] if data else []
+        for item in items:
+            task = self._parse(Task, item, kind, rid)
+            if task.task_info.external_task_id in (None, external_task_id):
+                return task
+        return None
+
+    async def list_tasks(self, kind: TaskKind, *, page: int = 1, page_size: int = 30) -> list[Task]:
+        """One page of the account's tasks of `kind`."""
+        data, rid = await self._call(
+            "GET", f"/v1/videos/{kind}", params={"pageNum": page, "pageSize": page_size}
+        )
+        if not isinstance(data, list):
+            raise errors.ProtocolError(f"list {kind} returned {type(data).__name__}, not a list", request_id=rid)
+        return [self._parse(Task, item, kind, rid) for item in data]
+
+    # ------------------------------------------------------------------ plumbing
+
+    async def _call(
+        self,
+        method: str,
+        path: str,
+        *,
+        json_body: dict[str, Any] | None = None,
+        params: dict[str, Any] | None = None,
+    ) -> tuple[Any, str | None]:
+        """Send one request; return the envelope's `data` and the provider's request id."""
+        url = self.config.endpoint(path)
+        try:
+            response = await self._http.request(
+                method, url, json=json_body, params=params, auth=self._auth
+            )
+        except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as exc:
+            raise errors.RequestNotSent(f"{method} {path} could not reach {self.config.base_url}: {exc!r}") from exc
+        except httpx.TransportError as exc:
+            raise errors.OutcomeUnknown(f"{method} {path} got no answer: {exc!r}") from exc
+        request_id = response.headers.get("X-Request-Id")
+        try:
+            envelope = Envelope.model_validate(response.json())
+        except (json.JSONDecodeError, UnicodeDecodeError, ValidationError) as exc:
+            snippet = response.text[:200].replace("\n", " ")
+            if response.status_code >= 500:
+                raise errors.ServerError(
+                    code=0,
+                    message=f"non-JSON answer: {snippet!r}",
+                    http_status=response.status_code,
+                    request_id=request_id,
+                    retryable=True,
+                    retry_after=_retry_after(response),
+                    meaning="server error",
+                ) from exc
+            raise errors.ProtocolError(
+                f"{method} {path} answered HTTP {response.status_code} with a body that is not the "
+                f"Kling envelope: {snippet!r}",
+                request_id=request_id,
+            ) from exc
+        if envelope.code != 0:
+            if envelope.code in (1003, 1004) and isinstance(self._auth, JwtAuth):
+                self._auth.invalidate()
+            raise api_error(envelope, response)
+        if response.status_code >= 400:
+            raise errors.ProtocolError(
+                f"{method} {path} answered HTTP {response.status_code} with code 0",
+                request_id=envelope.request_id,
+            )
+        return envelope.data, envelope.request_id or request_id
+
+    def _parse(self, model: type[M], data: Any, kind: str, request_id: str | None) -> M:
+        try:
+            return model.model_validate(data)
+        except ValidationError as exc:
+            raise errors.ProtocolError(
+                f"{kind}: the provider's task object does not match the Kling schema: "
+                f"{exc.errors()[0]['loc']}: {exc.errors()[0]['msg']}",
+                request_id=request_id,
+            ) from exc

@@ -1,0 +1,135 @@
+"""Pydantic models of Kling's wire format: request bodies, the response envelope, tasks.
+
+Responses are parsed leniently (unknown fields kept, so a provider adding fields breaks
+nothing); requests are strict (a typo in chainer's own code fails loudly, at once).
+Durations are strings on the wire (they can be fractional, e.g. "5.1"); `seconds`
+properties give them as floats.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from ..rules import TaskStatus
+
+
+class _Response(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+
+class _Request(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    def body(self) -> dict[str, Any]:
+        """The JSON body as sent: unset fields are left out, not sent as null."""
+        return self.model_dump(exclude_none=True, mode="json")
+
+
+class Envelope(_Response):
+    """`{code, message, request_id, data}`, around every answer of the API."""
+
+    code: int
+    message: str = ""
+    request_id: str | None = None
+    data: Any = None
+
+
+class Video(_Response):
+    id: str
+    url: str
+    duration: str
+    watermark_url: str | None = None
+
+    @property
+    def seconds(self) -> float:
+        return float(self.duration)
+
+
+class ParentVideo(_Response):
+    id: str
+    url: str | None = None
+    duration: str | None = None
+
+
+class TaskInfo(_Response):
+    external_task_id: str | None = None
+    parent_video: ParentVideo | None = None
+
+
+class TaskResult(_Response):
+    videos: list[Video] = Field(default_factory=list)
+
+
+class Task(_Response):
+    """One task as the query endpoints (and the create endpoints, partially) return it."""
+
+    task_id: str
+    task_status: TaskStatus
+    task_status_msg: str = ""
+    task_info: TaskInfo = Field(default_factory=TaskInfo)
+    task_result: TaskResult | None = None
+    created_at: int | None = None
+    updated_at: int | None = None
+    final_unit_deduction: str | None = None
+
+    @property
+    def video(self) -> Video | None:
+        """The first result video, present once the task has succeeded."""
+        if self.task_result and self.task_result.videos:
+            return self.task_result.videos[0]
+        return None
+
+    @property
+    def units(self) -> float | None:
+        try:
+            return float(self.final_unit_deduction) if self.final_unit_deduction else None
+        except ValueError:
+            return None
+
+
+class WatermarkInfo(_Request):
+    enabled: bool
+
+
+class Text2VideoRequest(_Request):
+    model_name: str | None = None
+    prompt: str
+    negative_prompt: str | None = None
+    cfg_scale: float | None = None
+    mode: Literal["std", "pro"] | None = None
+    aspect_ratio: Literal["16:9", "9:16", "1:1"] | None = None
+    duration: Literal["5", "10"] | None = None
+    callback_url: str | None = None
+    external_task_id: str | None = None
+    watermark_info: WatermarkInfo | None = None
+
+
+class Image2VideoRequest(_Request):
+    model_name: str | None = None
+    image: str | None = None
+    image_tail: str | None = None
+    prompt: str | None = None
+    negative_prompt: str | None = None
+    cfg_scale: float | None = None
+    mode: Literal["std", "pro"] | None = None
+    duration: Literal["5", "10"] | None = None
+    callback_url: str | None = None
+    external_task_id: str | None = None
+    watermark_info: WatermarkInfo | None = None
+
+
+class VideoExtendRequest(_Request):
+    video_id: str
+    #: Not an official field: several proxies require the parent task's id (kling-api.md §1.2).
+    task_id: str | None = None
+    prompt: str | None = None
+    negative_prompt: str | None = None
+    cfg_scale: float | None = None
+    callback_url: str | None = None
+    external_task_id: str | None = None
+    watermark_info: WatermarkInfo | None = None
+
+
+CreateRequest = Text2VideoRequest | Image2VideoRequest | VideoExtendRequest

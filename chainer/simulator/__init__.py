@@ -1,0 +1,9 @@
+"""A faithful offline Kling: a real HTTP server on loopback making real MP4 files.
+
+Independent of chainer's client (it shares only `chainer.rules` and `chainer.media`).
+"""
+
+from .server import Simulator, serve_forever
+from .state import SimConfig, SimError, SimState
+
+__all__ = ["SimConfig", "SimError", "SimState", "Simulator", "serve_forever"]

@@ -1,0 +1,191 @@
+"""The simulator's HTTP API: Kling's routes, auth and envelope, as an ASGI app.
+
+Official dialect: `Authorization: Bearer <jwt>` signed with the secret key, every 100x
+code as Kling documents it. Proxy dialect: a plain bearer key under a path prefix.
+The admin routes under `/_sim/` exist only when `admin=True` (tests and `chainer sim`).
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from typing import Any
+
+import jwt
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import FileResponse, JSONResponse, Response
+from starlette.routing import Route
+
+from .. import rules
+from .state import SimError, SimState
+
+KINDS = rules.TASK_KINDS
+
+
+def _envelope(data: Any, *, code: int = 0, message: str = "SUCCEED", status: int = 200,
+              headers: dict[str, str] | None = None) -> JSONResponse:
+    body = {"code": code, "message": message, "request_id": str(uuid.uuid4()), "data": data}
+    return JSONResponse(body, status_code=status, headers=headers)
+
+
+def _refusal(exc: SimError) -> JSONResponse:
+    headers = {"Retry-After": f"{exc.retry_after:g}"} if exc.retry_after is not None else None
+    return _envelope(None, code=exc.code, message=exc.message, status=exc.http_status, headers=headers)
+
+
+def _check_auth(state: SimState, request: Request) -> None:
+    header = request.headers.get("authorization")
+    if not header:
+        raise SimError(1001, "Authorization header is empty")
+    scheme, _, token = header.partition(" ")
+    if scheme != "Bearer" or not token or token != token.strip():
+        raise SimError(1002, "Authorization must be 'Bearer <token>'")
+    cfg = state.config
+    if cfg.dialect == "proxy":
+        if token != cfg.api_key:
+            raise SimError(1000, "invalid API key")
+        return
+    try:
+        claims = jwt.decode(
+            token,
+            cfg.secret_key,
+            algorithms=["HS256"],
+            options={"verify_exp": False, "verify_nbf": False, "require": ["iss", "exp", "nbf"]},
+        )
+    except jwt.InvalidSignatureError as exc:
+        raise SimError(1002, "token signature is invalid") from exc
+    except jwt.PyJWTError as exc:
+        raise SimError(1002, f"token is malformed: {exc}") from exc
+    if claims.get("iss") != cfg.access_key:
+        raise SimError(1000, "unknown access key")
+    now = state.now_ms() / 1000
+    if float(claims["nbf"]) > now:
+        raise SimError(1003, "token not yet valid")
+    if float(claims["exp"]) <= now:
+        raise SimError(1004, "token expired")
+
+
+def build_app(state: SimState, *, admin: bool = False) -> Starlette:
+    """The ASGI app serving `state`."""
+    prefix = "/" + state.config.path_prefix.strip("/") if state.config.path_prefix.strip("/") else ""
+
+    def base(request: Request) -> str:
+        return f"{request.url.scheme}://{request.url.netloc}"
+
+    def count(request: Request, key: str, code: int) -> None:
+        with state.lock:
+            state.requests[f"{request.method} {key} {code}"] += 1
+
+    async def create(request: Request) -> Response:
+        kind = request.path_params["kind"]
+        try:
+            if kind not in KINDS:
+                raise SimError(1203, f"unknown endpoint {kind}")
+            _check_auth(state, request)
+            try:
+                body = json.loads(await request.body() or b"null")
+            except json.JSONDecodeError as exc:
+                raise SimError(1200, f"request body is not JSON: {exc}") from exc
+            task = state.create(kind, body)
+        except SimError as exc:
+            count(request, kind, exc.code)
+            return _refusal(exc)
+        count(request, kind, 0)
+        data: dict[str, Any] = {
+            "task_id": task.task_id,
+            "task_status": "submitted",
+            "task_info": {"external_task_id": task.external_task_id} if task.external_task_id else {},
+            "created_at": task.created_ms,
+            "updated_at": task.created_ms,
+        }
+        return _envelope(data)
+
+    async def query(request: Request) -> Response:
+        kind = request.path_params["kind"]
+        key = request.path_params.get("task_id")
+        try:
+            if kind not in KINDS:
+                raise SimError(1203, f"unknown endpoint {kind}")
+            _check_auth(state, request)
+            if key is not None:
+                data: Any = state.task_json(state.find(kind, key), base(request))
+            elif "external_task_id" in request.query_params:
+                data = state.task_json(state.find(kind, request.query_params["external_task_id"]), base(request))
+            else:
+                page = _int_param(request, "pageNum", 1, 1, 1000)
+                size = _int_param(request, "pageSize", 30, 1, 500)
+                data = [state.task_json(t, base(request)) for t in state.page(kind, page, size)]
+        except SimError as exc:
+            count(request, f"{kind}/query", exc.code)
+            return _refusal(exc)
+        count(request, f"{kind}/query", 0)
+        return _envelope(data)
+
+    async def download(request: Request) -> Response:
+        name = request.path_params["name"]
+        try:
+            video = state.check_signature(
+                name, request.query_params.get("expires", ""), request.query_params.get("sig", "")
+            )
+        except PermissionError as exc:
+            count(request, "files", 403)
+            return Response(f"403 Forbidden: {exc}\n", status_code=403)
+        except FileNotFoundError:
+            count(request, "files", 404)
+            return Response("404 Not Found\n", status_code=404)
+        count(request, "files", 200)
+        return FileResponse(video.path, media_type="video/mp4")
+
+    async def admin_creates(request: Request) -> Response:
+        with state.lock:
+            return JSONResponse(
+                [{"task_id": c.task_id, "kind": c.kind, "body": c.body, "at_ms": c.at_ms} for c in state.creates]
+            )
+
+    async def admin_stats(request: Request) -> Response:
+        with state.lock:
+            return JSONResponse(
+                {
+                    "peak_concurrency": state.peak_concurrency,
+                    "in_flight": state.in_flight(),
+                    "creates": len(state.creates),
+                    "requests": dict(state.requests),
+                    "clock_offset_s": state.clock_offset_s,
+                }
+            )
+
+    async def admin_advance(request: Request) -> Response:
+        try:
+            seconds = float(request.query_params.get("seconds", "0"))
+        except ValueError:
+            return JSONResponse({"error": "seconds must be a number"}, status_code=400)
+        state.advance(seconds)
+        return JSONResponse({"clock_offset_s": state.clock_offset_s})
+
+    routes = [
+        Route(prefix + "/v1/videos/{kind}", create, methods=["POST"]),
+        Route(prefix + "/v1/videos/{kind}", query, methods=["GET"]),
+        Route(prefix + "/v1/videos/{kind}/{task_id}", query, methods=["GET"]),
+        Route("/files/{name}", download, methods=["GET", "HEAD"]),
+    ]
+    if admin:
+        routes += [
+            Route("/_sim/creates", admin_creates, methods=["GET"]),
+            Route("/_sim/stats", admin_stats, methods=["GET"]),
+            Route("/_sim/advance", admin_advance, methods=["POST"]),
+        ]
+    return Starlette(routes=routes)
+
+
+def _int_param(request: Request, name: str, default: int, lo: int, hi: int) -> int:
+    raw = request.query_params.get(name)
+    if raw is None:
+        return default
+    try:
+        value = int(raw)
+    except ValueError as exc:
+        raise SimError(1201, f"{name} must be an integer") from exc
+    if not lo <= value <= hi:
+        raise SimError(1201, f"{name} must be in [{lo}, {hi}]")
+    return value

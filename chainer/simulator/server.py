@@ -1,0 +1,92 @@
+"""Run the simulator as a real HTTP server on loopback: in a thread, or in the foreground.
+
+    with Simulator(SimConfig(time_scale=0.001)) as sim:
+        sim.base_url   # http://127.0.0.1:<free port>
+        sim.state      # the simulated account, for inspection
+"""
+
+from __future__ import annotations
+
+import socket
+import tempfile
+import threading
+from pathlib import Path
+from types import TracebackType
+
+import uvicorn
+
+from .app import build_app
+from .state import SimConfig, SimState
+
+
+class Simulator:
+    """A simulated Kling serving on 127.0.0.1 from a background thread."""
+
+    def __init__(
+        self,
+        config: SimConfig | None = None,
+        *,
+        data_dir: Path | None = None,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        admin: bool = False,
+    ):
+        self.config = config or SimConfig()
+        self._tmp = None if data_dir else tempfile.TemporaryDirectory(prefix="chainer-sim-")
+        self.data_dir = Path(data_dir or self._tmp.name)  # type: ignore[union-attr]
+        self.state = SimState(self.config, self.data_dir)
+        self.host, self.port = host, port
+        self.admin = admin
+        self._server: uvicorn.Server | None = None
+        self._thread: threading.Thread | None = None
+
+    @property
+    def base_url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    def start(self) -> Simulator:
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((self.host, self.port))
+        self.port = sock.getsockname()[1]
+        app = build_app(self.state, admin=self.admin)
+        config = uvicorn.Config(app, log_level="warning", lifespan="off", access_log=False)
+        self._server = uvicorn.Server(config)
+        self._thread = threading.Thread(
+            target=self._server.run, kwargs={"sockets": [sock]}, name="chainer-sim", daemon=True
+        )
+        self._thread.start()
+        ready = threading.Event()
+        for _ in range(500):
+            if self._server.started or not self._thread.is_alive():
+                break
+            ready.wait(0.01)
+        if not self._server.started:
+            raise RuntimeError("the simulator did not start")
+        return self
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.should_exit = True
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+        self.state.close()
+        if self._tmp is not None:
+            self._tmp.cleanup()
+
+    def __enter__(self) -> Simulator:
+        return self.start()
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop()
+
+
+def serve_forever(config: SimConfig, *, data_dir: Path | None, host: str, port: int, admin: bool) -> None:
+    """Serve in the foreground until Ctrl-C (for `chainer sim`)."""
+    state = SimState(config, data_dir or Path(tempfile.mkdtemp(prefix="chainer-sim-")))
+    try:
+        uvicorn.run(build_app(state, admin=admin), host=host, port=port, log_level="info", lifespan="off")
+    finally:
+        state.close()

@@ -1,0 +1,463 @@
+"""The simulator's Kling: accounts' tasks and videos, validated and timed as Kling does.
+
+This module is an independent implementation of the spec (shared/kling-api.md). It shares
+only `chainer.rules` (the facts) and `chainer.media` (ffmpeg) with chainer, never the
+client or its wire models, so a misreading of the protocol in one cannot hide in the other.
+Task status is computed from the clock whenever a task is looked at: submitted until its
+queue time passes, processing until its generation time passes and its file is rendered,
+then succeed (or failed, for the prompts the fault settings mark).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import hmac
+import io
+import random
+import threading
+import time
+import uuid
+from collections import Counter
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from PIL import Image, UnidentifiedImageError
+from pydantic import BaseModel, Field
+
+from .. import rules
+from .video import Canvas, Scene, render
+
+
+class SimError(Exception):
+    """A refusal, answered with the documented HTTP status for `code`."""
+
+    def __init__(self, code: int, message: str, *, retry_after: float | None = None):
+        self.code = code
+        self.message = message
+        self.retry_after = retry_after
+        self.http_status = rules.ERROR_CODES[code].http_status
+        super().__init__(f"{code}: {message}")
+
+
+class SimConfig(BaseModel):
+    """How the simulated Kling behaves. Every field has a `chainer sim` flag."""
+
+    dialect: str = Field("official", pattern="^(official|proxy)$")
+    access_key: str = "sim-access-key"
+    secret_key: str = "sim-secret-key-0123456789abcdef0123"
+    api_key: str = "sim-api-key"
+    path_prefix: str = ""
+    #: Proxy dialect: video-extend must name the parent task id next to video_id.
+    require_parent_task_id: bool = False
+    prompt_max_chars: int = rules.PROMPT_MAX_CHARS
+    refuse_v1_5_extension: bool = False
+    #: 1.0 is real time (minutes per task); tests use 0.001 or less.
+    time_scale: float = 1.0
+    concurrency: int = 5
+    width: int = 640
+    height: int = 360
+    fps: int = 24
+    seed: int = 0
+    url_ttl_s: float = 3600.0
+    #: Tasks whose prompt contains this text end `failed` with a content-safety message.
+    fail_marker: str = "[sim:fail]"
+    render_workers: int = 2
+
+
+@dataclass
+class SimVideo:
+    video_id: str
+    task_id: str
+    path: Path
+    frames: int
+    fps: int
+    model: str
+    mode: str
+    created_ms: int
+    scene: Scene
+
+    @property
+    def duration(self) -> str:
+        seconds = self.frames / self.fps
+        return f"{seconds:.3f}".rstrip("0").rstrip(".")
+
+
+@dataclass
+class SimTask:
+    task_id: str
+    kind: str
+    body: dict[str, Any]
+    model: str
+    mode: str
+    external_task_id: str | None
+    created_ms: int
+    start_ms: int
+    done_ms: int
+    video_id: str
+    frames: int
+    fail_reason: str | None
+    parent: SimVideo | None
+    render: Future[None] | None = None
+    updated_ms: int = 0
+
+
+@dataclass
+class CreateRecord:
+    """One accepted create, as the admin API reports it (what tests count)."""
+
+    task_id: str
+    kind: str
+    body: dict[str, Any]
+    at_ms: int
+
+
+@dataclass
+class SimState:
+    """All of one simulated account's state, guarded by one lock."""
+
+    config: SimConfig
+    data_dir: Path
+    clock_offset_s: float = 0.0
+    tasks: dict[str, SimTask] = field(default_factory=dict)
+    videos: dict[str, SimVideo] = field(default_factory=dict)
+    creates: list[CreateRecord] = field(default_factory=list)
+    requests: Counter[str] = field(default_factory=Counter)
+    peak_concurrency: int = 0
+
+    def __post_init__(self) -> None:
+        self.lock = threading.RLock()
+        self.rng = random.Random(self.config.seed)
+        self.url_key = hashlib.sha256(f"url-{self.config.seed}-{uuid.uuid4()}".encode()).digest()
+        self.pool = ThreadPoolExecutor(max_workers=self.config.render_workers, thread_name_prefix="sim-render")
+        (self.data_dir / "videos").mkdir(parents=True, exist_ok=True)
+        self._next_id = int(time.time() * 1000) * 1000 + self.rng.randrange(1000)
+
+    def close(self) -> None:
+        self.pool.shutdown(wait=True, cancel_futures=True)
+
+    # ------------------------------------------------------------------ clock
+
+    def now_ms(self) -> int:
+        return int((time.time() + self.clock_offset_s) * 1000)
+
+    def advance(self, seconds: float) -> None:
+        """Move the simulated wall clock forward (retention and url expiry follow it)."""
+        with self.lock:
+            self.clock_offset_s += seconds
+
+    # ------------------------------------------------------------------ status
+
+    def status(self, task: SimTask) -> str:
+        now = self.now_ms()
+        if now < task.start_ms:
+            return "submitted"
+        if now < task.done_ms:
+            return "processing"
+        if task.fail_reason is not None:
+            return "failed"
+        if task.render is None or not task.render.done():
+            return "processing"
+        if task.render.exception() is not None:
+            task.fail_reason = f"internal error while rendering: {task.render.exception()}"
+            return "failed"
+        return "succeed"
+
+    def in_flight(self) -> int:
+        return sum(1 for t in self.tasks.values() if self.status(t) in ("submitted", "processing"))
+
+    def expired(self, created_ms: int) -> bool:
+        return self.now_ms() > created_ms + rules.RETENTION_DAYS * 86_400_000
+
+    # ------------------------------------------------------------------ creates
+
+    def create(self, kind: str, body: dict[str, Any]) -> SimTask:
+        """Validate and accept a create, or raise the SimError Kling would answer."""
+        with self.lock:
+            if not isinstance(body, dict):
+                raise SimError(1200, "request body must be a JSON object")
+            ext = _opt_str(body, "external_task_id")
+            if ext is not None and any(t.external_task_id == ext for t in self.tasks.values()):
+                raise SimError(1201, f"external_task_id {ext!r} already exists")
+            parent: SimVideo | None = None
+            image: bytes | None = None
+            if kind == "text2video":
+                model, mode, frames = self._validate_t2v(body)
+            elif kind == "image2video":
+                model, mode, frames, image = self._validate_i2v(body)
+            else:
+                parent = self._validate_extend(body)
+                model, mode = parent.model, parent.mode
+                room = int(rules.MAX_TOTAL_SECONDS * self.config.fps) - parent.frames
+                lo, hi = int(rules.EXTEND_MIN_SECONDS * self.config.fps), int(rules.EXTEND_MAX_SECONDS * self.config.fps)
+                frames = self.rng.randint(lo, min(hi, room))
+            in_flight = self.in_flight()
+            if in_flight >= self.config.concurrency:
+                raise SimError(1303, "parallel task over resource pack limit")
+            now = self.now_ms()
+            self._next_id += self.rng.randrange(1, 997)
+            task_id = str(self._next_id)
+            queue_s, gen_s = self._timing(kind, mode, frames)
+            prompt = str(body.get("prompt") or "")
+            task = SimTask(
+                task_id=task_id,
+                kind=kind,
+                body=body,
+                model=model,
+                mode=mode,
+                external_task_id=ext,
+                created_ms=now,
+                start_ms=now + int(queue_s * 1000),
+                done_ms=now + int((queue_s + gen_s) * 1000),
+                video_id=str(uuid.UUID(int=self.rng.getrandbits(128), version=4)),
+                frames=frames + (parent.frames if parent else 0),
+                fail_reason=(
+                    "content-safety policy triggered: the generated video was blocked"
+                    if self.config.fail_marker and self.config.fail_marker in prompt
+                    else None
+                ),
+                parent=parent,
+                updated_ms=now,
+            )
+            scene = parent.scene if parent else Scene(seed=self.rng.randrange(1 << 30), image=image)
+            if task.fail_reason is None:
+                task.render = self.pool.submit(self._render, task, scene, frames, prompt)
+            self.tasks[task_id] = task
+            self.creates.append(CreateRecord(task_id, kind, dict(body), now))
+            self.peak_concurrency = max(self.peak_concurrency, in_flight + 1)
+            return task
+
+    def _timing(self, kind: str, mode: str, frames: int) -> tuple[float, float]:
+        """Queue and generation seconds: log-normal around Kling's usual minutes, scaled."""
+        median = rules.EXPECTED_SECONDS.get(kind, 90.0) * (1.4 if mode == "pro" else 1.0)
+        if kind != "video-extend" and frames > 6 * self.config.fps:
+            median *= 1.8
+        gen = median * self.rng.lognormvariate(0.0, 0.25)
+        queue = self.rng.uniform(1.0, 6.0)
+        return queue * self.config.time_scale, gen * self.config.time_scale
+
+    def _render(self, task: SimTask, scene: Scene, frames: int, prompt: str) -> None:
+        path = self.data_dir / "videos" / f"{task.video_id}.mp4"
+        segment = 0
+        parent = task.parent
+        while parent is not None:  # the segment number is how many ancestors it has
+            segment += 1
+            src = self.tasks.get(parent.task_id)
+            parent = src.parent if src else None
+        render(
+            path,
+            scene=scene,
+            canvas=Canvas(self.config.width, self.config.height, self.config.fps),
+            frames=frames,
+            segment=segment,
+            prompt=prompt or f"({task.kind})",
+            parent=task.parent.path if task.parent else None,
+            parent_frames=task.parent.frames if task.parent else 0,
+        )
+        with self.lock:
+            self.videos[task.video_id] = SimVideo(
+                video_id=task.video_id,
+                task_id=task.task_id,
+                path=path,
+                frames=task.frames,
+                fps=self.config.fps,
+                model=task.model,
+                mode=task.mode,
+                created_ms=task.created_ms,
+                scene=scene,
+            )
+
+    # ------------------------------------------------------------------ validation
+
+    def _prompt(self, body: dict[str, Any], *, required: bool) -> None:
+        for name in ("prompt", "negative_prompt"):
+            value = body.get(name)
+            if value is None:
+                if name == "prompt" and required:
+                    raise SimError(1201, "prompt is required")
+                continue
+            if not isinstance(value, str):
+                raise SimError(1201, f"{name} must be a string")
+            if len(value) > self.config.prompt_max_chars:
+                raise SimError(1201, f"{name} is longer than {self.config.prompt_max_chars} characters")
+        cfg = body.get("cfg_scale")
+        if cfg is not None and (
+            not isinstance(cfg, int | float) or isinstance(cfg, bool) or not 0.0 <= cfg <= 1.0
+        ):
+            raise SimError(1201, "cfg_scale must be a number in [0, 1]")
+
+    def _model_mode(self, body: dict[str, Any], allowed: tuple[str, ...]) -> tuple[str, str]:
+        # The legacy field `model` is accepted but behaves as if model_name were empty.
+        model = body.get("model_name") or rules.DEFAULT_MODEL
+        if model not in allowed:
+            raise SimError(1201, f"model_name {model!r} is not supported here")
+        mode = body.get("mode") or "std"
+        if mode not in rules.MODES:
+            raise SimError(1201, f"mode must be one of {', '.join(rules.MODES)}")
+        return str(model), str(mode)
+
+    def _duration_frames(self, body: dict[str, Any]) -> int:
+        duration = body.get("duration", "5")
+        if duration not in ("5", "10"):
+            raise SimError(1201, 'duration must be the string "5" or "10"')
+        return int(duration) * self.config.fps
+
+    def _validate_t2v(self, body: dict[str, Any]) -> tuple[str, str, int]:
+        self._prompt(body, required=True)
+        model, mode = self._model_mode(body, rules.TEXT2VIDEO_MODELS)
+        if body.get("aspect_ratio", "16:9") not in rules.ASPECT_RATIOS:
+            raise SimError(1201, f"aspect_ratio must be one of {', '.join(rules.ASPECT_RATIOS)}")
+        return model, mode, self._duration_frames(body)
+
+    def _validate_i2v(self, body: dict[str, Any]) -> tuple[str, str, int, bytes]:
+        self._prompt(body, required=False)
+        model, mode = self._model_mode(body, rules.IMAGE2VIDEO_MODELS)
+        image, tail = body.get("image"), body.get("image_tail")
+        if not image and not tail:
+            raise SimError(1201, "image or image_tail is required")
+        first = _decode_image("image" if image else "image_tail", image or tail)
+        if tail and image:
+            _decode_image("image_tail", tail)
+        frames = self._duration_frames(body)
+        if tail and frames != 5 * self.config.fps:
+            raise SimError(1201, 'duration must be "5" when image_tail is used')
+        return model, mode, frames, first
+
+    def _validate_extend(self, body: dict[str, Any]) -> SimVideo:
+        self._prompt(body, required=False)
+        video_id = body.get("video_id")
+        if not isinstance(video_id, str) or not video_id:
+            raise SimError(1201, "video_id is required")
+        video = self.videos.get(video_id)
+        if video is None or self.expired(video.created_ms):
+            raise SimError(1203, f"video {video_id} not found (unknown, or deleted after 30 days)")
+        if self.config.require_parent_task_id:
+            parent_task = body.get("task_id")
+            if not parent_task:
+                raise SimError(1201, "task_id (of the task that produced video_id) is required")
+            if parent_task != video.task_id:
+                raise SimError(1201, f"task_id {parent_task} did not produce video {video_id}")
+        refusal = _extend_refusal(video, self.config.refuse_v1_5_extension)
+        if refusal:
+            raise SimError(1201, refusal)
+        return video
+
+    # ------------------------------------------------------------------ reading
+
+    def find(self, kind: str, key: str) -> SimTask:
+        """A task of `kind` by task_id or external_task_id (Kling's path form takes both)."""
+        with self.lock:
+            task = self.tasks.get(key)
+            if task is None:
+                task = next((t for t in self.tasks.values() if t.external_task_id == key), None)
+            if task is None or task.kind != kind or self.expired(task.created_ms):
+                raise SimError(1203, f"task {key} not found")
+            return task
+
+    def page(self, kind: str, page: int, size: int) -> list[SimTask]:
+        with self.lock:
+            mine = [t for t in self.tasks.values() if t.kind == kind and not self.expired(t.created_ms)]
+            mine.sort(key=lambda t: t.created_ms, reverse=True)
+            return mine[(page - 1) * size : page * size]
+
+    def sign(self, video_id: str, *, watermark: bool = False) -> str:
+        """A download path that expires after `url_ttl_s` (re-issued on every query)."""
+        expires = int(self.now_ms() / 1000 + self.config.url_ttl_s)
+        name = f"{video_id}{'_wm' if watermark else ''}.mp4"
+        sig = hmac.new(self.url_key, f"{name}:{expires}".encode(), "sha256").hexdigest()[:32]
+        return f"/files/{name}?expires={expires}&sig={sig}"
+
+    def check_signature(self, name: str, expires: str, sig: str) -> SimVideo:
+        want = hmac.new(self.url_key, f"{name}:{expires}".encode(), "sha256").hexdigest()[:32]
+        if not hmac.compare_digest(want, sig):
+            raise PermissionError("bad signature")
+        if not expires.isdigit() or int(expires) < self.now_ms() / 1000:
+            raise PermissionError("url expired")
+        video = self.videos.get(name.removesuffix(".mp4").removesuffix("_wm"))
+        if video is None or self.expired(video.created_ms):
+            raise FileNotFoundError(name)
+        return video
+
+    def task_json(self, task: SimTask, base_url: str) -> dict[str, Any]:
+        """The task object exactly as Kling's query endpoints return it."""
+        with self.lock:
+            status = self.status(task)
+            info: dict[str, Any] = {}
+            if task.external_task_id is not None:
+                info["external_task_id"] = task.external_task_id
+            if task.parent is not None:
+                info["parent_video"] = {
+                    "id": task.parent.video_id,
+                    "url": base_url + self.sign(task.parent.video_id),
+                    "duration": task.parent.duration,
+                }
+            out: dict[str, Any] = {
+                "task_id": task.task_id,
+                "task_status": status,
+                "task_status_msg": task.fail_reason or "" if status == "failed" else "",
+                "task_info": info,
+                "created_at": task.created_ms,
+                "updated_at": max(task.created_ms, min(self.now_ms(), task.done_ms)),
+            }
+            if status == "succeed":
+                video = self.videos[task.video_id]
+                out["task_result"] = {
+                    "videos": [
+                        {"id": video.video_id, "url": base_url + self.sign(video.video_id), "duration": video.duration}
+                    ]
+                }
+                added = task.frames - (task.parent.frames if task.parent else 0)
+                out["final_unit_deduction"] = f"{rules.estimate_units(task.mode, added / self.config.fps):g}"
+            elif status == "failed":
+                out["final_unit_deduction"] = "0"
+            return out
+
+
+def _opt_str(body: dict[str, Any], name: str) -> str | None:
+    value = body.get(name)
+    if value is None:
+        return None
+    if not isinstance(value, str) or not value:
+        raise SimError(1201, f"{name} must be a non-empty string")
+    return value
+
+
+def _extend_refusal(video: SimVideo, refuse_v1_5: bool) -> str | None:
+    # The simulator's own cap check: Kling refuses when even the shortest extension
+    # (4 s) cannot fit; the result is then clipped to the cap.
+    if video.model not in rules.EXTENDABLE_MODELS or (refuse_v1_5 and video.model == "kling-v1-5"):
+        return rules.extension_refusal(video.model, 0.0, refuse_v1_5=refuse_v1_5)
+    if video.frames / video.fps + rules.EXTEND_MIN_SECONDS > rules.MAX_TOTAL_SECONDS:
+        return f"the video is {video.duration} s long; extending it would pass the 3-minute limit"
+    return None
+
+
+def _decode_image(field_name: str, value: Any) -> bytes:
+    """Kling's image rules: raw base64 (no data: prefix) of a JPEG/PNG, <= 10 MB, >= 300 px."""
+    if not isinstance(value, str):
+        raise SimError(1201, f"{field_name} must be a string")
+    if value.startswith(("http://", "https://")):
+        raise SimError(1201, f"{field_name}: the simulator cannot fetch image URLs; send raw base64")
+    if value.startswith("data:"):
+        raise SimError(1201, f"{field_name} must be raw base64 without a data: prefix")
+    try:
+        raw = base64.b64decode(value, validate=True)
+    except (binascii.Error, ValueError) as exc:
+        raise SimError(1201, f"{field_name} is not valid base64") from exc
+    if len(raw) > 10 * 1024 * 1024:
+        raise SimError(1201, f"{field_name} is larger than 10 MB")
+    try:
+        img = Image.open(io.BytesIO(raw))
+        img.load()
+    except (UnidentifiedImageError, OSError) as exc:
+        raise SimError(1201, f"{field_name} is not a readable image") from exc
+    if img.format not in ("JPEG", "PNG"):
+        raise SimError(1201, f"{field_name} must be JPEG or PNG, not {img.format}")
+    if min(img.size) < 300:
+        raise SimError(1201, f"{field_name} must be at least 300 px on each side (got {img.width}x{img.height})")
+    if not 1 / 2.5 <= img.width / img.height <= 2.5:
+        raise SimError(1201, f"{field_name} aspect ratio must be between 1:2.5 and 2.5:1")
+    return raw
