@@ -1,0 +1,40 @@
+"""chainer: storyboard in, multi-minute Kling video out, never paying twice for a step.
+
+The public API, for use from Python (the `chainer` command is a thin layer over it):
+
+- `load_plan(path)`: read, validate and plan a storyboard
+- `Session.open(...)`: a provider (or the offline simulator), a journal and an archive
+- `Session.run(plan)`: run or resume one chain to its finished video
+- `Simulator`, `SimConfig`: the offline Kling, on loopback
+- the error tree in `chainer.errors`
+"""
+
+from .errors import (
+    ChainerError,
+    ConfigError,
+    MediaError,
+    ProviderError,
+    StoryboardError,
+    TaskFailed,
+)
+from .plan import Plan, Step
+from .runner import ChainResult, Event
+from .session import Session, load_plan
+from .simulator import SimConfig, Simulator
+
+__all__ = [
+    "ChainResult",
+    "ChainerError",
+    "ConfigError",
+    "Event",
+    "MediaError",
+    "Plan",
+    "ProviderError",
+    "Session",
+    "SimConfig",
+    "Simulator",
+    "Step",
+    "StoryboardError",
+    "TaskFailed",
+    "load_plan",
+]

@@ -20,7 +20,9 @@ The tree separates the questions a caller must answer after a failure:
     ├── TaskFailed               the API call worked, but the remote task ended `failed`
     ├── ChainLocked              another process owns this chain
     ├── JournalError             the local journal is unusable or disagrees with the request
-    ├── DownloadError            a result could not be fetched or verified
+    ├── DownloadError            a result could not be fetched (transient: retry)
+    │   ├── UrlExpired           the signed url is dead: query the task for a fresh one
+    │   └── VerificationFailed   the bytes arrived but are not the video reported (kept aside)
     └── MediaError               an ffmpeg/ffprobe call failed (carries the command and stderr)
 
 "The remote task failed" (TaskFailed) is kept apart from "the API call failed"
@@ -179,7 +181,15 @@ class JournalError(ChainerError):
 
 
 class DownloadError(ChainerError):
-    """A result could not be downloaded or did not verify."""
+    """A result could not be downloaded (yet); retrying may help."""
+
+
+class UrlExpired(DownloadError):
+    """The signed url no longer works (401/403/404/410): query the task for a fresh one."""
+
+
+class VerificationFailed(DownloadError):
+    """The file arrived but is not what the provider reported; it is kept aside, not archived."""
 
 
 class MediaError(ChainerError):

@@ -212,7 +212,7 @@ class SimState:
                 created_ms=now,
                 start_ms=now + int(queue_s * 1000),
                 done_ms=now + int((queue_s + gen_s) * 1000),
-                video_id=str(uuid.UUID(int=self.rng.getrandbits(128), version=4)),
+                video_id=str(uuid.uuid4()),
                 frames=frames + (parent.frames if parent else 0),
                 fail_reason=(
                     "content-safety policy triggered: the generated video was blocked"

@@ -1,0 +1,5 @@
+"""`python -m chainer` is the `chainer` command."""
+
+from .cli import main
+
+main()

@@ -1,0 +1,241 @@
+"""The archive: every result on disk, verified, with a manifest that explains the chain.
+
+A download streams into `<name>.part` (memory does not grow with the file), resumes with
+`Range` + `If-Range` when a `.part` is already there (only a 206 that starts at the right
+byte is accepted; a 200 restarts from zero), is checked against the size the server
+announced, probed with ffprobe (H.264, duration within 0.2 s of what the provider
+reported), fsynced, renamed into place, and the folder fsynced. Only then does the caller
+record it. A file at a final path is therefore never partial; a file that fails
+verification is kept aside as `<name>.rejected` for the user to look at.
+
+Layout: `<archive>/<chain>/<step>-<video_id>.mp4` and `<archive>/<chain>/manifest.json`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Literal
+from urllib.parse import urlsplit, urlunsplit
+
+import anyio
+import httpx
+from pydantic import BaseModel
+
+from . import media, rules
+from .errors import DownloadError, MediaError, UrlExpired, VerificationFailed
+
+DURATION_TOLERANCE_S = 0.2
+CHUNK = 1 << 20
+
+
+class Downloaded(BaseModel):
+    path: Path
+    sha256: str
+    size: int
+    probed_duration: float
+
+
+def fsync_dir(folder: Path) -> None:
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _sidecar(part: Path) -> Path:
+    return part.with_name(part.name + ".json")
+
+
+async def download(
+    http: httpx.AsyncClient, url: str, dest: Path, *, reported_duration: float | None
+) -> Downloaded:
+    """Fetch `url` into `dest` (resuming a previous .part), verify it, and return what was stored."""
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    part = dest.with_name(dest.name + ".part")
+    meta = _sidecar(part)
+    offset = part.stat().st_size if part.exists() else 0
+    validator = None
+    if offset and meta.exists():
+        with contextlib.suppress(ValueError, OSError):
+            validator = json.loads(meta.read_text()).get("validator")
+    headers = {}
+    if offset and validator:
+        headers = {"Range": f"bytes={offset}-", "If-Range": validator}
+    else:
+        offset = 0
+    digest = hashlib.sha256()
+    try:
+        async with http.stream("GET", url, headers=headers) as response:
+            if response.status_code in (401, 403, 404, 410):
+                raise UrlExpired(f"the download url answered HTTP {response.status_code}")
+            if response.status_code == 206:
+                start, total = _content_range(response.headers.get("Content-Range", ""))
+                if start != offset:
+                    raise DownloadError(f"asked to resume at byte {offset}, the server sent byte {start}")
+            elif response.status_code == 200:
+                offset, total = 0, _int(response.headers.get("Content-Length"))
+            else:
+                raise DownloadError(f"the download answered HTTP {response.status_code}")
+            new_validator = response.headers.get("ETag") or response.headers.get("Last-Modified")
+            if offset:
+                with part.open("rb") as f:  # the hash covers the bytes we already have
+                    for block in iter(lambda: f.read(CHUNK), b""):
+                        digest.update(block)
+            meta.write_text(json.dumps({"validator": new_validator}))
+            with part.open("r+b" if offset else "wb") as f:
+                f.seek(offset)
+                f.truncate()
+                async for chunk in response.aiter_bytes(CHUNK):
+                    f.write(chunk)
+                    digest.update(chunk)
+                f.flush()
+                os.fsync(f.fileno())
+                size = f.tell()
+    except httpx.TransportError as exc:
+        raise DownloadError(f"the download was interrupted at byte {_size(part)}: {exc!r}") from exc
+    if total is not None and size != total:
+        raise DownloadError(f"the download ended at byte {size} of {total}")
+    try:
+        info = await anyio.to_thread.run_sync(media.probe, part)
+    except MediaError as exc:
+        _reject(part, dest)
+        raise VerificationFailed(
+            f"{dest.name} is not a readable video (kept as {dest.name}.rejected): {exc}"
+        ) from exc
+    problems = []
+    if not info.is_h264_mp4:
+        problems.append(f"expected H.264 in MP4, got {info.video_codec} in {info.format_name}")
+    if reported_duration is not None and abs(info.duration - reported_duration) > DURATION_TOLERANCE_S:
+        problems.append(f"it lasts {info.duration:.3f} s but the provider reported {reported_duration:g} s")
+    if problems:
+        _reject(part, dest)
+        raise VerificationFailed(
+            f"{dest.name} failed verification (kept as {dest.name}.rejected): {'; '.join(problems)}"
+        )
+    os.replace(part, dest)
+    meta.unlink(missing_ok=True)
+    fsync_dir(dest.parent)
+    return Downloaded(path=dest, sha256=digest.hexdigest(), size=size, probed_duration=info.duration)
+
+
+def _reject(part: Path, dest: Path) -> None:
+    os.replace(part, dest.with_name(dest.name + ".rejected"))
+    _sidecar(part).unlink(missing_ok=True)
+
+
+def _size(path: Path) -> int:
+    return path.stat().st_size if path.exists() else 0
+
+
+def _int(value: str | None) -> int | None:
+    try:
+        return int(value) if value is not None else None
+    except ValueError:
+        return None
+
+
+def _content_range(value: str) -> tuple[int, int | None]:
+    # "bytes 100-199/2000"
+    try:
+        unit, _, rest = value.partition(" ")
+        span, _, total = rest.partition("/")
+        start = int(span.split("-")[0])
+        if unit != "bytes":
+            raise ValueError(unit)
+        return start, (None if total == "*" else int(total))
+    except (ValueError, IndexError) as exc:
+        raise DownloadError(f"the server sent an unreadable Content-Range {value!r}") from exc
+
+
+def result_name(idx: int, video_id: str) -> str:
+    """The archive file name of step `idx`'s result."""
+    safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in video_id)
+    return f"{idx:03d}-{safe}.mp4"
+
+
+def public_url(url: str | None) -> str | None:
+    """A url without its query string: signed urls' signatures never go into a manifest."""
+    if not url:
+        return None
+    parts = urlsplit(url)
+    return urlunsplit((parts.scheme, parts.netloc, parts.path, "", ""))
+
+
+# ------------------------------------------------------------------ manifest
+
+
+class ManifestStep(BaseModel):
+    index: int
+    kind: str
+    state: str
+    attempt: int
+    prompt: str | None
+    task_id: str | None
+    external_task_id: str | None
+    video_id: str | None
+    url: str | None
+    reported_duration: float | None
+    probed_duration: float | None
+    units: float | None
+    file: str | None
+    sha256: str | None
+    size: int | None
+    created_at: dt.datetime | None
+    expires_at: dt.datetime | None
+
+
+class Manifest(BaseModel):
+    """`manifest.json`: enough to understand and rebuild the chain without the journal."""
+
+    manifest_version: Literal[1] = 1
+    chain: str
+    storyboard: str
+    storyboard_sha256: str
+    provider: str
+    model: str
+    mode: str
+    output: str | None
+    final_video: str | None
+    steps: list[ManifestStep]
+    written_at: dt.datetime
+
+
+def expires_at(created_ms: int | None) -> dt.datetime | None:
+    if created_ms is None:
+        return None
+    created = dt.datetime.fromtimestamp(created_ms / 1000, dt.UTC)
+    return created + dt.timedelta(days=rules.RETENTION_DAYS)
+
+
+def write_manifest(folder: Path, manifest: Manifest) -> Path:
+    """Write `manifest.json` atomically (temp file, fsync, rename, fsync folder)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    target = folder / "manifest.json"
+    tmp = folder / ".manifest.json.tmp"
+    with tmp.open("w") as f:
+        f.write(manifest.model_dump_json(indent=2))
+        f.write("\n")
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, target)
+    fsync_dir(folder)
+    return target
+
+
+def publish(src: Path, dest: Path) -> None:
+    """Copy an archived file to a user-facing path atomically (never a partial file there)."""
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dest.with_name(f".{dest.name}.tmp")
+    with src.open("rb") as fin, tmp.open("wb") as fout:
+        for block in iter(lambda: fin.read(CHUNK), b""):
+            fout.write(block)
+        fout.flush()
+        os.fsync(fout.fileno())
+    os.replace(tmp, dest)
+    fsync_dir(dest.parent)

@@ -1,0 +1,162 @@
+"""The `chainer` command: a thin layer over the library (chainer.session and friends)."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import anyio
+import typer
+from rich.console import Console
+
+from . import errors
+from .runner import Event
+from .session import EMBEDDED_TIME_SCALE, Session, load_plan
+from .simulator import SimConfig, serve_forever
+
+app = typer.Typer(
+    name="chainer",
+    help=(
+        "Turn a storyboard into a multi-minute AI video by chaining Kling video-extend calls.\n\n"
+        "Credentials come from the environment: KLING_ACCESS_KEY + KLING_SECRET_KEY for the official "
+        "API, or KLING_API_KEY + KLING_BASE_URL for a proxy. With none set, chainer runs against its "
+        "built-in offline simulator and spends no credits."
+    ),
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+out = Console(highlight=False, soft_wrap=True)
+err = Console(stderr=True, highlight=False, soft_wrap=True)
+
+
+def _fail(exc: errors.ChainerError) -> typer.Exit:
+    if isinstance(exc, errors.StoryboardError):
+        for problem in exc.problems:
+            err.print(str(problem), markup=False)
+        err.print(f"{len(exc.problems)} problem(s); nothing was sent.", style="red")
+    else:
+        err.print(f"error: {exc}", style="red", markup=False)
+    return typer.Exit(exc.exit_code)
+
+
+def _print_event(event: Event) -> None:
+    total = f" ({event.total_seconds:g} s)" if event.total_seconds is not None else ""
+    label = "start" if event.step == 0 else f"segment {event.step}/{event.steps}"
+    out.print(f"[{event.chain}] {label}: {event.state}{total} {event.message}".rstrip(), markup=False)
+
+
+@app.command()
+def run(
+    storyboard: Annotated[Path, typer.Argument(help="The storyboard YAML file to run (or resume).")],
+    output: Annotated[
+        Path | None, typer.Option("--output", "-o", help="Where to write the final video (default: the storyboard's `output`, else out/<name>.mp4).")
+    ] = None,
+    base_url: Annotated[
+        str | None, typer.Option("--base-url", help="Provider base URL; overrides KLING_BASE_URL.")
+    ] = None,
+    path_prefix: Annotated[
+        str | None, typer.Option("--path-prefix", help="Path prefix in front of /v1/... (proxies often use /kling); overrides KLING_PATH_PREFIX.")
+    ] = None,
+    state_dir: Annotated[
+        Path, typer.Option("--state-dir", help="Folder for the journal (and the offline simulator's files).")
+    ] = Path(".chainer"),
+    archive_dir: Annotated[
+        Path, typer.Option("--archive-dir", help="Folder where every result is archived, one sub-folder per chain.")
+    ] = Path("archive"),
+    sim_time_scale: Annotated[
+        float, typer.Option("--sim-time-scale", min=0.0001, help="Offline simulator only: task time as a fraction of Kling's real minutes.")
+    ] = EMBEDDED_TIME_SCALE,
+) -> None:
+    """Run a storyboard's chain to a finished video, resuming it if it was interrupted."""
+    try:
+        plan = load_plan(storyboard, output=output)
+    except errors.ChainerError as exc:
+        raise _fail(exc) from None
+
+    async def main() -> None:
+        async with Session.open(
+            state_dir=state_dir, archive_dir=archive_dir, base_url=base_url, path_prefix=path_prefix,
+            sim_config=SimConfig(time_scale=sim_time_scale),
+        ) as session:
+            if session.simulator is not None:
+                out.print(
+                    f"No Kling credentials configured: using the offline simulator at {session.simulator.base_url} "
+                    "(no credits are spent; set KLING_ACCESS_KEY/KLING_SECRET_KEY or KLING_API_KEY to use Kling).",
+                    markup=False,
+                )
+            else:
+                out.print(f"Provider: {session.provider.name} at {session.provider.base_url}", markup=False)
+            result = await session.run(plan, on_event=_print_event)
+            dur = f"{result.duration:.2f} s" if result.duration is not None else "unknown length"
+            out.print(f"Done: {result.output} ({dur}, {result.units:g} units)", markup=False)
+            out.print(f"Archive: {archive_dir / plan.chain}", markup=False)
+
+    try:
+        anyio.run(main)
+    except errors.ChainerError as exc:
+        raise _fail(exc) from None
+    except KeyboardInterrupt:
+        err.print("Interrupted. Everything sent so far is in the journal; run the same command to resume.")
+        raise typer.Exit(130) from None
+
+
+@app.command()
+def validate(
+    storyboards: Annotated[list[Path], typer.Argument(help="Storyboard files to check.")],
+) -> None:
+    """Check storyboards without sending anything; print every problem as file:line:col."""
+    bad = 0
+    for path in storyboards:
+        try:
+            load_plan(path)
+            out.print(f"{path}: ok", markup=False)
+        except errors.StoryboardError as exc:
+            bad += 1
+            for problem in exc.problems:
+                err.print(str(problem), markup=False)
+    if bad:
+        err.print(f"{bad} of {len(storyboards)} storyboard(s) have problems.", style="red")
+        raise typer.Exit(2)
+
+
+@app.command()
+def sim(
+    host: Annotated[str, typer.Option(help="Address to listen on (loopback by default).")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to listen on (0 picks a free one).")] = 8765,
+    dialect: Annotated[str, typer.Option(help="official (JWT auth) or proxy (bearer key under --path-prefix).")] = "official",
+    path_prefix: Annotated[str, typer.Option("--path-prefix", help="Path prefix for the API routes, e.g. /kling.")] = "",
+    time_scale: Annotated[float, typer.Option(min=0.0001, help="Task time as a fraction of Kling's real minutes (1.0 = real time).")] = 1.0,
+    concurrency: Annotated[int, typer.Option(min=1, help="Tasks the account may have in flight; more get code 1303.")] = 5,
+    width: Annotated[int, typer.Option(min=64, help="Width of the videos made.")] = 640,
+    height: Annotated[int, typer.Option(min=64, help="Height of the videos made.")] = 360,
+    seed: Annotated[int, typer.Option(help="Random seed (task ids, timings, extension lengths).")] = 0,
+    require_parent_task_id: Annotated[bool, typer.Option(help="Proxy behaviour: video-extend needs the parent task_id.")] = False,
+    prompt_max_chars: Annotated[int, typer.Option(min=1, help="Longest prompt accepted (2500 on Kling, 500 on CometAPI).")] = 2500,
+    refuse_v1_5: Annotated[bool, typer.Option(help="Refuse to extend kling-v1-5 videos, as some proxies do.")] = False,
+    admin: Annotated[bool, typer.Option(help="Serve the inspection API under /_sim/ (creates, stats, clock).")] = True,
+    data_dir: Annotated[Path | None, typer.Option(help="Where videos are kept (default: a temporary folder).")] = None,
+) -> None:
+    """Serve the offline Kling simulator in the foreground until Ctrl-C.
+
+    Official dialect credentials: KLING_ACCESS_KEY=sim-access-key,
+    KLING_SECRET_KEY=sim-secret-key-0123456789abcdef0123. Proxy dialect: KLING_API_KEY=sim-api-key.
+    Admin API (with --admin): GET /_sim/creates, GET /_sim/stats, POST /_sim/advance?seconds=N.
+    """
+    config = SimConfig(
+        dialect=dialect, path_prefix=path_prefix, time_scale=time_scale, concurrency=concurrency,
+        width=width, height=height, seed=seed, require_parent_task_id=require_parent_task_id,
+        prompt_max_chars=prompt_max_chars, refuse_v1_5_extension=refuse_v1_5,
+    )
+    out.print(f"Kling simulator ({dialect}) on http://{host}:{port}{path_prefix}", markup=False)
+    serve_forever(config, data_dir=data_dir, host=host, port=port, admin=admin)
+
+
+def main() -> None:
+    """Console-script entry point."""
+    try:
+        app()
+    except errors.ChainerError as exc:  # pragma: no cover - commands catch their own
+        err.print(f"error: {exc}", markup=False)
+        sys.exit(exc.exit_code)

@@ -1,0 +1,315 @@
+"""The journal: what happened to every chain and step, durable across any crash.
+
+SQLite in WAL mode with synchronous=FULL: a transition that returned is on disk. Each
+transition is one `BEGIN IMMEDIATE` transaction that checks the step's current state, so
+a step can only move along the state machine below, and the runner can always ask the
+journal where it stands instead of trusting memory.
+
+    planned -> submit_intent -> submitted -> succeeded -> downloaded
+                    |    ^
+                    v    |            (any state before downloaded) -> failed
+              submit_unknown
+
+`submit_intent` is committed with the step's external_task_id BEFORE the create request
+is sent; `submitted` is committed with the provider's task_id the moment it is known.
+A chain is owned by one process at a time through an flock the kernel drops on death.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import socket
+import sqlite3
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal, get_args
+
+from .errors import ChainLocked, JournalError
+
+StepState = Literal["planned", "submit_intent", "submit_unknown", "submitted", "succeeded", "downloaded", "failed"]
+STEP_STATES = get_args(StepState)
+
+#: Which states a step may move to from each state.
+TRANSITIONS: dict[StepState, tuple[StepState, ...]] = {
+    "planned": ("submit_intent", "succeeded", "failed"),
+    "submit_intent": ("submitted", "submit_unknown", "planned", "failed"),
+    "submit_unknown": ("submitted", "submit_intent", "failed"),
+    "submitted": ("succeeded", "failed"),
+    "succeeded": ("downloaded", "failed"),
+    "downloaded": (),
+    "failed": (),
+}
+
+SCHEMA_VERSION = 1
+
+_SCHEMA = """
+CREATE TABLE chains (
+    name            TEXT PRIMARY KEY,
+    uid             TEXT NOT NULL,
+    storyboard      TEXT NOT NULL,
+    storyboard_sha  TEXT NOT NULL,
+    provider        TEXT NOT NULL,
+    model           TEXT NOT NULL,
+    mode            TEXT NOT NULL,
+    output          TEXT NOT NULL,
+    state           TEXT NOT NULL,
+    created_at      REAL NOT NULL,
+    updated_at      REAL NOT NULL
+);
+CREATE TABLE steps (
+    chain            TEXT NOT NULL REFERENCES chains(name),
+    idx              INTEGER NOT NULL,
+    attempt          INTEGER NOT NULL,
+    kind             TEXT NOT NULL,
+    prompt           TEXT,
+    fingerprint      TEXT NOT NULL,
+    state            TEXT NOT NULL,
+    external_task_id TEXT,
+    task_id          TEXT,
+    video_id         TEXT,
+    video_url        TEXT,
+    duration         REAL,
+    units            REAL,
+    remote_created_ms INTEGER,
+    file             TEXT,
+    probed_duration  REAL,
+    sha256           TEXT,
+    size             INTEGER,
+    error            TEXT,
+    updated_at       REAL NOT NULL,
+    PRIMARY KEY (chain, idx, attempt)
+);
+CREATE TABLE events (
+    id       INTEGER PRIMARY KEY,
+    chain    TEXT NOT NULL,
+    idx      INTEGER,
+    attempt  INTEGER,
+    state    TEXT NOT NULL,
+    detail   TEXT,
+    at       REAL NOT NULL
+);
+"""
+
+_STEP_FIELDS = (
+    "external_task_id", "task_id", "video_id", "video_url", "duration", "units",
+    "remote_created_ms", "file", "probed_duration", "sha256", "size", "error",
+)
+
+
+@dataclass(frozen=True)
+class StepRow:
+    chain: str
+    idx: int
+    attempt: int
+    kind: str
+    prompt: str | None
+    fingerprint: str
+    state: StepState
+    external_task_id: str | None
+    task_id: str | None
+    video_id: str | None
+    video_url: str | None
+    duration: float | None
+    units: float | None
+    remote_created_ms: int | None
+    file: str | None
+    probed_duration: float | None
+    sha256: str | None
+    size: int | None
+    error: str | None
+
+
+@dataclass(frozen=True)
+class ChainRow:
+    name: str
+    uid: str
+    storyboard: str
+    storyboard_sha: str
+    provider: str
+    model: str
+    mode: str
+    output: str
+    state: str
+
+
+class Journal:
+    """One SQLite journal file; use as a context manager or call close()."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            self.db = sqlite3.connect(self.path, isolation_level=None, timeout=30.0)
+            self.db.row_factory = sqlite3.Row
+            self.db.execute("PRAGMA journal_mode=WAL")
+            self.db.execute("PRAGMA synchronous=FULL")
+            self.db.execute("PRAGMA foreign_keys=ON")
+            self.db.execute("PRAGMA busy_timeout=30000")
+            self._migrate()
+        except sqlite3.DatabaseError as exc:
+            raise JournalError(f"the journal {self.path} cannot be opened: {exc}") from exc
+        self._locks: dict[str, int] = {}
+
+    def close(self) -> None:
+        for fd in self._locks.values():
+            os.close(fd)
+        self._locks.clear()
+        self.db.close()
+
+    def __enter__(self) -> Journal:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # ------------------------------------------------------------------ schema
+
+    def _migrate(self) -> None:
+        with self.transaction():
+            version = self.db.execute("PRAGMA user_version").fetchone()[0]
+            if version > SCHEMA_VERSION:
+                raise JournalError(
+                    f"the journal {self.path} was written by a newer chainer (schema {version}); upgrade chainer"
+                )
+            if version == 0:
+                # one statement at a time: executescript() would COMMIT our transaction
+                for statement in filter(str.strip, _SCHEMA.split(";")):
+                    self.db.execute(statement)
+                self.db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+
+    def integrity_check(self) -> str:
+        return str(self.db.execute("PRAGMA integrity_check").fetchone()[0])
+
+    @contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        """One BEGIN IMMEDIATE ... COMMIT; rolled back on any exception."""
+        self.db.execute("BEGIN IMMEDIATE")
+        try:
+            yield self.db
+        except BaseException:
+            self.db.execute("ROLLBACK")
+            raise
+        self.db.execute("COMMIT")
+
+    # ------------------------------------------------------------------ ownership
+
+    def lock_chain(self, name: str) -> None:
+        """Own `name` until close(); ChainLocked says which process holds it otherwise."""
+        if name in self._locks:
+            return
+        lock_dir = self.path.parent / "locks"
+        lock_dir.mkdir(exist_ok=True)
+        fd = os.open(lock_dir / f"{name}.lock", os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 200, 0).decode(errors="replace").strip() or "another process"
+            os.close(fd)
+            raise ChainLocked(
+                f"chain {name!r} is being run by {holder}; wait for it to finish or stop it first"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()}".encode(), 0)
+        self._locks[name] = fd
+
+    # ------------------------------------------------------------------ chains
+
+    def chain(self, name: str) -> ChainRow | None:
+        row = self.db.execute(
+            "SELECT name, uid, storyboard, storyboard_sha, provider, model, mode, output, state "
+            "FROM chains WHERE name = ?",
+            (name,),
+        ).fetchone()
+        return ChainRow(**dict(row)) if row else None
+
+    def chains(self) -> list[ChainRow]:
+        rows = self.db.execute(
+            "SELECT name, uid, storyboard, storyboard_sha, provider, model, mode, output, state "
+            "FROM chains ORDER BY name"
+        ).fetchall()
+        return [ChainRow(**dict(r)) for r in rows]
+
+    def ensure_chain(
+        self, *, name: str, storyboard: str, storyboard_sha: str, provider: str, model: str, mode: str,
+        output: str, steps: list[tuple[int, str, str | None, str]],
+    ) -> ChainRow:
+        """Create the chain and its planned steps once; later calls return it unchanged."""
+        now = time.time()
+        with self.transaction() as db:
+            if self.chain(name) is None:
+                uid = os.urandom(6).hex()
+                db.execute(
+                    "INSERT INTO chains VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+                    (name, uid, storyboard, storyboard_sha, provider, model, mode, output, "running", now, now),
+                )
+                for idx, kind, prompt, fingerprint in steps:
+                    db.execute(
+                        "INSERT INTO steps (chain, idx, attempt, kind, prompt, fingerprint, state, updated_at) "
+                        "VALUES (?,?,?,?,?,?,?,?)",
+                        (name, idx, 1, kind, prompt, fingerprint, "planned", now),
+                    )
+                    db.execute(
+                        "INSERT INTO events (chain, idx, attempt, state, at) VALUES (?,?,?,?,?)",
+                        (name, idx, 1, "planned", now),
+                    )
+        chain = self.chain(name)
+        assert chain is not None
+        return chain
+
+    def set_chain_state(self, name: str, state: str) -> None:
+        with self.transaction() as db:
+            db.execute("UPDATE chains SET state = ?, updated_at = ? WHERE name = ?", (state, time.time(), name))
+            db.execute("INSERT INTO events (chain, state, at) VALUES (?,?,?)", (name, f"chain:{state}", time.time()))
+
+    # ------------------------------------------------------------------ steps
+
+    def steps(self, chain: str) -> list[StepRow]:
+        """The current (latest) attempt of every step of `chain`, in order."""
+        rows = self.db.execute(
+            "SELECT * FROM steps s WHERE chain = ? AND attempt = "
+            "(SELECT MAX(attempt) FROM steps WHERE chain = s.chain AND idx = s.idx) ORDER BY idx",
+            (chain,),
+        ).fetchall()
+        return [self._row(r) for r in rows]
+
+    def step(self, chain: str, idx: int) -> StepRow:
+        row = self.db.execute(
+            "SELECT * FROM steps WHERE chain = ? AND idx = ? ORDER BY attempt DESC LIMIT 1", (chain, idx)
+        ).fetchone()
+        if row is None:
+            raise JournalError(f"chain {chain!r} has no step {idx}")
+        return self._row(row)
+
+    @staticmethod
+    def _row(row: sqlite3.Row) -> StepRow:
+        data = {k: row[k] for k in row.keys() if k != "updated_at"}
+        return StepRow(**data)
+
+    def transition(self, step: StepRow, to: StepState, detail: str | None = None, **fields: Any) -> StepRow:
+        """Move `step` to `to`, setting `fields`, if (and only if) it is still where it was."""
+        unknown = set(fields) - set(_STEP_FIELDS)
+        if unknown:
+            raise ValueError(f"unknown step fields: {sorted(unknown)}")
+        if to not in TRANSITIONS[step.state]:
+            raise JournalError(f"step {step.idx} of {step.chain!r} cannot go from {step.state} to {to}")
+        now = time.time()
+        sets = ", ".join(f"{k} = ?" for k in fields)
+        with self.transaction() as db:
+            cur = db.execute(
+                f"UPDATE steps SET state = ?, updated_at = ?{', ' + sets if sets else ''} "
+                "WHERE chain = ? AND idx = ? AND attempt = ? AND state = ?",
+                (to, now, *fields.values(), step.chain, step.idx, step.attempt, step.state),
+            )
+            if cur.rowcount != 1:
+                raise JournalError(f"step {step.idx} of {step.chain!r} changed under us (expected {step.state})")
+            db.execute(
+                "INSERT INTO events (chain, idx, attempt, state, detail, at) VALUES (?,?,?,?,?,?)",
+                (step.chain, step.idx, step.attempt, to,
+                 json.dumps(detail if detail is not None else None), now),
+            )
+        return self.step(step.chain, step.idx)

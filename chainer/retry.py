@@ -1,0 +1,75 @@
+"""Retries with a deadline, driven by what the error says (stamina underneath).
+
+Reads (polls, lookups) retry on anything transient. Creates retry only on what proves
+that no task was made: the request never left (RequestNotSent), or the provider refused
+it for now (1302 too fast, 1303 concurrency full). `Retry-After` sets the wait when the
+provider sends one (capped). `stamina.set_testing(True)` turns every wait off in tests.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
+
+import stamina
+
+from .errors import (
+    ApiError,
+    DownloadError,
+    OutcomeUnknown,
+    RateLimitError,
+    RequestNotSent,
+    VerificationFailed,
+)
+
+T = TypeVar("T")
+
+#: The longest wait a Retry-After header can impose.
+MAX_RETRY_AFTER_S = 120.0
+
+
+def _retry_after(exc: ApiError) -> bool | float:
+    if exc.retry_after is not None:
+        return min(exc.retry_after, MAX_RETRY_AFTER_S)
+    return True
+
+
+def read_backoff(exc: Exception) -> bool | float:
+    """For idempotent calls: retry transport trouble and retryable business codes."""
+    if isinstance(exc, ApiError):
+        return _retry_after(exc) if exc.retryable else False
+    return isinstance(exc, RequestNotSent | OutcomeUnknown)
+
+
+def download_backoff(exc: Exception) -> bool | float:
+    """For downloads: retry interrupted transfers and dead urls, never a file that failed checks."""
+    if isinstance(exc, VerificationFailed):
+        return False
+    return isinstance(exc, DownloadError) or read_backoff(exc)
+
+
+def create_backoff(exc: Exception) -> bool | float:
+    """For creates: retry only what proves nothing was created."""
+    if isinstance(exc, RateLimitError):
+        return _retry_after(exc)
+    return isinstance(exc, RequestNotSent)
+
+
+async def retrying(
+    call: Callable[[], Awaitable[T]],
+    *,
+    on: Callable[[Exception], bool | float],
+    deadline_s: float,
+    wait_initial: float = 1.0,
+    wait_max: float = 30.0,
+) -> T:
+    """Run `call` until it succeeds, `on` refuses the error, or `deadline_s` passes.
+
+    The last error is raised as it is when giving up, so callers see the real cause.
+    """
+    async for attempt in stamina.retry_context(
+        on=on, attempts=None, timeout=deadline_s, wait_initial=wait_initial, wait_max=wait_max
+    ):
+        with attempt:
+            return await call()
+    raise AssertionError("unreachable: stamina either returns or raises")

@@ -1,0 +1,385 @@
+"""The runner: drives one chain's plan to a finished video, one journaled step at a time.
+
+The runner owns the order of things. For each step it asks the journal where the step
+stands and moves it one transition further, so a run that stopped anywhere (Ctrl-C, a
+crash, a reboot) continues exactly there:
+
+- planned:        derive the external_task_id and commit `submit_intent` before any POST
+- submit_intent / submit_unknown: look the task up by external_task_id when the outcome
+                  of an earlier POST is unknown; POST only when no task exists. The same
+                  external_task_id is reused, and Kling refuses a duplicate, so a create
+                  can never be paid twice
+- submitted:      poll until the task succeeds (commit its video) or fails (stop the chain)
+- succeeded:      download and verify the result into the archive, then commit
+- downloaded:     nothing left to do
+
+When every step is downloaded, the last result (the whole video) is published to the
+chain's output path.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal, assert_never
+
+import anyio
+import httpx
+
+from . import archive, errors, rules
+from .journal import Journal, StepRow
+from .plan import Plan, Step
+from .polling import PollPolicy, next_delay
+from .provider.client import KlingClient
+from .provider.wire import CreateRequest, Image2VideoRequest, Task, Text2VideoRequest, VideoExtendRequest
+from .retry import create_backoff, download_backoff, read_backoff, retrying
+
+#: How long reads (polls, lookups, downloads) keep retrying transient errors.
+READ_DEADLINE_S = 600.0
+#: How long a create keeps retrying 1302/1303 and unsent requests before giving up.
+CREATE_DEADLINE_S = 3600.0
+#: Lookup rounds after an ambiguous create before asking the user to check by hand.
+RECONCILE_ROUNDS = 3
+
+
+@dataclass(frozen=True)
+class Event:
+    """One thing worth telling the user about a chain."""
+
+    chain: str
+    step: int
+    steps: int
+    state: str
+    message: str = ""
+    total_seconds: float | None = None
+
+
+@dataclass
+class ChainResult:
+    chain: str
+    state: Literal["done", "failed", "needs_attention"]
+    output: Path | None
+    duration: float | None
+    units: float
+    message: str = ""
+
+
+@dataclass
+class RunContext:
+    """What every chain of a run shares: the provider, the journal, the archive."""
+
+    client: KlingClient
+    journal: Journal
+    http: httpx.AsyncClient
+    archive_dir: Path
+    poll: PollPolicy = field(default_factory=PollPolicy)
+    on_event: Callable[[Event], None] = lambda event: None
+    rng: random.Random = field(default_factory=random.Random)
+
+
+class ChainRunner:
+    """Runs one plan. Construct, then `await run()`."""
+
+    def __init__(self, plan: Plan, ctx: RunContext):
+        self.plan = plan
+        self.ctx = ctx
+        self.folder = ctx.archive_dir / plan.chain
+        self._observed: list[float] = []  # seconds each extension of this chain took
+        self._fresh_intents: set[int] = set()
+
+    # ------------------------------------------------------------------ top level
+
+    async def run(self) -> ChainResult:
+        journal = self.ctx.journal
+        journal.lock_chain(self.plan.chain)
+        chain = journal.ensure_chain(
+            name=self.plan.chain,
+            storyboard=str(self.plan.storyboard),
+            storyboard_sha=self.plan.storyboard_sha256,
+            provider=self.ctx.client.config.name,
+            model=self.plan.model,
+            mode=self.plan.mode,
+            output=str(self.plan.output),
+            steps=[(s.index, s.kind, s.prompt, s.fingerprint) for s in self.plan.steps],
+        )
+        rows = journal.steps(chain.name)
+        changed = [s.index for s, r in zip(self.plan.steps, rows, strict=False) if s.fingerprint != r.fingerprint]
+        if changed or len(rows) != len(self.plan.steps):
+            first = changed[0] if changed else min(len(rows), len(self.plan.steps))
+            raise errors.JournalError(
+                f"the storyboard of chain {chain.name!r} changed since it was started (first changed step: "
+                f"{first}); chainer will not mix old and new steps. Run it under a new `name`, or delete the "
+                f"chain's journal entry to start over (re-rolling from a step is not supported yet)"
+            )
+        parent: StepRow | None = None
+        for step in self.plan.steps:
+            row = journal.step(chain.name, step.index)
+            row = await self._advance(step, row, parent)
+            parent = row
+            self._write_manifest()
+        assert parent is not None and parent.file is not None
+        archive.publish(Path(parent.file), self.plan.output)
+        journal.set_chain_state(chain.name, "done")
+        self._emit(parent.idx, "done", f"wrote {self.plan.output}", parent.duration)
+        return ChainResult(
+            chain=chain.name,
+            state="done",
+            output=self.plan.output,
+            duration=parent.probed_duration or parent.duration,
+            units=self.units_spent(),
+        )
+
+    def units_spent(self) -> float:
+        return sum(r.units or 0.0 for r in self.ctx.journal.steps(self.plan.chain))
+
+    def _emit(self, idx: int, state: str, message: str = "", total: float | None = None) -> None:
+        self.ctx.on_event(Event(self.plan.chain, idx, len(self.plan.steps) - 1, state, message, total))
+
+    # ------------------------------------------------------------------ one step
+
+    async def _advance(self, step: Step, row: StepRow, parent: StepRow | None) -> StepRow:
+        journal = self.ctx.journal
+        while True:
+            match row.state:
+                case "planned":
+                    if step.kind == "existing":
+                        row = journal.transition(
+                            row, "succeeded", "adopted an existing video",
+                            video_id=step.fields["video_id"], task_id=step.fields.get("task_id"),
+                            duration=self.plan.existing.duration if self.plan.existing else None,
+                        )
+                        continue
+                    row = journal.transition(row, "submit_intent", external_task_id=self._external_id(row))
+                    self._fresh_intents.add(step.index)
+                case "submit_intent" | "submit_unknown":
+                    row = await self._submit(step, row, parent)
+                case "submitted":
+                    row = await self._await_task(step, row)
+                case "succeeded":
+                    if step.kind == "existing":
+                        return row
+                    row = await self._download(step, row)
+                case "downloaded":
+                    return row
+                case "failed":
+                    raise errors.TaskFailed(
+                        task_id=row.task_id or "(none)",
+                        reason=f"step {step.index} ({self._describe(step)}) failed: {row.error}",
+                    )
+                case _:
+                    assert_never(row.state)
+
+    def _describe(self, step: Step) -> str:
+        return "the start" if step.index == 0 else f"segment {step.index}"
+
+    def _external_id(self, row: StepRow) -> str:
+        chain = self.ctx.journal.chain(self.plan.chain)
+        assert chain is not None
+        # Deterministic from the journal: chain instance, step, attempt, request fingerprint.
+        return f"chainer-{chain.uid}-{row.idx:03d}-a{row.attempt}-{row.fingerprint[:10]}"
+
+    def _request(self, step: Step, row: StepRow, parent: StepRow | None) -> CreateRequest:
+        fields = dict(step.fields)
+        ext = row.external_task_id
+        match step.kind:
+            case "text2video":
+                return Text2VideoRequest(external_task_id=ext, **fields)
+            case "image2video":
+                for key in ("image", "image_tail"):
+                    if fields.get(key):
+                        path = self.plan.storyboard.parent / fields[key]
+                        fields[key] = base64.b64encode(path.read_bytes()).decode()
+                return Image2VideoRequest(external_task_id=ext, **fields)
+            case "video-extend":
+                assert parent is not None and parent.video_id is not None
+                send_parent = self.ctx.client.config.send_parent_task_id
+                return VideoExtendRequest(
+                    video_id=parent.video_id,
+                    task_id=parent.task_id if send_parent else None,
+                    external_task_id=ext,
+                    **fields,
+                )
+            case "existing":
+                raise AssertionError("an existing video is never submitted")
+            case _:
+                assert_never(step.kind)
+
+    async def _submit(self, step: Step, row: StepRow, parent: StepRow | None) -> StepRow:
+        """Get a task id for `row` without ever creating a second task for it."""
+        journal, client = self.ctx.journal, self.ctx.client
+        kind = _task_kind(step)
+        assert row.external_task_id is not None
+        for _round in range(RECONCILE_ROUNDS):
+            if step.index not in self._fresh_intents or row.state == "submit_unknown":
+                # An earlier POST may have reached the provider: look before sending again.
+                found = await retrying(
+                    lambda: client.find_by_external_id(kind, row.external_task_id or ""),
+                    on=read_backoff, deadline_s=READ_DEADLINE_S,
+                )
+                if found is not None:
+                    self._emit(step.index, "submitted", f"found task {found.task_id} created earlier")
+                    return journal.transition(row, "submitted", "reconciled", task_id=found.task_id)
+                if row.state == "submit_unknown":
+                    row = journal.transition(row, "submit_intent", "lookup found no task")
+            request = self._request(step, row, parent)
+            self._emit(step.index, "submitting", self._describe(step))
+            try:
+                with anyio.CancelScope(shield=True):
+                    # Shielded: once sent, the answer is worth waiting for, and the task id
+                    # is committed before a Ctrl-C can land.
+                    task = await retrying(
+                        lambda: client.create(kind, request), on=create_backoff, deadline_s=CREATE_DEADLINE_S
+                    )
+                    row = journal.transition(row, "submitted", task_id=task.task_id)
+                self._emit(step.index, "submitted", f"task {task.task_id}")
+                return row
+            except errors.OutcomeUnknown as exc:
+                self._fresh_intents.discard(step.index)
+                row = journal.transition(row, "submit_unknown", str(exc))
+                self._emit(step.index, "submit_unknown", f"{exc}; looking the task up")
+            except errors.InvalidRequestError as exc:
+                if exc.code == 1201 and "external_task_id" in exc.api_message:
+                    # The provider already has a task with our id: an earlier POST arrived.
+                    self._fresh_intents.discard(step.index)
+                    continue
+                return self._refused(row, step, exc)
+            except errors.PolicyError as exc:
+                return self._refused(row, step, exc)
+            except (errors.AuthError, errors.AccountError, errors.RequestNotSent, errors.RateLimitError):
+                # Nothing was created and nothing is wrong with the step itself.
+                journal.transition(row, "planned", "create refused for now; nothing was created")
+                raise
+        raise errors.ProviderError(
+            f"step {step.index} of {self.plan.chain!r}: the provider's answers to its create were lost "
+            f"{RECONCILE_ROUNDS} times. Check your provider's task list for external_task_id "
+            f"{row.external_task_id!r} before running again; chainer will look for it first."
+        )
+
+    def _refused(self, row: StepRow, step: Step, exc: errors.ApiError) -> StepRow:
+        row = self.ctx.journal.transition(row, "failed", str(exc), error=str(exc))
+        self._emit(step.index, "failed", str(exc))
+        return row
+
+    async def _await_task(self, step: Step, row: StepRow) -> StepRow:
+        """Poll the task until it ends; commit its result or its failure."""
+        journal, client = self.ctx.journal, self.ctx.client
+        kind = _task_kind(step)
+        assert row.task_id is not None
+        task_id = row.task_id
+        started = time.monotonic()
+        expected = self._expected_seconds(kind)
+        self._emit(step.index, "processing", f"task {task_id}")
+        while True:
+            task = await retrying(lambda: client.get_task(kind, task_id), on=read_backoff, deadline_s=READ_DEADLINE_S)
+            match task.task_status:
+                case "submitted" | "processing":
+                    elapsed = time.monotonic() - started
+                    if elapsed > self.ctx.poll.deadline:
+                        raise errors.ProviderError(
+                            f"task {task_id} is still {task.task_status} after {elapsed:.0f} s; "
+                            "run again later to keep waiting (nothing will be re-created)"
+                        )
+                    await anyio.sleep(next_delay(self.ctx.poll, elapsed=elapsed, expected=expected, rng=self.ctx.rng))
+                case "succeed":
+                    return self._succeeded(step, row, task, time.monotonic() - started)
+                case "failed":
+                    reason = task.task_status_msg or "the provider gave no reason"
+                    row = journal.transition(row, "failed", reason, error=reason, units=task.units)
+                    self._emit(step.index, "failed", reason)
+                    return row
+                case _:
+                    assert_never(task.task_status)
+
+    def _succeeded(self, step: Step, row: StepRow, task: Task, took: float) -> StepRow:
+        video = task.video
+        if video is None:
+            raise errors.ProtocolError(f"task {task.task_id} succeeded without a video in task_result")
+        if step.kind == "video-extend":
+            self._observed.append(took)
+        row = self.ctx.journal.transition(
+            row, "succeeded",
+            video_id=video.id, video_url=video.url, duration=video.seconds, units=task.units,
+            remote_created_ms=task.created_at,
+        )
+        self._emit(step.index, "succeeded", f"video {video.id}", video.seconds)
+        return row
+
+    def _expected_seconds(self, kind: rules.TaskKind) -> float:
+        if kind == "video-extend" and self._observed:
+            recent = self._observed[-3:]
+            return sum(recent) / len(recent)
+        return rules.EXPECTED_SECONDS[kind] * self.ctx.client.config.time_scale
+
+    async def _download(self, step: Step, row: StepRow) -> StepRow:
+        """Archive the step's result; a dead url is replaced by querying the task again."""
+        assert row.video_id is not None and row.task_id is not None
+        dest = self.folder / archive.result_name(step.index, row.video_id)
+        kind, task_id = _task_kind(step), row.task_id
+        url = row.video_url
+
+        async def attempt() -> archive.Downloaded:
+            nonlocal url
+            if url is None:
+                task = await self.ctx.client.get_task(kind, task_id)
+                url = task.video.url if task.video else None
+                if url is None:
+                    raise errors.VerificationFailed(f"task {task_id} no longer offers its video")
+            try:
+                return await archive.download(self.ctx.http, url, dest, reported_duration=row.duration)
+            except errors.UrlExpired:
+                url = None  # the next attempt asks the provider for a fresh signed url
+                raise
+
+        self._emit(step.index, "downloading", dest.name)
+        got = await retrying(attempt, on=download_backoff, deadline_s=READ_DEADLINE_S, wait_initial=0.5)
+        row = self.ctx.journal.transition(
+            row, "downloaded",
+            file=str(got.path), sha256=got.sha256, size=got.size, probed_duration=got.probed_duration,
+        )
+        self._emit(step.index, "downloaded", dest.name, row.duration)
+        return row
+
+    def _write_manifest(self) -> None:
+        journal = self.ctx.journal
+        chain = journal.chain(self.plan.chain)
+        assert chain is not None
+        rows = journal.steps(chain.name)
+        steps = [
+            archive.ManifestStep(
+                index=r.idx, kind=r.kind, state=r.state, attempt=r.attempt, prompt=r.prompt,
+                task_id=r.task_id, external_task_id=r.external_task_id, video_id=r.video_id,
+                url=archive.public_url(r.video_url), reported_duration=r.duration,
+                probed_duration=r.probed_duration, units=r.units,
+                file=Path(r.file).name if r.file else None, sha256=r.sha256, size=r.size,
+                created_at=(dt.datetime.fromtimestamp(r.remote_created_ms / 1000, dt.UTC)
+                            if r.remote_created_ms else None),
+                expires_at=archive.expires_at(r.remote_created_ms),
+            )
+            for r in rows
+        ]
+        last = next((r for r in reversed(rows) if r.file), None)
+        archive.write_manifest(
+            self.folder,
+            archive.Manifest(
+                chain=chain.name, storyboard=chain.storyboard, storyboard_sha256=chain.storyboard_sha,
+                provider=chain.provider, model=chain.model, mode=chain.mode, output=chain.output,
+                final_video=Path(last.file).name if last and last.file else None,
+                steps=steps, written_at=dt.datetime.now(dt.UTC),
+            ),
+        )
+
+
+def _task_kind(step: Step) -> rules.TaskKind:
+    if step.kind == "existing":
+        raise AssertionError("an existing video has no task kind")
+    return step.kind
+
+
+async def run_chain(plan: Plan, ctx: RunContext) -> ChainResult:
+    """Run one chain to completion; errors propagate with the journal left consistent."""
+    return await ChainRunner(plan, ctx).run()

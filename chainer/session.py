@@ -1,0 +1,96 @@
+"""A session: one provider, one journal, one archive, ready to run chains from Python.
+
+    from chainer import Session, load_plan
+    async with Session.open(state_dir=".chainer", archive_dir="archive") as session:
+        result = await session.run(load_plan("storyboards/lighthouse.yaml"))
+
+With no provider given and no credentials in the environment, the session starts the
+offline simulator in-process on a free loopback port: no credits are spent.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import AsyncIterator, Callable
+from contextlib import AsyncExitStack, asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+from pydantic import SecretStr
+
+from . import plan as plan_mod
+from . import storyboard
+from .journal import Journal
+from .polling import PollPolicy
+from .provider.client import DEFAULT_TIMEOUT, KlingClient
+from .provider.config import ProviderConfig, from_environment
+from .runner import ChainResult, Event, RunContext, run_chain
+from .simulator import SimConfig, Simulator
+
+#: The embedded simulator runs tasks this many times faster than Kling (minutes become seconds).
+EMBEDDED_TIME_SCALE = 0.05
+
+
+def load_plan(path: str | os.PathLike[str], *, output: str | os.PathLike[str] | None = None) -> plan_mod.Plan:
+    """Load, validate and plan a storyboard file (StoryboardError lists every problem)."""
+    return plan_mod.build(storyboard.load(path), output=Path(output) if output else None)
+
+
+def simulator_provider(sim: Simulator, *, time_scale: float) -> ProviderConfig:
+    """A ProviderConfig that talks to `sim` in its own dialect with its own credentials."""
+    cfg = sim.config
+    common = {"base_url": sim.base_url, "offline": True, "time_scale": time_scale,
+              "path_prefix": cfg.path_prefix, "prompt_max_chars": cfg.prompt_max_chars}
+    if cfg.dialect == "proxy":
+        return ProviderConfig(name="simulator", dialect="proxy", api_key=SecretStr(cfg.api_key),
+                              send_parent_task_id=cfg.require_parent_task_id, **common)
+    return ProviderConfig(name="simulator", dialect="official", access_key=SecretStr(cfg.access_key),
+                          secret_key=SecretStr(cfg.secret_key), **common)
+
+
+@dataclass
+class Session:
+    provider: ProviderConfig
+    journal: Journal
+    client: KlingClient
+    http: httpx.AsyncClient
+    archive_dir: Path
+    poll: PollPolicy
+    simulator: Simulator | None = None
+
+    @classmethod
+    @asynccontextmanager
+    async def open(
+        cls,
+        *,
+        state_dir: str | os.PathLike[str] = ".chainer",
+        archive_dir: str | os.PathLike[str] = "archive",
+        provider: ProviderConfig | None = None,
+        base_url: str | None = None,
+        path_prefix: str | None = None,
+        sim_config: SimConfig | None = None,
+    ) -> AsyncIterator[Session]:
+        """Resolve the provider (flags, environment, else the embedded simulator) and open everything."""
+        state = Path(state_dir)
+        async with AsyncExitStack() as stack:
+            sim: Simulator | None = None
+            if provider is None:
+                provider = from_environment(base_url=base_url, path_prefix=path_prefix)
+            if provider is None:
+                config = sim_config or SimConfig(time_scale=EMBEDDED_TIME_SCALE, seed=0)
+                sim = stack.enter_context(Simulator(config, data_dir=state / "simulator"))
+                provider = simulator_provider(sim, time_scale=config.time_scale)
+            journal = stack.enter_context(Journal(state / f"journal-{provider.name}.sqlite"))
+            http = await stack.enter_async_context(httpx.AsyncClient(timeout=DEFAULT_TIMEOUT))
+            client = await stack.enter_async_context(KlingClient(provider, http=http))
+            poll = PollPolicy().scaled(provider.time_scale)
+            yield cls(provider, journal, client, http, Path(archive_dir), poll, sim)
+
+    async def run(self, plan: plan_mod.Plan, *, on_event: Callable[[Event], None] | None = None) -> ChainResult:
+        """Run (or resume) one chain to its finished video."""
+        ctx = RunContext(
+            client=self.client, journal=self.journal, http=self.http, archive_dir=self.archive_dir,
+            poll=self.poll, on_event=on_event or (lambda event: None),
+        )
+        return await run_chain(plan, ctx)

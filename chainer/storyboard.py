@@ -1,0 +1,349 @@
+"""Storyboards: the YAML files users write, parsed into pydantic models with positions.
+
+A storyboard names a chain, says how its first video comes to be (`start`), and lists
+the `segments` that each extend the video so far. Every problem is reported as
+`file:line:col: message`, pointing at the YAML node at fault, all problems in one pass.
+
+    name: lighthouse
+    start:
+      text2video: {prompt: "a lighthouse at dusk", model: kling-v1-6, mode: std, duration: 5}
+    segments:
+      - prompt: "the camera pulls back over the sea"
+      - prompt: "night falls, the beam sweeps the fog"
+    output: out/lighthouse.mp4
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError, model_validator
+
+from . import rules
+from .errors import Problem, StoryboardError
+
+NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,79}$"
+Name = Annotated[str, StringConstraints(pattern=NAME_PATTERN)]
+Prompt = Annotated[str, StringConstraints(min_length=1, max_length=rules.PROMPT_MAX_CHARS)]
+OptPrompt = Annotated[str, StringConstraints(max_length=rules.PROMPT_MAX_CHARS)] | None
+CfgScale = Annotated[float, Field(ge=rules.CFG_SCALE_RANGE[0], le=rules.CFG_SCALE_RANGE[1])] | None
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ExistingVideo(_Strict):
+    """Start from a video that already exists on the account."""
+
+    video_id: Annotated[str, StringConstraints(min_length=1)]
+    #: The task that produced the video (proxies need it to extend).
+    task_id: str | None = None
+    model: str = Field(description="the model that generated the video, e.g. kling-v1-6")
+    mode: rules.Mode = "std"
+    #: Its length in seconds, if known; otherwise the planner assumes the longest start (10 s).
+    duration: Annotated[float, Field(gt=0, le=rules.MAX_TOTAL_SECONDS)] | None = None
+
+
+class Text2Video(_Strict):
+    """Start with a text-to-video task."""
+
+    prompt: Prompt
+    negative_prompt: OptPrompt = None
+    cfg_scale: CfgScale = None
+    model: str = rules.DEFAULT_MODEL
+    mode: rules.Mode = "std"
+    duration: Literal[5, 10] = 5
+    aspect_ratio: Literal["16:9", "9:16", "1:1"] = "16:9"
+
+
+class Image2Video(_Strict):
+    """Start with an image-to-video task from a local image file (path relative to the storyboard)."""
+
+    image: Annotated[str, StringConstraints(min_length=1)]
+    image_tail: str | None = None
+    prompt: OptPrompt = None
+    negative_prompt: OptPrompt = None
+    cfg_scale: CfgScale = None
+    model: str = rules.DEFAULT_MODEL
+    mode: rules.Mode = "std"
+    duration: Literal[5, 10] = 5
+
+
+class Start(_Strict):
+    """Exactly one of the three ways to get the first video."""
+
+    video: ExistingVideo | None = None
+    text2video: Text2Video | None = None
+    image2video: Image2Video | None = None
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> Start:
+        given = [k for k in ("video", "text2video", "image2video") if getattr(self, k) is not None]
+        if len(given) != 1:
+            raise ValueError(
+                "start needs exactly one of: video, text2video, image2video"
+                + (f" (got {', '.join(given)})" if given else "")
+            )
+        return self
+
+    @property
+    def kind(self) -> Literal["video", "text2video", "image2video"]:
+        if self.video is not None:
+            return "video"
+        return "text2video" if self.text2video is not None else "image2video"
+
+    @property
+    def source(self) -> ExistingVideo | Text2Video | Image2Video:
+        found = self.video or self.text2video or self.image2video
+        assert found is not None
+        return found
+
+
+class Segment(_Strict):
+    """One video-extend step: 4-5 more seconds following this prompt."""
+
+    prompt: Prompt
+    negative_prompt: OptPrompt = None
+    cfg_scale: CfgScale = None
+
+
+class Storyboard(_Strict):
+    """A whole chain: one start and the segments that extend it, in order."""
+
+    name: Name
+    start: Start
+    segments: Annotated[list[Segment], Field(min_length=1)]
+    output: str | None = None
+
+
+# ------------------------------------------------------------------ loading with positions
+
+Path_ = tuple[str | int, ...]
+
+
+@dataclass(frozen=True)
+class Loaded:
+    """A validated storyboard plus what is needed to point at its lines later."""
+
+    storyboard: Storyboard
+    path: Path
+    sha256: str
+    positions: dict[Path_, tuple[int, int]]
+
+    def where(self, *loc: str | int) -> tuple[int, int]:
+        """(line, column) of the deepest known node on `loc` (1-based)."""
+        for n in range(len(loc), -1, -1):
+            if loc[:n] in self.positions:
+                return self.positions[loc[:n]]
+        return (1, 1)
+
+    def problem(self, loc: Path_, message: str) -> Problem:
+        line, col = self.where(*loc)
+        return Problem(str(self.path), line, col, message)
+
+
+class _Positions:
+    """Turns a composed YAML node tree into plain data, noting each node's position."""
+
+    def __init__(self, file: str):
+        self.file = file
+        self.positions: dict[Path_, tuple[int, int]] = {}
+        self.key_positions: dict[Path_, tuple[int, int]] = {}
+        self.problems: list[Problem] = []
+
+    def build(self, node: yaml.Node, loc: Path_ = ()) -> Any:
+        self.positions[loc] = (node.start_mark.line + 1, node.start_mark.column + 1)
+        if isinstance(node, yaml.MappingNode):
+            out: dict[Any, Any] = {}
+            for key_node, value_node in node.value:
+                key = yaml.SafeLoader.construct_scalar(_LOADER, key_node) if isinstance(key_node, yaml.ScalarNode) else None
+                if not isinstance(key, str):
+                    self.problems.append(self._at(key_node, "mapping keys must be plain strings"))
+                    continue
+                if key in out:
+                    self.problems.append(self._at(key_node, f"duplicate key {key!r}"))
+                    continue
+                self.key_positions[(*loc, key)] = (key_node.start_mark.line + 1, key_node.start_mark.column + 1)
+                out[key] = self.build(value_node, (*loc, key))
+            return out
+        if isinstance(node, yaml.SequenceNode):
+            return [self.build(item, (*loc, i)) for i, item in enumerate(node.value)]
+        return _LOADER.construct_object(node, deep=True)
+
+    def _at(self, node: yaml.Node, message: str) -> Problem:
+        return Problem(self.file, node.start_mark.line + 1, node.start_mark.column + 1, message)
+
+
+_LOADER = yaml.SafeLoader("")
+
+
+def _suggest(word: str, model: type[BaseModel] | None) -> str:
+    if model is None:
+        return ""
+    close = difflib.get_close_matches(word, list(model.model_fields), n=1, cutoff=0.6)
+    return f"; did you mean {close[0]!r}?" if close else ""
+
+
+def _model_at(loc: Path_) -> type[BaseModel] | None:
+    """The storyboard model that a location's parent mapping is validated against."""
+    model: type[BaseModel] | None = Storyboard
+    for part in loc:
+        if model is None:
+            return None
+        if isinstance(part, int):
+            continue
+        field = model.model_fields.get(part)
+        if field is None:
+            return None
+        model = _inner_model(field.annotation)
+    return model
+
+
+def _inner_model(annotation: Any) -> type[BaseModel] | None:
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for arg in getattr(annotation, "__args__", ()) or ():
+        found = _inner_model(arg)
+        if found is not None:
+            return found
+    return None
+
+
+def describe(loc: Path_) -> str:
+    """A location as a person reads it: ('segments', 2, 'prompt') -> 'segment 3 prompt'."""
+    if len(loc) >= 2 and loc[0] == "segments" and isinstance(loc[1], int):
+        rest = ".".join(str(p) for p in loc[2:])
+        return f"segment {loc[1] + 1}" + (f" {rest}" if rest else "")
+    return ".".join(str(p) for p in loc) or "the storyboard"
+
+
+def _messages(exc: ValidationError, pos: _Positions, file: str) -> Iterator[Problem]:
+    for err in exc.errors():
+        loc: Path_ = tuple(p for p in err["loc"] if isinstance(p, str | int))
+        kind = err["type"]
+        if kind == "extra_forbidden":
+            key = str(loc[-1])
+            line, col = pos.key_positions.get(loc, pos.positions.get(loc, (1, 1)))
+            where = describe(loc[:-1])
+            if loc[0] == "segments" and key in ("model", "mode", "model_name"):
+                yield Problem(file, line, col, f"{where} cannot set {key!r}: every extension inherits the "
+                              "model and mode of the video it extends; set them in start")
+                continue
+            yield Problem(file, line, col, f"unknown key {key!r} in {where}{_suggest(key, _model_at(loc[:-1]))}")
+            continue
+        if loc == ("name",) and kind == "string_pattern_mismatch":
+            line, col = pos.positions.get(loc, (1, 1))
+            yield Problem(file, line, col, "name must be 1-80 letters, digits, '.', '_' or '-', starting with a "
+                          "letter or digit (it names the chain's archive folder)")
+            continue
+        line, col = (1, 1)
+        for n in range(len(loc), -1, -1):
+            if loc[:n] in pos.positions:
+                line, col = pos.positions[loc[:n]]
+                break
+        dotted = describe(loc)
+        if kind == "missing":
+            yield Problem(file, line, col, f"{dotted} is required")
+        else:
+            msg = err["msg"].removeprefix("Value error, ")
+            yield Problem(file, line, col, f"{dotted}: {msg}")
+
+
+def load(path: str | Path) -> Loaded:
+    """Read, parse and validate a storyboard file; StoryboardError lists every problem."""
+    path = Path(path)
+    file = str(path)
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise StoryboardError([Problem(file, 1, 1, f"cannot read the storyboard: {exc.strerror or exc}")]) from exc
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise StoryboardError([Problem(file, 1, 1, "the storyboard is not UTF-8 text")]) from exc
+    try:
+        docs = list(yaml.compose_all(text, Loader=yaml.SafeLoader))
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        line, col = (mark.line + 1, mark.column + 1) if mark else (1, 1)
+        raise StoryboardError([Problem(file, line, col, f"YAML syntax error: {exc.problem or exc}")]) from exc
+    except yaml.YAMLError as exc:
+        raise StoryboardError([Problem(file, 1, 1, f"YAML error: {exc}")]) from exc
+    docs = [d for d in docs if d is not None]
+    if not docs:
+        raise StoryboardError([Problem(file, 1, 1, "the storyboard is empty; see storyboards/ for examples")])
+    if len(docs) > 1:
+        raise StoryboardError([Problem(file, docs[1].start_mark.line + 1, 1, "one storyboard per file, please")])
+    pos = _Positions(file)
+    try:
+        data = pos.build(docs[0])
+    except yaml.YAMLError as exc:
+        raise StoryboardError([Problem(file, 1, 1, f"YAML error: {exc}")]) from exc
+    if not isinstance(data, dict):
+        raise StoryboardError([pos.problems[0] if pos.problems else Problem(file, 1, 1, "a storyboard is a mapping (key: value lines)")])
+    problems = list(pos.problems)
+    storyboard: Storyboard | None = None
+    try:
+        storyboard = Storyboard.model_validate(data)
+    except ValidationError as exc:
+        problems.extend(_messages(exc, pos, file))
+    if storyboard is not None and not problems:
+        loaded = Loaded(storyboard, path, hashlib.sha256(raw).hexdigest(), pos.positions)
+        problems.extend(check(loaded))
+        if not problems:
+            return loaded
+    problems.sort(key=lambda p: (p.line, p.column))
+    raise StoryboardError(problems)
+
+
+def check(loaded: Loaded) -> list[Problem]:
+    """Kling's rules applied to a well-formed storyboard, before anything is spent."""
+    sb = loaded.storyboard
+    problems: list[Problem] = []
+    source = sb.start.source
+    kind = sb.start.kind
+    allowed = {
+        "video": None,
+        "text2video": rules.TEXT2VIDEO_MODELS,
+        "image2video": rules.IMAGE2VIDEO_MODELS,
+    }[kind]
+    if allowed is not None and source.model not in allowed:
+        problems.append(
+            loaded.problem(("start", kind, "model"), f"{kind} does not offer model {source.model!r}; "
+                           f"choose one of {', '.join(allowed)}")
+        )
+    if source.model not in rules.EXTENDABLE_MODELS:
+        problems.append(
+            loaded.problem(
+                ("start", kind, "model"),
+                f"videos made by {source.model} cannot be extended; video-extend accepts only "
+                f"{', '.join(rules.EXTENDABLE_MODELS)}",
+            )
+        )
+    if isinstance(source, Image2Video):
+        for name in ("image", "image_tail"):
+            value = getattr(source, name)
+            if value and not (loaded.path.parent / value).is_file():
+                problems.append(loaded.problem(("start", kind, name), f"image file {value!r} not found "
+                                               f"(paths are relative to the storyboard's folder)"))
+    start_len = float(getattr(source, "duration", None) or 10)
+    for i, _segment in enumerate(sb.segments):
+        worst = start_len + rules.EXTEND_MAX_SECONDS * (i + 1)
+        if worst > rules.MAX_TOTAL_SECONDS + 1e-9:
+            problems.append(
+                loaded.problem(
+                    ("segments", i),
+                    f"segment {i + 1} could end at {worst:g} s, past Kling's {rules.MAX_TOTAL_SECONDS:g} s cap "
+                    f"for extended videos (each extension adds up to {rules.EXTEND_MAX_SECONDS:g} s); "
+                    f"remove segments from here on",
+                )
+            )
+            break
+    return problems
