@@ -51,22 +51,39 @@ def _print_event(event: Event) -> None:
 def run(
     storyboard: Annotated[Path, typer.Argument(help="The storyboard YAML file to run (or resume).")],
     output: Annotated[
-        Path | None, typer.Option("--output", "-o", help="Where to write the final video (default: the storyboard's `output`, else out/<name>.mp4).")
+        Path | None,
+        typer.Option(
+            "--output",
+            "-o",
+            help="Where to write the final video (default: the storyboard's `output`, else out/<name>.mp4).",
+        ),
     ] = None,
     base_url: Annotated[
         str | None, typer.Option("--base-url", help="Provider base URL; overrides KLING_BASE_URL.")
     ] = None,
     path_prefix: Annotated[
-        str | None, typer.Option("--path-prefix", help="Path prefix in front of /v1/... (proxies often use /kling); overrides KLING_PATH_PREFIX.")
+        str | None,
+        typer.Option(
+            "--path-prefix",
+            help="Path prefix in front of /v1/... (proxies often use /kling); overrides KLING_PATH_PREFIX.",
+        ),
     ] = None,
     state_dir: Annotated[
         Path, typer.Option("--state-dir", help="Folder for the journal (and the offline simulator's files).")
     ] = Path(".chainer"),
     archive_dir: Annotated[
-        Path, typer.Option("--archive-dir", help="Folder where every result is archived, one sub-folder per chain.")
+        Path,
+        typer.Option(
+            "--archive-dir", help="Folder where every result is archived, one sub-folder per chain."
+        ),
     ] = Path("archive"),
     sim_time_scale: Annotated[
-        float, typer.Option("--sim-time-scale", min=0.0001, help="Offline simulator only: task time as a fraction of Kling's real minutes.")
+        float,
+        typer.Option(
+            "--sim-time-scale",
+            min=0.0001,
+            help="Offline simulator only: task time as a fraction of Kling's real minutes.",
+        ),
     ] = EMBEDDED_TIME_SCALE,
 ) -> None:
     """Run a storyboard's chain to a finished video, resuming it if it was interrupted."""
@@ -77,13 +94,17 @@ def run(
 
     async def main() -> None:
         async with Session.open(
-            state_dir=state_dir, archive_dir=archive_dir, base_url=base_url, path_prefix=path_prefix,
+            state_dir=state_dir,
+            archive_dir=archive_dir,
+            base_url=base_url,
+            path_prefix=path_prefix,
             sim_config=SimConfig(time_scale=sim_time_scale),
         ) as session:
             if session.simulator is not None:
                 out.print(
-                    f"No Kling credentials configured: using the offline simulator at {session.simulator.base_url} "
-                    "(no credits are spent; set KLING_ACCESS_KEY/KLING_SECRET_KEY or KLING_API_KEY to use Kling).",
+                    "No Kling credentials configured: using the offline simulator at "
+                    f"{session.simulator.base_url} (no credits are spent; set KLING_ACCESS_KEY/"
+                    "KLING_SECRET_KEY or KLING_API_KEY to use Kling).",
                     markup=False,
                 )
             else:
@@ -125,18 +146,37 @@ def validate(
 def sim(
     host: Annotated[str, typer.Option(help="Address to listen on (loopback by default).")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Port to listen on (0 picks a free one).")] = 8765,
-    dialect: Annotated[str, typer.Option(help="official (JWT auth) or proxy (bearer key under --path-prefix).")] = "official",
-    path_prefix: Annotated[str, typer.Option("--path-prefix", help="Path prefix for the API routes, e.g. /kling.")] = "",
-    time_scale: Annotated[float, typer.Option(min=0.0001, help="Task time as a fraction of Kling's real minutes (1.0 = real time).")] = 1.0,
-    concurrency: Annotated[int, typer.Option(min=1, help="Tasks the account may have in flight; more get code 1303.")] = 5,
+    dialect: Annotated[
+        str, typer.Option(help="official (JWT auth) or proxy (bearer key under --path-prefix).")
+    ] = "official",
+    path_prefix: Annotated[
+        str, typer.Option("--path-prefix", help="Path prefix for the API routes, e.g. /kling.")
+    ] = "",
+    time_scale: Annotated[
+        float,
+        typer.Option(min=0.0001, help="Task time as a fraction of Kling's real minutes (1.0 = real time)."),
+    ] = 1.0,
+    concurrency: Annotated[
+        int, typer.Option(min=1, help="Tasks the account may have in flight; more get code 1303.")
+    ] = 5,
     width: Annotated[int, typer.Option(min=64, help="Width of the videos made.")] = 640,
     height: Annotated[int, typer.Option(min=64, help="Height of the videos made.")] = 360,
     seed: Annotated[int, typer.Option(help="Random seed (task ids, timings, extension lengths).")] = 0,
-    require_parent_task_id: Annotated[bool, typer.Option(help="Proxy behaviour: video-extend needs the parent task_id.")] = False,
-    prompt_max_chars: Annotated[int, typer.Option(min=1, help="Longest prompt accepted (2500 on Kling, 500 on CometAPI).")] = 2500,
-    refuse_v1_5: Annotated[bool, typer.Option(help="Refuse to extend kling-v1-5 videos, as some proxies do.")] = False,
-    admin: Annotated[bool, typer.Option(help="Serve the inspection API under /_sim/ (creates, stats, clock).")] = True,
-    data_dir: Annotated[Path | None, typer.Option(help="Where videos are kept (default: a temporary folder).")] = None,
+    require_parent_task_id: Annotated[
+        bool, typer.Option(help="Proxy behaviour: video-extend needs the parent task_id.")
+    ] = False,
+    prompt_max_chars: Annotated[
+        int, typer.Option(min=1, help="Longest prompt accepted (2500 on Kling, 500 on CometAPI).")
+    ] = 2500,
+    refuse_v1_5: Annotated[
+        bool, typer.Option(help="Refuse to extend kling-v1-5 videos, as some proxies do.")
+    ] = False,
+    admin: Annotated[
+        bool, typer.Option(help="Serve the inspection API under /_sim/ (creates, stats, clock).")
+    ] = True,
+    data_dir: Annotated[
+        Path | None, typer.Option(help="Where videos are kept (default: a temporary folder).")
+    ] = None,
 ) -> None:
     """Serve the offline Kling simulator in the foreground until Ctrl-C.
 
@@ -145,9 +185,16 @@ def sim(
     Admin API (with --admin): GET /_sim/creates, GET /_sim/stats, POST /_sim/advance?seconds=N.
     """
     config = SimConfig(
-        dialect=dialect, path_prefix=path_prefix, time_scale=time_scale, concurrency=concurrency,
-        width=width, height=height, seed=seed, require_parent_task_id=require_parent_task_id,
-        prompt_max_chars=prompt_max_chars, refuse_v1_5_extension=refuse_v1_5,
+        dialect=dialect,
+        path_prefix=path_prefix,
+        time_scale=time_scale,
+        concurrency=concurrency,
+        width=width,
+        height=height,
+        seed=seed,
+        require_parent_task_id=require_parent_task_id,
+        prompt_max_chars=prompt_max_chars,
+        refuse_v1_5_extension=refuse_v1_5,
     )
     out.print(f"Kling simulator ({dialect}) on http://{host}:{port}{path_prefix}", markup=False)
     serve_forever(config, data_dir=data_dir, host=host, port=port, admin=admin)

@@ -31,7 +31,9 @@ from typing import Any, Literal, get_args
 
 from .errors import ChainLocked, JournalError
 
-StepState = Literal["planned", "submit_intent", "submit_unknown", "submitted", "succeeded", "downloaded", "failed"]
+StepState = Literal[
+    "planned", "submit_intent", "submit_unknown", "submitted", "succeeded", "downloaded", "failed"
+]
 STEP_STATES = get_args(StepState)
 
 #: Which states a step may move to from each state.
@@ -96,8 +98,18 @@ CREATE TABLE events (
 """
 
 _STEP_FIELDS = (
-    "external_task_id", "task_id", "video_id", "video_url", "duration", "units",
-    "remote_created_ms", "file", "probed_duration", "sha256", "size", "error",
+    "external_task_id",
+    "task_id",
+    "video_id",
+    "video_url",
+    "duration",
+    "units",
+    "remote_created_ms",
+    "file",
+    "probed_duration",
+    "sha256",
+    "size",
+    "error",
 )
 
 
@@ -174,7 +186,8 @@ class Journal:
             version = self.db.execute("PRAGMA user_version").fetchone()[0]
             if version > SCHEMA_VERSION:
                 raise JournalError(
-                    f"the journal {self.path} was written by a newer chainer (schema {version}); upgrade chainer"
+                    f"the journal {self.path} was written by a newer chainer (schema {version}); "
+                    "upgrade chainer"
                 )
             if version == 0:
                 # one statement at a time: executescript() would COMMIT our transaction
@@ -235,8 +248,16 @@ class Journal:
         return [ChainRow(**dict(r)) for r in rows]
 
     def ensure_chain(
-        self, *, name: str, storyboard: str, storyboard_sha: str, provider: str, model: str, mode: str,
-        output: str, steps: list[tuple[int, str, str | None, str]],
+        self,
+        *,
+        name: str,
+        storyboard: str,
+        storyboard_sha: str,
+        provider: str,
+        model: str,
+        mode: str,
+        output: str,
+        steps: list[tuple[int, str, str | None, str]],
     ) -> ChainRow:
         """Create the chain and its planned steps once; later calls return it unchanged."""
         now = time.time()
@@ -245,12 +266,24 @@ class Journal:
                 uid = os.urandom(6).hex()
                 db.execute(
                     "INSERT INTO chains VALUES (?,?,?,?,?,?,?,?,?,?,?)",
-                    (name, uid, storyboard, storyboard_sha, provider, model, mode, output, "running", now, now),
+                    (
+                        name,
+                        uid,
+                        storyboard,
+                        storyboard_sha,
+                        provider,
+                        model,
+                        mode,
+                        output,
+                        "running",
+                        now,
+                        now,
+                    ),
                 )
                 for idx, kind, prompt, fingerprint in steps:
                     db.execute(
-                        "INSERT INTO steps (chain, idx, attempt, kind, prompt, fingerprint, state, updated_at) "
-                        "VALUES (?,?,?,?,?,?,?,?)",
+                        "INSERT INTO steps (chain, idx, attempt, kind, prompt, fingerprint, state, "
+                        "updated_at) VALUES (?,?,?,?,?,?,?,?)",
                         (name, idx, 1, kind, prompt, fingerprint, "planned", now),
                     )
                     db.execute(
@@ -263,8 +296,12 @@ class Journal:
 
     def set_chain_state(self, name: str, state: str) -> None:
         with self.transaction() as db:
-            db.execute("UPDATE chains SET state = ?, updated_at = ? WHERE name = ?", (state, time.time(), name))
-            db.execute("INSERT INTO events (chain, state, at) VALUES (?,?,?)", (name, f"chain:{state}", time.time()))
+            db.execute(
+                "UPDATE chains SET state = ?, updated_at = ? WHERE name = ?", (state, time.time(), name)
+            )
+            db.execute(
+                "INSERT INTO events (chain, state, at) VALUES (?,?,?)", (name, f"chain:{state}", time.time())
+            )
 
     # ------------------------------------------------------------------ steps
 
@@ -287,7 +324,7 @@ class Journal:
 
     @staticmethod
     def _row(row: sqlite3.Row) -> StepRow:
-        data = {k: row[k] for k in row.keys() if k != "updated_at"}
+        data = {k: row[k] for k in row.keys() if k != "updated_at"}  # noqa: SIM118 (sqlite3.Row)
         return StepRow(**data)
 
     def transition(self, step: StepRow, to: StepState, detail: str | None = None, **fields: Any) -> StepRow:
@@ -306,10 +343,18 @@ class Journal:
                 (to, now, *fields.values(), step.chain, step.idx, step.attempt, step.state),
             )
             if cur.rowcount != 1:
-                raise JournalError(f"step {step.idx} of {step.chain!r} changed under us (expected {step.state})")
+                raise JournalError(
+                    f"step {step.idx} of {step.chain!r} changed under us (expected {step.state})"
+                )
             db.execute(
                 "INSERT INTO events (chain, idx, attempt, state, detail, at) VALUES (?,?,?,?,?,?)",
-                (step.chain, step.idx, step.attempt, to,
-                 json.dumps(detail if detail is not None else None), now),
+                (
+                    step.chain,
+                    step.idx,
+                    step.attempt,
+                    to,
+                    json.dumps(detail if detail is not None else None),
+                    now,
+                ),
             )
         return self.step(step.chain, step.idx)

@@ -51,9 +51,7 @@ def _bundled(name: str) -> str | None:
         return None
     folder = Path(next(iter(spec.submodule_search_locations)))
     system = {"Linux": "linux", "Darwin": "osx", "Windows": "win"}.get(platform.system())
-    cpu = {"x86_64": "x64", "AMD64": "x64", "aarch64": "arm64", "arm64": "arm64"}.get(
-        platform.machine()
-    )
+    cpu = {"x86_64": "x64", "AMD64": "x64", "aarch64": "arm64", "arm64": "arm64"}.get(platform.machine())
     # The plain name is the fully static build; the distro-suffixed ones are not.
     candidate = folder / f"{name}-{system}-{cpu}{'.exe' if system == 'win' else ''}"
     if candidate.is_file():

@@ -39,9 +39,7 @@ class PollPolicy:
 def next_delay(policy: PollPolicy, *, elapsed: float, expected: float, rng: random.Random) -> float:
     """Seconds to wait before the next poll of a task `elapsed` seconds old."""
     remaining = expected - elapsed
-    if remaining > policy.min_interval:
-        delay = remaining / 2
-    else:
-        delay = expected * policy.overdue_fraction
+    # Halve the remaining expected time while there is some; once overdue, poll steadily.
+    delay = remaining / 2 if remaining > policy.min_interval else expected * policy.overdue_fraction
     delay = min(policy.max_interval, max(policy.min_interval, delay))
     return delay * rng.uniform(1 - policy.jitter, 1 + policy.jitter)

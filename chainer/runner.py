@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import base64
 import datetime as dt
+import functools
 import random
 import time
 from collections.abc import Callable
@@ -108,7 +109,9 @@ class ChainRunner:
             steps=[(s.index, s.kind, s.prompt, s.fingerprint) for s in self.plan.steps],
         )
         rows = journal.steps(chain.name)
-        changed = [s.index for s, r in zip(self.plan.steps, rows, strict=False) if s.fingerprint != r.fingerprint]
+        changed = [
+            s.index for s, r in zip(self.plan.steps, rows, strict=False) if s.fingerprint != r.fingerprint
+        ]
         if changed or len(rows) != len(self.plan.steps):
             first = changed[0] if changed else min(len(rows), len(self.plan.steps))
             raise errors.JournalError(
@@ -149,8 +152,11 @@ class ChainRunner:
                 case "planned":
                     if step.kind == "existing":
                         row = journal.transition(
-                            row, "succeeded", "adopted an existing video",
-                            video_id=step.fields["video_id"], task_id=step.fields.get("task_id"),
+                            row,
+                            "succeeded",
+                            "adopted an existing video",
+                            video_id=step.fields["video_id"],
+                            task_id=step.fields.get("task_id"),
                             duration=self.plan.existing.duration if self.plan.existing else None,
                         )
                         continue
@@ -217,23 +223,27 @@ class ChainRunner:
         for _round in range(RECONCILE_ROUNDS):
             if step.index not in self._fresh_intents or row.state == "submit_unknown":
                 # An earlier POST may have reached the provider: look before sending again.
+                assert row.external_task_id is not None
                 found = await retrying(
-                    lambda: client.find_by_external_id(kind, row.external_task_id or ""),
-                    on=read_backoff, deadline_s=READ_DEADLINE_S,
+                    functools.partial(client.find_by_external_id, kind, row.external_task_id),
+                    on=read_backoff,
+                    deadline_s=READ_DEADLINE_S,
                 )
                 if found is not None:
                     self._emit(step.index, "submitted", f"found task {found.task_id} created earlier")
                     return journal.transition(row, "submitted", "reconciled", task_id=found.task_id)
                 if row.state == "submit_unknown":
                     row = journal.transition(row, "submit_intent", "lookup found no task")
-            request = self._request(step, row, parent)
+            request: CreateRequest = self._request(step, row, parent)
             self._emit(step.index, "submitting", self._describe(step))
             try:
                 with anyio.CancelScope(shield=True):
                     # Shielded: once sent, the answer is worth waiting for, and the task id
                     # is committed before a Ctrl-C can land.
                     task = await retrying(
-                        lambda: client.create(kind, request), on=create_backoff, deadline_s=CREATE_DEADLINE_S
+                        functools.partial(client.create, kind, request),
+                        on=create_backoff,
+                        deadline_s=CREATE_DEADLINE_S,
                     )
                     row = journal.transition(row, "submitted", task_id=task.task_id)
                 self._emit(step.index, "submitted", f"task {task.task_id}")
@@ -275,7 +285,9 @@ class ChainRunner:
         expected = self._expected_seconds(kind)
         self._emit(step.index, "processing", f"task {task_id}")
         while True:
-            task = await retrying(lambda: client.get_task(kind, task_id), on=read_backoff, deadline_s=READ_DEADLINE_S)
+            task = await retrying(
+                lambda: client.get_task(kind, task_id), on=read_backoff, deadline_s=READ_DEADLINE_S
+            )
             match task.task_status:
                 case "submitted" | "processing":
                     elapsed = time.monotonic() - started
@@ -284,7 +296,9 @@ class ChainRunner:
                             f"task {task_id} is still {task.task_status} after {elapsed:.0f} s; "
                             "run again later to keep waiting (nothing will be re-created)"
                         )
-                    await anyio.sleep(next_delay(self.ctx.poll, elapsed=elapsed, expected=expected, rng=self.ctx.rng))
+                    await anyio.sleep(
+                        next_delay(self.ctx.poll, elapsed=elapsed, expected=expected, rng=self.ctx.rng)
+                    )
                 case "succeed":
                     return self._succeeded(step, row, task, time.monotonic() - started)
                 case "failed":
@@ -302,8 +316,12 @@ class ChainRunner:
         if step.kind == "video-extend":
             self._observed.append(took)
         row = self.ctx.journal.transition(
-            row, "succeeded",
-            video_id=video.id, video_url=video.url, duration=video.seconds, units=task.units,
+            row,
+            "succeeded",
+            video_id=video.id,
+            video_url=video.url,
+            duration=video.seconds,
+            units=task.units,
             remote_created_ms=task.created_at,
         )
         self._emit(step.index, "succeeded", f"video {video.id}", video.seconds)
@@ -338,8 +356,12 @@ class ChainRunner:
         self._emit(step.index, "downloading", dest.name)
         got = await retrying(attempt, on=download_backoff, deadline_s=READ_DEADLINE_S, wait_initial=0.5)
         row = self.ctx.journal.transition(
-            row, "downloaded",
-            file=str(got.path), sha256=got.sha256, size=got.size, probed_duration=got.probed_duration,
+            row,
+            "downloaded",
+            file=str(got.path),
+            sha256=got.sha256,
+            size=got.size,
+            probed_duration=got.probed_duration,
         )
         self._emit(step.index, "downloaded", dest.name, row.duration)
         return row
@@ -351,13 +373,26 @@ class ChainRunner:
         rows = journal.steps(chain.name)
         steps = [
             archive.ManifestStep(
-                index=r.idx, kind=r.kind, state=r.state, attempt=r.attempt, prompt=r.prompt,
-                task_id=r.task_id, external_task_id=r.external_task_id, video_id=r.video_id,
-                url=archive.public_url(r.video_url), reported_duration=r.duration,
-                probed_duration=r.probed_duration, units=r.units,
-                file=Path(r.file).name if r.file else None, sha256=r.sha256, size=r.size,
-                created_at=(dt.datetime.fromtimestamp(r.remote_created_ms / 1000, dt.UTC)
-                            if r.remote_created_ms else None),
+                index=r.idx,
+                kind=r.kind,
+                state=r.state,
+                attempt=r.attempt,
+                prompt=r.prompt,
+                task_id=r.task_id,
+                external_task_id=r.external_task_id,
+                video_id=r.video_id,
+                url=archive.public_url(r.video_url),
+                reported_duration=r.duration,
+                probed_duration=r.probed_duration,
+                units=r.units,
+                file=Path(r.file).name if r.file else None,
+                sha256=r.sha256,
+                size=r.size,
+                created_at=(
+                    dt.datetime.fromtimestamp(r.remote_created_ms / 1000, dt.UTC)
+                    if r.remote_created_ms
+                    else None
+                ),
                 expires_at=archive.expires_at(r.remote_created_ms),
             )
             for r in rows
@@ -366,10 +401,16 @@ class ChainRunner:
         archive.write_manifest(
             self.folder,
             archive.Manifest(
-                chain=chain.name, storyboard=chain.storyboard, storyboard_sha256=chain.storyboard_sha,
-                provider=chain.provider, model=chain.model, mode=chain.mode, output=chain.output,
+                chain=chain.name,
+                storyboard=chain.storyboard,
+                storyboard_sha256=chain.storyboard_sha,
+                provider=chain.provider,
+                model=chain.model,
+                mode=chain.mode,
+                output=chain.output,
                 final_video=Path(last.file).name if last and last.file else None,
-                steps=steps, written_at=dt.datetime.now(dt.UTC),
+                steps=steps,
+                written_at=dt.datetime.now(dt.UTC),
             ),
         )
 

@@ -34,19 +34,34 @@ EMBEDDED_TIME_SCALE = 0.05
 
 def load_plan(path: str | os.PathLike[str], *, output: str | os.PathLike[str] | None = None) -> plan_mod.Plan:
     """Load, validate and plan a storyboard file (StoryboardError lists every problem)."""
-    return plan_mod.build(storyboard.load(path), output=Path(output) if output else None)
+    return plan_mod.build(storyboard.load(Path(path)), output=Path(output) if output else None)
 
 
 def simulator_provider(sim: Simulator, *, time_scale: float) -> ProviderConfig:
     """A ProviderConfig that talks to `sim` in its own dialect with its own credentials."""
     cfg = sim.config
-    common = {"base_url": sim.base_url, "offline": True, "time_scale": time_scale,
-              "path_prefix": cfg.path_prefix, "prompt_max_chars": cfg.prompt_max_chars}
+    common = {
+        "base_url": sim.base_url,
+        "offline": True,
+        "time_scale": time_scale,
+        "path_prefix": cfg.path_prefix,
+        "prompt_max_chars": cfg.prompt_max_chars,
+    }
     if cfg.dialect == "proxy":
-        return ProviderConfig(name="simulator", dialect="proxy", api_key=SecretStr(cfg.api_key),
-                              send_parent_task_id=cfg.require_parent_task_id, **common)
-    return ProviderConfig(name="simulator", dialect="official", access_key=SecretStr(cfg.access_key),
-                          secret_key=SecretStr(cfg.secret_key), **common)
+        return ProviderConfig(
+            name="simulator",
+            dialect="proxy",
+            api_key=SecretStr(cfg.api_key),
+            send_parent_task_id=cfg.require_parent_task_id,
+            **common,
+        )
+    return ProviderConfig(
+        name="simulator",
+        dialect="official",
+        access_key=SecretStr(cfg.access_key),
+        secret_key=SecretStr(cfg.secret_key),
+        **common,
+    )
 
 
 @dataclass
@@ -87,10 +102,16 @@ class Session:
             poll = PollPolicy().scaled(provider.time_scale)
             yield cls(provider, journal, client, http, Path(archive_dir), poll, sim)
 
-    async def run(self, plan: plan_mod.Plan, *, on_event: Callable[[Event], None] | None = None) -> ChainResult:
+    async def run(
+        self, plan: plan_mod.Plan, *, on_event: Callable[[Event], None] | None = None
+    ) -> ChainResult:
         """Run (or resume) one chain to its finished video."""
         ctx = RunContext(
-            client=self.client, journal=self.journal, http=self.http, archive_dir=self.archive_dir,
-            poll=self.poll, on_event=on_event or (lambda event: None),
+            client=self.client,
+            journal=self.journal,
+            http=self.http,
+            archive_dir=self.archive_dir,
+            poll=self.poll,
+            on_event=on_event or (lambda event: None),
         )
         return await run_chain(plan, ctx)

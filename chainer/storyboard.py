@@ -163,14 +163,21 @@ class _Positions:
         if isinstance(node, yaml.MappingNode):
             out: dict[Any, Any] = {}
             for key_node, value_node in node.value:
-                key = yaml.SafeLoader.construct_scalar(_LOADER, key_node) if isinstance(key_node, yaml.ScalarNode) else None
+                key = (
+                    yaml.SafeLoader.construct_scalar(_LOADER, key_node)
+                    if isinstance(key_node, yaml.ScalarNode)
+                    else None
+                )
                 if not isinstance(key, str):
                     self.problems.append(self._at(key_node, "mapping keys must be plain strings"))
                     continue
                 if key in out:
                     self.problems.append(self._at(key_node, f"duplicate key {key!r}"))
                     continue
-                self.key_positions[(*loc, key)] = (key_node.start_mark.line + 1, key_node.start_mark.column + 1)
+                self.key_positions[(*loc, key)] = (
+                    key_node.start_mark.line + 1,
+                    key_node.start_mark.column + 1,
+                )
                 out[key] = self.build(value_node, (*loc, key))
             return out
         if isinstance(node, yaml.SequenceNode):
@@ -233,15 +240,27 @@ def _messages(exc: ValidationError, pos: _Positions, file: str) -> Iterator[Prob
             line, col = pos.key_positions.get(loc, pos.positions.get(loc, (1, 1)))
             where = describe(loc[:-1])
             if loc[0] == "segments" and key in ("model", "mode", "model_name"):
-                yield Problem(file, line, col, f"{where} cannot set {key!r}: every extension inherits the "
-                              "model and mode of the video it extends; set them in start")
+                yield Problem(
+                    file,
+                    line,
+                    col,
+                    f"{where} cannot set {key!r}: every extension inherits the "
+                    "model and mode of the video it extends; set them in start",
+                )
                 continue
-            yield Problem(file, line, col, f"unknown key {key!r} in {where}{_suggest(key, _model_at(loc[:-1]))}")
+            yield Problem(
+                file, line, col, f"unknown key {key!r} in {where}{_suggest(key, _model_at(loc[:-1]))}"
+            )
             continue
         if loc == ("name",) and kind == "string_pattern_mismatch":
             line, col = pos.positions.get(loc, (1, 1))
-            yield Problem(file, line, col, "name must be 1-80 letters, digits, '.', '_' or '-', starting with a "
-                          "letter or digit (it names the chain's archive folder)")
+            yield Problem(
+                file,
+                line,
+                col,
+                "name must be 1-80 letters, digits, '.', '_' or '-', starting with a "
+                "letter or digit (it names the chain's archive folder)",
+            )
             continue
         line, col = (1, 1)
         for n in range(len(loc), -1, -1):
@@ -263,7 +282,9 @@ def load(path: str | Path) -> Loaded:
     try:
         raw = path.read_bytes()
     except OSError as exc:
-        raise StoryboardError([Problem(file, 1, 1, f"cannot read the storyboard: {exc.strerror or exc}")]) from exc
+        raise StoryboardError(
+            [Problem(file, 1, 1, f"cannot read the storyboard: {exc.strerror or exc}")]
+        ) from exc
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
@@ -280,14 +301,22 @@ def load(path: str | Path) -> Loaded:
     if not docs:
         raise StoryboardError([Problem(file, 1, 1, "the storyboard is empty; see storyboards/ for examples")])
     if len(docs) > 1:
-        raise StoryboardError([Problem(file, docs[1].start_mark.line + 1, 1, "one storyboard per file, please")])
+        raise StoryboardError(
+            [Problem(file, docs[1].start_mark.line + 1, 1, "one storyboard per file, please")]
+        )
     pos = _Positions(file)
     try:
         data = pos.build(docs[0])
     except yaml.YAMLError as exc:
         raise StoryboardError([Problem(file, 1, 1, f"YAML error: {exc}")]) from exc
     if not isinstance(data, dict):
-        raise StoryboardError([pos.problems[0] if pos.problems else Problem(file, 1, 1, "a storyboard is a mapping (key: value lines)")])
+        raise StoryboardError(
+            [
+                pos.problems[0]
+                if pos.problems
+                else Problem(file, 1, 1, "a storyboard is a mapping (key: value lines)")
+            ]
+        )
     problems = list(pos.problems)
     storyboard: Storyboard | None = None
     try:
@@ -316,8 +345,10 @@ def check(loaded: Loaded) -> list[Problem]:
     }[kind]
     if allowed is not None and source.model not in allowed:
         problems.append(
-            loaded.problem(("start", kind, "model"), f"{kind} does not offer model {source.model!r}; "
-                           f"choose one of {', '.join(allowed)}")
+            loaded.problem(
+                ("start", kind, "model"),
+                f"{kind} does not offer model {source.model!r}; choose one of {', '.join(allowed)}",
+            )
         )
     if source.model not in rules.EXTENDABLE_MODELS:
         problems.append(
@@ -331,8 +362,12 @@ def check(loaded: Loaded) -> list[Problem]:
         for name in ("image", "image_tail"):
             value = getattr(source, name)
             if value and not (loaded.path.parent / value).is_file():
-                problems.append(loaded.problem(("start", kind, name), f"image file {value!r} not found "
-                                               f"(paths are relative to the storyboard's folder)"))
+                problems.append(
+                    loaded.problem(
+                        ("start", kind, name),
+                        f"image file {value!r} not found (paths are relative to the storyboard's folder)",
+                    )
+                )
     start_len = float(getattr(source, "duration", None) or 10)
     for i, _segment in enumerate(sb.segments):
         worst = start_len + rules.EXTEND_MAX_SECONDS * (i + 1)
@@ -340,8 +375,9 @@ def check(loaded: Loaded) -> list[Problem]:
             problems.append(
                 loaded.problem(
                     ("segments", i),
-                    f"segment {i + 1} could end at {worst:g} s, past Kling's {rules.MAX_TOTAL_SECONDS:g} s cap "
-                    f"for extended videos (each extension adds up to {rules.EXTEND_MAX_SECONDS:g} s); "
+                    f"segment {i + 1} could end at {worst:g} s, past Kling's "
+                    f"{rules.MAX_TOTAL_SECONDS:g} s cap for extended videos (each extension adds up "
+                    f"to {rules.EXTEND_MAX_SECONDS:g} s); "
                     f"remove segments from here on",
                 )
             )

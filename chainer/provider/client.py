@@ -146,7 +146,9 @@ class KlingClient:
             "GET", f"/v1/videos/{kind}", params={"pageNum": page, "pageSize": page_size}
         )
         if not isinstance(data, list):
-            raise errors.ProtocolError(f"list {kind} returned {type(data).__name__}, not a list", request_id=rid)
+            raise errors.ProtocolError(
+                f"list {kind} returned {type(data).__name__}, not a list", request_id=rid
+            )
         return [self._parse(Task, item, kind, rid) for item in data]
 
     # ------------------------------------------------------------------ plumbing
@@ -162,11 +164,11 @@ class KlingClient:
         """Send one request; return the envelope's `data` and the provider's request id."""
         url = self.config.endpoint(path)
         try:
-            response = await self._http.request(
-                method, url, json=json_body, params=params, auth=self._auth
-            )
+            response = await self._http.request(method, url, json=json_body, params=params, auth=self._auth)
         except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as exc:
-            raise errors.RequestNotSent(f"{method} {path} could not reach {self.config.base_url}: {exc!r}") from exc
+            raise errors.RequestNotSent(
+                f"{method} {path} could not reach {self.config.base_url}: {exc!r}"
+            ) from exc
         except httpx.TransportError as exc:
             raise errors.OutcomeUnknown(f"{method} {path} got no answer: {exc!r}") from exc
         request_id = response.headers.get("X-Request-Id")

@@ -70,7 +70,9 @@ def from_environment(
     prefix = path_prefix if path_prefix is not None else env.get("KLING_PATH_PREFIX")
     if bool(ak) != bool(sk):
         missing = "KLING_SECRET_KEY" if ak else "KLING_ACCESS_KEY"
-        raise ConfigError(f"{missing} is not set: the official API needs both the access key and the secret key")
+        raise ConfigError(
+            f"{missing} is not set: the official API needs both the access key and the secret key"
+        )
     if ak and key:
         raise ConfigError("both KLING_ACCESS_KEY/KLING_SECRET_KEY and KLING_API_KEY are set; keep only one")
     if ak:
@@ -84,7 +86,9 @@ def from_environment(
         )
     if key:
         if not url:
-            raise ConfigError("KLING_API_KEY is set but KLING_BASE_URL (or --base-url) is not: which proxy is it for?")
+            raise ConfigError(
+                "KLING_API_KEY is set but KLING_BASE_URL (or --base-url) is not: which proxy is it for?"
+            )
         send_parent = env.get("KLING_SEND_PARENT_TASK_ID", "1").strip().lower() not in ("0", "false", "no")
         return ProviderConfig(
             name="proxy",

@@ -23,8 +23,14 @@ from .state import SimError, SimState
 KINDS = rules.TASK_KINDS
 
 
-def _envelope(data: Any, *, code: int = 0, message: str = "SUCCEED", status: int = 200,
-              headers: dict[str, str] | None = None) -> JSONResponse:
+def _envelope(
+    data: Any,
+    *,
+    code: int = 0,
+    message: str = "SUCCEED",
+    status: int = 200,
+    headers: dict[str, str] | None = None,
+) -> JSONResponse:
     body = {"code": code, "message": message, "request_id": str(uuid.uuid4()), "data": data}
     return JSONResponse(body, status_code=status, headers=headers)
 
@@ -111,7 +117,9 @@ def build_app(state: SimState, *, admin: bool = False) -> Starlette:
             if key is not None:
                 data: Any = state.task_json(state.find(kind, key), base(request))
             elif "external_task_id" in request.query_params:
-                data = state.task_json(state.find(kind, request.query_params["external_task_id"]), base(request))
+                data = state.task_json(
+                    state.find(kind, request.query_params["external_task_id"]), base(request)
+                )
             else:
                 page = _int_param(request, "pageNum", 1, 1, 1000)
                 size = _int_param(request, "pageSize", 30, 1, 500)
@@ -140,7 +148,10 @@ def build_app(state: SimState, *, admin: bool = False) -> Starlette:
     async def admin_creates(request: Request) -> Response:
         with state.lock:
             return JSONResponse(
-                [{"task_id": c.task_id, "kind": c.kind, "body": c.body, "at_ms": c.at_ms} for c in state.creates]
+                [
+                    {"task_id": c.task_id, "kind": c.kind, "body": c.body, "at_ms": c.at_ms}
+                    for c in state.creates
+                ]
             )
 
     async def admin_stats(request: Request) -> Response:

@@ -1,8 +1,8 @@
 """Run the simulator as a real HTTP server on loopback: in a thread, or in the foreground.
 
-    with Simulator(SimConfig(time_scale=0.001)) as sim:
-        sim.base_url   # http://127.0.0.1:<free port>
-        sim.state      # the simulated account, for inspection
+with Simulator(SimConfig(time_scale=0.001)) as sim:
+    sim.base_url   # http://127.0.0.1:<free port>
+    sim.state      # the simulated account, for inspection
 """
 
 from __future__ import annotations

@@ -132,7 +132,9 @@ class SimState:
         self.lock = threading.RLock()
         self.rng = random.Random(self.config.seed)
         self.url_key = hashlib.sha256(f"url-{self.config.seed}-{uuid.uuid4()}".encode()).digest()
-        self.pool = ThreadPoolExecutor(max_workers=self.config.render_workers, thread_name_prefix="sim-render")
+        self.pool = ThreadPoolExecutor(
+            max_workers=self.config.render_workers, thread_name_prefix="sim-render"
+        )
         (self.data_dir / "videos").mkdir(parents=True, exist_ok=True)
         self._next_id = int(time.time() * 1000) * 1000 + self.rng.randrange(1000)
 
@@ -192,7 +194,10 @@ class SimState:
                 parent = self._validate_extend(body)
                 model, mode = parent.model, parent.mode
                 room = int(rules.MAX_TOTAL_SECONDS * self.config.fps) - parent.frames
-                lo, hi = int(rules.EXTEND_MIN_SECONDS * self.config.fps), int(rules.EXTEND_MAX_SECONDS * self.config.fps)
+                lo, hi = (
+                    int(rules.EXTEND_MIN_SECONDS * self.config.fps),
+                    int(rules.EXTEND_MAX_SECONDS * self.config.fps),
+                )
                 frames = self.rng.randint(lo, min(hi, room))
             in_flight = self.in_flight()
             if in_flight >= self.config.concurrency:
@@ -406,7 +411,11 @@ class SimState:
                 video = self.videos[task.video_id]
                 out["task_result"] = {
                     "videos": [
-                        {"id": video.video_id, "url": base_url + self.sign(video.video_id), "duration": video.duration}
+                        {
+                            "id": video.video_id,
+                            "url": base_url + self.sign(video.video_id),
+                            "duration": video.duration,
+                        }
                     ]
                 }
                 added = task.frames - (task.parent.frames if task.parent else 0)
@@ -457,7 +466,9 @@ def _decode_image(field_name: str, value: Any) -> bytes:
     if img.format not in ("JPEG", "PNG"):
         raise SimError(1201, f"{field_name} must be JPEG or PNG, not {img.format}")
     if min(img.size) < 300:
-        raise SimError(1201, f"{field_name} must be at least 300 px on each side (got {img.width}x{img.height})")
+        raise SimError(
+            1201, f"{field_name} must be at least 300 px on each side (got {img.width}x{img.height})"
+        )
     if not 1 / 2.5 <= img.width / img.height <= 2.5:
         raise SimError(1201, f"{field_name} aspect ratio must be between 1:2.5 and 2.5:1")
     return raw

@@ -94,8 +94,12 @@ def _frames(
             z = 1 + 0.01 * t
             w, h = canvas.width / z, canvas.height / z
             frame = frame.crop(
-                (int((canvas.width - w) / 2), int((canvas.height - h) / 2),
-                 int((canvas.width + w) / 2), int((canvas.height + h) / 2))
+                (
+                    int((canvas.width - w) / 2),
+                    int((canvas.height - h) / 2),
+                    int((canvas.width + w) / 2),
+                    int((canvas.height + h) / 2),
+                )
             ).resize((canvas.width, canvas.height))
         draw = ImageDraw.Draw(frame)
         x, y = _ball(scene, canvas, t)
@@ -104,8 +108,14 @@ def _frames(
         draw.rectangle((0, band, canvas.width, canvas.height), fill=(0, 0, 0))
         for n, line in enumerate(caption):
             draw.text((8, band + 4 + n * (canvas.height // 14)), line, fill=(255, 255, 255), font=small)
-        draw.text((8, 6), f"t={t:07.3f}s  seg {segment}", fill=(255, 255, 255), font=big, stroke_width=2,
-                  stroke_fill=(0, 0, 0))
+        draw.text(
+            (8, 6),
+            f"t={t:07.3f}s  seg {segment}",
+            fill=(255, 255, 255),
+            font=big,
+            stroke_width=2,
+            stroke_fill=(0, 0, 0),
+        )
         if watermark:
             draw.text((canvas.width - 8, 6), "KLING SIM", anchor="ra", fill=(255, 255, 255), font=big)
         yield frame.tobytes()
@@ -128,7 +138,9 @@ def render(
     with tempfile.TemporaryDirectory(dir=dest.parent) as tmp:
         part = Path(tmp) / "part.mp4"
         media.encode_rgb_frames(
-            _frames(scene, canvas, start=start, frames=frames, segment=segment, prompt=prompt, watermark=watermark),
+            _frames(
+                scene, canvas, start=start, frames=frames, segment=segment, prompt=prompt, watermark=watermark
+            ),
             width=canvas.width,
             height=canvas.height,
             fps=canvas.fps,
