@@ -194,8 +194,10 @@ _LOADER = yaml.SafeLoader("")
 def _suggest(word: str, model: type[BaseModel] | None) -> str:
     if model is None:
         return ""
-    close = difflib.get_close_matches(word, list(model.model_fields), n=1, cutoff=0.6)
-    return f"; did you mean {close[0]!r}?" if close else ""
+    close = difflib.get_close_matches(word, list(model.model_fields), n=2, cutoff=0.6)
+    if not close:
+        return ""
+    return "; did you mean " + " or ".join(repr(c) for c in close) + "?"
 
 
 def _model_at(loc: Path_) -> type[BaseModel] | None:

@@ -8,6 +8,7 @@ The admin routes under `/_sim/` exist only when `admin=True` (tests and `chainer
 from __future__ import annotations
 
 import json
+import time
 import uuid
 from typing import Any
 
@@ -65,7 +66,9 @@ def _check_auth(state: SimState, request: Request) -> None:
         raise SimError(1002, f"token is malformed: {exc}") from exc
     if claims.get("iss") != cfg.access_key:
         raise SimError(1000, "unknown access key")
-    now = state.now_ms() / 1000
+    # Tokens are judged by the real clock the client shares; the simulated clock (which
+    # tests move forward by days) governs retention and url expiry only.
+    now = time.time()
     if float(claims["nbf"]) > now:
         raise SimError(1003, "token not yet valid")
     if float(claims["exp"]) <= now:

@@ -1,0 +1,42 @@
+"""Shared fixtures: a real simulator on loopback, and retries that never sleep."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import stamina
+
+from chainer.simulator import SimConfig, Simulator
+
+#: Small frames and fast tasks: real HTTP, real MP4s, seconds per test.
+FAST = {"time_scale": 0.0005, "width": 160, "height": 96}
+
+
+@pytest.fixture(autouse=True)
+def no_retry_waits() -> Iterator[None]:
+    """Retries still happen (up to 30 attempts) but without waiting."""
+    with stamina.set_testing(True, attempts=30):
+        yield
+
+
+@pytest.fixture
+def sim_factory(tmp_path: Path) -> Iterator[object]:
+    """Start simulators with given settings; all are stopped at the end of the test."""
+    started: list[Simulator] = []
+
+    def make(**settings: object) -> Simulator:
+        config = SimConfig(**{**FAST, **settings})  # type: ignore[arg-type]
+        sim = Simulator(config, data_dir=tmp_path / f"sim{len(started)}", admin=True).start()
+        started.append(sim)
+        return sim
+
+    yield make
+    for sim in started:
+        sim.stop()
+
+
+@pytest.fixture
+def sim(sim_factory) -> Simulator:  # type: ignore[no-untyped-def]
+    return sim_factory()  # type: ignore[no-any-return]

@@ -1,0 +1,146 @@
+"""End to end: storyboard -> real simulator over loopback -> archived, verified video."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import textwrap
+from pathlib import Path
+
+import anyio
+import httpx
+import pytest
+
+from chainer import errors, load_plan, media
+from chainer.journal import Journal
+from chainer.provider.client import KlingClient
+from chainer.session import Session, simulator_provider
+from chainer.simulator import Simulator
+
+STORYBOARD = """
+name: {name}
+start:
+  text2video:
+    prompt: "A lighthouse at dusk"
+    model: kling-v1-6
+    duration: 5
+segments:
+  - prompt: "The camera pulls back"
+  - prompt: "{second}"
+  - prompt: "A boat appears"
+output: {output}
+"""
+
+
+def storyboard(tmp_path: Path, *, name: str = "e2e", second: str = "Night falls") -> Path:
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(textwrap.dedent(STORYBOARD).format(name=name, second=second, output=tmp_path / "out.mp4"))
+    return path
+
+
+def run_once(sim: Simulator, sb: Path, tmp_path: Path, *, http: httpx.AsyncClient | None = None) -> object:
+    async def main() -> object:
+        provider = simulator_provider(sim, time_scale=sim.config.time_scale)
+        async with Session.open(
+            state_dir=tmp_path / "state", archive_dir=tmp_path / "archive", provider=provider
+        ) as session:
+            if http is not None:  # swap the provider client's transport (fault injection)
+                session.client = KlingClient(provider, http=http)
+            return await session.run(load_plan(sb))
+
+    return anyio.run(main)
+
+
+def test_three_segment_chain_end_to_end(sim: Simulator, tmp_path: Path) -> None:
+    result = run_once(sim, storyboard(tmp_path), tmp_path)
+    out = tmp_path / "out.mp4"
+    assert result.output == out and out.is_file()  # type: ignore[attr-defined]
+
+    creates = sim.state.creates
+    assert [c.kind for c in creates] == ["text2video", "video-extend", "video-extend", "video-extend"]
+    # each extension extends the previous result's video
+    results = [sim.state.tasks[c.task_id].video_id for c in creates]
+    assert [c.body["video_id"] for c in creates[1:]] == results[:-1]
+
+    manifest = json.loads((tmp_path / "archive" / "e2e" / "manifest.json").read_text())
+    steps = manifest["steps"]
+    assert [s["state"] for s in steps] == ["downloaded"] * 4
+    for step in steps:  # every intermediate result is archived and verified
+        data = (tmp_path / "archive" / "e2e" / step["file"]).read_bytes()
+        assert hashlib.sha256(data).hexdigest() == step["sha256"] and len(data) == step["size"]
+        assert "?" not in step["url"], "signed url query strings must not reach the manifest"
+    last = steps[-1]
+    info = media.probe(out)
+    assert info.is_h264_mp4
+    assert abs(info.duration - last["reported_duration"]) <= 0.2
+    assert 17.0 <= last["reported_duration"] <= 20.0
+    assert out.read_bytes() == (tmp_path / "archive" / "e2e" / last["file"]).read_bytes()
+
+    with Journal(tmp_path / "state" / "journal-simulator.sqlite") as journal:
+        assert journal.integrity_check() == "ok"
+        assert [s.state for s in journal.steps("e2e")] == ["downloaded"] * 4
+
+
+def test_running_again_creates_nothing(sim: Simulator, tmp_path: Path) -> None:
+    sb = storyboard(tmp_path)
+    run_once(sim, sb, tmp_path)
+    before = len(sim.state.creates)
+    (tmp_path / "out.mp4").unlink()
+    run_once(sim, sb, tmp_path)
+    assert len(sim.state.creates) == before == 4
+    assert (tmp_path / "out.mp4").is_file()
+
+
+def test_changed_storyboard_is_not_silently_mixed(sim: Simulator, tmp_path: Path) -> None:
+    run_once(sim, storyboard(tmp_path), tmp_path)
+    with pytest.raises(errors.JournalError, match="first changed step: 2"):
+        run_once(sim, storyboard(tmp_path, second="Something else"), tmp_path)
+    assert len(sim.state.creates) == 4
+
+
+class LoseFirstExtendResponse(httpx.AsyncBaseTransport):
+    """Delivers the first video-extend create to the server, then 'loses' its answer."""
+
+    def __init__(self) -> None:
+        self.inner = httpx.AsyncHTTPTransport()
+        self.lost = 0
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        response = await self.inner.handle_async_request(request)
+        if request.method == "POST" and request.url.path.endswith("/video-extend") and not self.lost:
+            await response.aread()
+            self.lost += 1
+            raise httpx.ReadTimeout("answer lost on the way back", request=request)
+        return response
+
+
+def test_lost_create_answer_is_reconciled_not_resent(sim: Simulator, tmp_path: Path) -> None:
+    transport = LoseFirstExtendResponse()
+
+    async def main() -> None:
+        async with httpx.AsyncClient(transport=transport) as http:
+            provider = simulator_provider(sim, time_scale=sim.config.time_scale)
+            async with Session.open(
+                state_dir=tmp_path / "state", archive_dir=tmp_path / "archive", provider=provider
+            ) as session:
+                session.client = KlingClient(provider, http=http)
+                await session.run(load_plan(storyboard(tmp_path)))
+
+    anyio.run(main)
+    assert transport.lost == 1
+    kinds = [c.kind for c in sim.state.creates]
+    assert kinds == ["text2video", "video-extend", "video-extend", "video-extend"], "a step was paid twice"
+    # Not even an attempt: the runner looked the task up instead of re-POSTing.
+    posts = sum(n for key, n in sim.state.requests.items() if key.startswith("POST video-extend"))
+    assert posts == 3, sim.state.requests
+    assert (tmp_path / "out.mp4").is_file()
+
+
+def test_failed_task_stops_the_chain_with_the_reason(sim: Simulator, tmp_path: Path) -> None:
+    sb = storyboard(tmp_path, second="forbidden [sim:fail]")
+    with pytest.raises(errors.TaskFailed, match=r"segment 2.*content-safety"):
+        run_once(sim, sb, tmp_path)
+    assert [c.kind for c in sim.state.creates] == ["text2video", "video-extend", "video-extend"]
+    assert not (tmp_path / "out.mp4").exists()
+    with Journal(tmp_path / "state" / "journal-simulator.sqlite") as journal:
+        assert [s.state for s in journal.steps("e2e")] == ["downloaded", "downloaded", "failed", "planned"]
