@@ -1,0 +1,47 @@
+"""The project's promises about itself: README commands are what CI runs; examples run."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def readme_commands() -> list[str]:
+    blocks = re.findall(r"```sh\n(.*?)```", (ROOT / "README.md").read_text(), re.S)
+    return [blocks[0].strip(), blocks[1].strip()]
+
+
+def test_readme_opens_with_setup_and_test_commands_that_ci_runs() -> None:
+    setup, test = readme_commands()
+    assert (setup, test) == ("./setup.sh", ".venv/bin/pytest")
+    ci = [line.strip() for line in (ROOT / ".ci" / "run").read_text().splitlines()]
+    assert ci.index(setup) < ci.index(test), "CI must run the README's setup, then its test command"
+
+
+def test_python_example_runs_on_the_simulator(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("KLING_")}
+    # the example uses the default time scale; a copy with a tiny scale keeps the test fast
+    source = (ROOT / "examples" / "run_from_python.py").read_text()
+    source = source.replace(
+        'Session.open(state_dir=".chainer", archive_dir="archive")',
+        'Session.open(state_dir=".chainer", archive_dir="archive", sim_config=__import__("chainer").SimConfig(time_scale=0.0005, width=160, height=96))',
+    )
+    assert "time_scale=0.0005" in source
+    (tmp_path / "example.py").write_text(source)
+    proc = subprocess.run(
+        [sys.executable, "example.py", str(ROOT / "storyboards" / "lighthouse.yaml")],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "using the offline simulator" in proc.stdout
+    assert "final video: out/lighthouse.mp4" in proc.stdout
+    assert (tmp_path / "out" / "lighthouse.mp4").is_file()
