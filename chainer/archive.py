@@ -97,6 +97,8 @@ async def download(
                 f.flush()
                 os.fsync(f.fileno())
                 size = f.tell()
+    except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
+        raise UrlExpired(f"the download host cannot be reached ({exc!r}); a fresh url is needed") from exc
     except httpx.TransportError as exc:
         raise DownloadError(f"the download was interrupted at byte {_size(part)}: {exc!r}") from exc
     if total is not None and size != total:

@@ -144,3 +144,57 @@ def test_failed_task_stops_the_chain_with_the_reason(sim: Simulator, tmp_path: P
     assert not (tmp_path / "out.mp4").exists()
     with Journal(tmp_path / "state" / "journal-simulator.sqlite") as journal:
         assert [s.state for s in journal.steps("e2e")] == ["downloaded", "downloaded", "failed", "planned"]
+
+
+class Crash(Exception):
+    """Stands in for the process dying at a chosen point."""
+
+
+def test_resume_across_a_simulator_restart(sim_factory, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    sim = sim_factory()
+    sb = storyboard(tmp_path)
+
+    def crash_at_second_extension(event: object) -> None:
+        if getattr(event, "step", None) == 2 and getattr(event, "state", None) == "submitted":
+            raise Crash
+
+    async def run(s: Simulator, on_event: object = None) -> None:
+        provider = simulator_provider(s, time_scale=s.config.time_scale)
+        async with Session.open(
+            state_dir=tmp_path / "state", archive_dir=tmp_path / "archive", provider=provider
+        ) as session:
+            await session.run(load_plan(sb), on_event=on_event)  # type: ignore[arg-type]
+
+    with pytest.raises(Crash):
+        anyio.run(run, sim, crash_at_second_extension)
+    data_dir = sim.data_dir
+    sim.stop()
+    # a new simulator process over the same data: it must remember the tasks
+    restarted = Simulator(sim.config, data_dir=data_dir, admin=True).start()
+    try:
+        anyio.run(run, restarted)
+        kinds = [c.kind for c in restarted.state.creates]
+        assert kinds == ["text2video", "video-extend", "video-extend", "video-extend"], (
+            "a step was paid twice"
+        )
+        info = media.probe(tmp_path / "out.mp4")
+        assert 17.0 <= info.duration <= 20.2
+    finally:
+        restarted.stop()
+
+
+def test_image2video_start_sends_the_image_and_chains(sim: Simulator, tmp_path: Path) -> None:
+    import base64
+    import shutil
+
+    root = Path(__file__).resolve().parent.parent / "storyboards"
+    shutil.copy(root / "from-image.yaml", tmp_path / "from-image.yaml")
+    shutil.copy(root / "mountain-dawn.png", tmp_path / "mountain-dawn.png")
+    sb = tmp_path / "from-image.yaml"
+    sb.write_text(sb.read_text().replace("out/mountain-dawn.mp4", str(tmp_path / "out.mp4")))
+    run_once(sim, sb, tmp_path)
+    first = sim.state.creates[0]
+    assert first.kind == "image2video"
+    assert base64.b64decode(first.body["image"]) == (root / "mountain-dawn.png").read_bytes()
+    assert [c.kind for c in sim.state.creates[1:]] == ["video-extend", "video-extend"]
+    assert 13.0 <= media.probe(tmp_path / "out.mp4").duration <= 15.2

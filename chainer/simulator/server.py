@@ -45,10 +45,9 @@ class Simulator:
         return f"http://{self.host}:{self.port}"
 
     def start(self) -> Simulator:
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind((self.host, self.port))
+        sock = self._bind()
         self.port = sock.getsockname()[1]
+        (self.data_dir / "port").write_text(str(self.port))
         app = build_app(self.state, admin=self.admin)
         config = uvicorn.Config(app, log_level="warning", lifespan="off", access_log=False)
         self._server = uvicorn.Server(config)
@@ -64,6 +63,25 @@ class Simulator:
         if not self._server.started:
             raise RuntimeError("the simulator did not start")
         return self
+
+    def _bind(self) -> socket.socket:
+        """Bind the requested port; for port 0, the last run's port if it is free (so urls
+        handed out then still work), else any free one."""
+        candidates = [self.port]
+        remembered = self.data_dir / "port"
+        if self.port == 0 and remembered.exists() and remembered.read_text().strip().isdigit():
+            candidates.insert(0, int(remembered.read_text()))
+        for port in candidates:
+            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                sock.bind((self.host, port))
+                return sock
+            except OSError:
+                sock.close()
+                if port == candidates[-1]:
+                    raise
+        raise AssertionError("unreachable")
 
     def stop(self) -> None:
         if self._server is not None:

@@ -15,6 +15,7 @@ import binascii
 import hashlib
 import hmac
 import io
+import json
 import random
 import threading
 import time
@@ -136,10 +137,74 @@ class SimState:
             max_workers=self.config.render_workers, thread_name_prefix="sim-render"
         )
         (self.data_dir / "videos").mkdir(parents=True, exist_ok=True)
+        (self.data_dir / "images").mkdir(exist_ok=True)
         self._next_id = int(time.time() * 1000) * 1000 + self.rng.randrange(1000)
+        self._log_path = self.data_dir / "state.jsonl"
+        self._replay()
+        self._log = self._log_path.open("a", encoding="utf-8")
+        if self._log_path.stat().st_size == 0:
+            self._record({"e": "meta", "url_key": self.url_key.hex()})
 
     def close(self) -> None:
         self.pool.shutdown(wait=True, cancel_futures=True)
+        with self.lock:
+            self._log.close()
+
+    # ------------------------------------------------------------------ persistence
+    # The state survives a restart as an append-only log of events, one JSON object per
+    # line, replayed at start. A task whose video was not rendered yet is rendered again.
+
+    def _record(self, event: dict[str, Any]) -> None:
+        self._log.write(json.dumps(event, separators=(",", ":")) + "\n")
+        self._log.flush()
+
+    def _replay(self) -> None:
+        if not self._log_path.exists():
+            return
+        pending: list[tuple[SimTask, dict[str, Any]]] = []
+        for line in self._log_path.read_text(encoding="utf-8").splitlines():
+            try:
+                event = json.loads(line)
+            except json.JSONDecodeError:
+                continue  # a line torn by a crash: everything before it stands
+            match event.pop("e", None):
+                case "meta":
+                    self.url_key = bytes.fromhex(event["url_key"])
+                case "clock":
+                    self.clock_offset_s = float(event["offset"])
+                case "task":
+                    scene = event.pop("scene")
+                    parent = self.videos.get(event.pop("parent_video_id") or "")
+                    task = SimTask(**event, parent=parent)
+                    self.tasks[task.task_id] = task
+                    self.creates.append(CreateRecord(task.task_id, task.kind, task.body, task.created_ms))
+                    self._next_id = max(self._next_id, int(task.task_id))
+                    pending.append((task, scene))
+                case "video":
+                    scene = self._scene_from(event.pop("scene"))
+                    video = SimVideo(**{**event, "path": Path(event["path"]), "scene": scene})
+                    self.videos[video.video_id] = video
+        for task, scene in pending:
+            if task.fail_reason is None and task.video_id not in self.videos:
+                added = task.frames - (task.parent.frames if task.parent else 0)
+                prompt = str(task.body.get("prompt") or "")
+                task.render = self.pool.submit(self._render, task, self._scene_from(scene), added, prompt)
+            else:
+                task.render = _done()
+
+    def _scene_to(self, scene: Scene) -> dict[str, Any]:
+        out: dict[str, Any] = {"seed": scene.seed}
+        if scene.image is not None:
+            digest = hashlib.sha256(scene.image).hexdigest()
+            path = self.data_dir / "images" / digest
+            if not path.exists():
+                path.write_bytes(scene.image)
+            out["image"] = digest
+        return out
+
+    def _scene_from(self, data: dict[str, Any]) -> Scene:
+        image = (self.data_dir / "images" / data["image"]).read_bytes() if data.get("image") else None
+        return Scene(seed=int(data.get("seed", 0)), image=image)
 
     # ------------------------------------------------------------------ clock
 
@@ -150,6 +215,7 @@ class SimState:
         """Move the simulated wall clock forward (retention and url expiry follow it)."""
         with self.lock:
             self.clock_offset_s += seconds
+            self._record({"e": "clock", "offset": self.clock_offset_s})
 
     # ------------------------------------------------------------------ status
 
@@ -228,8 +294,18 @@ class SimState:
                 updated_ms=now,
             )
             scene = parent.scene if parent else Scene(seed=self.rng.randrange(1 << 30), image=image)
+            self._record(
+                {
+                    "e": "task",
+                    **{k: getattr(task, k) for k in _LOGGED_TASK_FIELDS},
+                    "scene": self._scene_to(scene),
+                    "parent_video_id": parent.video_id if parent else None,
+                }
+            )
             if task.fail_reason is None:
                 task.render = self.pool.submit(self._render, task, scene, frames, prompt)
+            else:
+                task.render = _done()
             self.tasks[task_id] = task
             self.creates.append(CreateRecord(task_id, kind, dict(body), now))
             self.peak_concurrency = max(self.peak_concurrency, in_flight + 1)
@@ -263,7 +339,7 @@ class SimState:
             parent_frames=task.parent.frames if task.parent else 0,
         )
         with self.lock:
-            self.videos[task.video_id] = SimVideo(
+            video = self.videos[task.video_id] = SimVideo(
                 video_id=task.video_id,
                 task_id=task.task_id,
                 path=path,
@@ -274,6 +350,15 @@ class SimState:
                 created_ms=task.created_ms,
                 scene=scene,
             )
+            if not self._log.closed:
+                self._record(
+                    {
+                        "e": "video",
+                        **{k: getattr(video, k) for k in _LOGGED_VIDEO_FIELDS},
+                        "path": str(video.path),
+                        "scene": self._scene_to(scene),
+                    }
+                )
 
     # ------------------------------------------------------------------ validation
 
@@ -423,6 +508,19 @@ class SimState:
             elif status == "failed":
                 out["final_unit_deduction"] = "0"
             return out
+
+
+_LOGGED_TASK_FIELDS = (
+    "task_id", "kind", "body", "model", "mode", "external_task_id", "created_ms", "start_ms",
+    "done_ms", "video_id", "frames", "fail_reason", "updated_ms",
+)  # fmt: skip
+_LOGGED_VIDEO_FIELDS = ("video_id", "task_id", "frames", "fps", "model", "mode", "created_ms")
+
+
+def _done() -> Future[None]:
+    future: Future[None] = Future()
+    future.set_result(None)
+    return future
 
 
 def _opt_str(body: dict[str, Any], name: str) -> str | None:
