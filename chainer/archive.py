@@ -18,6 +18,7 @@ import datetime as dt
 import hashlib
 import json
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Literal
 from urllib.parse import urlsplit, urlunsplit
@@ -53,7 +54,12 @@ def _sidecar(part: Path) -> Path:
 
 
 async def download(
-    http: httpx.AsyncClient, url: str, dest: Path, *, reported_duration: float | None
+    http: httpx.AsyncClient,
+    url: str,
+    dest: Path,
+    *,
+    reported_duration: float | None,
+    progress: Callable[[int], None] | None = None,
 ) -> Downloaded:
     """Fetch `url` into `dest` (resuming a previous .part), verify it, and return what was stored."""
     dest.parent.mkdir(parents=True, exist_ok=True)
@@ -74,29 +80,24 @@ async def download(
         async with http.stream("GET", url, headers=headers) as response:
             if response.status_code in (401, 403, 404, 410):
                 raise UrlExpired(f"the download url answered HTTP {response.status_code}")
-            if response.status_code == 206:
+            if response.status_code == 416:
+                _, total = _content_range(response.headers.get("Content-Range", "bytes */0"))
+                if total != offset:  # the .part is not a prefix we can trust: start over
+                    _discard(part)
+                    raise DownloadError(f"the server cannot resume at byte {offset}; restarting")
+                _hash_file(part, digest)  # the .part already holds the whole file
+                size = offset
+            elif response.status_code == 206:
                 start, total = _content_range(response.headers.get("Content-Range", ""))
                 if start != offset:
+                    _discard(part)
                     raise DownloadError(f"asked to resume at byte {offset}, the server sent byte {start}")
             elif response.status_code == 200:
                 offset, total = 0, _int(response.headers.get("Content-Length"))
             else:
                 raise DownloadError(f"the download answered HTTP {response.status_code}")
-            new_validator = response.headers.get("ETag") or response.headers.get("Last-Modified")
-            if offset:
-                with part.open("rb") as f:  # the hash covers the bytes we already have
-                    for block in iter(lambda: f.read(CHUNK), b""):
-                        digest.update(block)
-            meta.write_text(json.dumps({"validator": new_validator}))
-            with part.open("r+b" if offset else "wb") as f:
-                f.seek(offset)
-                f.truncate()
-                async for chunk in response.aiter_bytes(CHUNK):
-                    f.write(chunk)
-                    digest.update(chunk)
-                f.flush()
-                os.fsync(f.fileno())
-                size = f.tell()
+            if response.status_code != 416:
+                size = await _receive(response, part, meta, offset, digest, progress)
     except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
         raise UrlExpired(f"the download host cannot be reached ({exc!r}); a fresh url is needed") from exc
     except httpx.TransportError as exc:
@@ -126,6 +127,49 @@ async def download(
     return Downloaded(path=dest, sha256=digest.hexdigest(), size=size, probed_duration=info.duration)
 
 
+async def _receive(
+    response: httpx.Response,
+    part: Path,
+    meta: Path,
+    offset: int,
+    digest: hashlib._Hash,
+    progress: Callable[[int], None] | None,
+) -> int:
+    """Write the body into `part` from byte `offset`; return the file's size when done."""
+    if offset:
+        _hash_file(part, digest, limit=offset)  # the hash covers the bytes we already have
+    validator = response.headers.get("ETag") or response.headers.get("Last-Modified")
+    meta.write_text(json.dumps({"validator": validator}))
+    with part.open("r+b" if offset else "wb") as f:
+        f.seek(offset)
+        f.truncate()
+        async for chunk in response.aiter_bytes(CHUNK):
+            f.write(chunk)
+            digest.update(chunk)
+            if progress is not None:
+                f.flush()  # what progress reports is in the file, not in a buffer
+                progress(f.tell())
+        f.flush()
+        os.fsync(f.fileno())
+        return f.tell()
+
+
+def _hash_file(path: Path, digest: hashlib._Hash, *, limit: int | None = None) -> None:
+    left = path.stat().st_size if limit is None else limit
+    with path.open("rb") as f:
+        while left > 0:
+            block = f.read(min(CHUNK, left))
+            if not block:
+                break
+            digest.update(block)
+            left -= len(block)
+
+
+def _discard(part: Path) -> None:
+    part.unlink(missing_ok=True)
+    _sidecar(part).unlink(missing_ok=True)
+
+
 def _reject(part: Path, dest: Path) -> None:
     os.replace(part, dest.with_name(dest.name + ".rejected"))
     _sidecar(part).unlink(missing_ok=True)
@@ -142,14 +186,14 @@ def _int(value: str | None) -> int | None:
         return None
 
 
-def _content_range(value: str) -> tuple[int, int | None]:
-    # "bytes 100-199/2000"
+def _content_range(value: str) -> tuple[int | None, int | None]:
+    """(first byte, total size) of "bytes 100-199/2000"; None for a "*" in either place."""
     try:
         unit, _, rest = value.partition(" ")
         span, _, total = rest.partition("/")
-        start = int(span.split("-")[0])
-        if unit != "bytes":
-            raise ValueError(unit)
+        if unit != "bytes" or not span or not total:
+            raise ValueError(value)
+        start = None if span == "*" else int(span.split("-")[0])
         return start, (None if total == "*" else int(total))
     except (ValueError, IndexError) as exc:
         raise DownloadError(f"the server sent an unreadable Content-Range {value!r}") from exc

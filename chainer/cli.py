@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Annotated
 
 import anyio
+import stamina.instrumentation
 import typer
 from rich.console import Console
 
@@ -202,6 +203,8 @@ def sim(
 
 def main() -> None:
     """Console-script entry point."""
+    # chainer reports waits itself; stamina's default hook would print raw log records.
+    stamina.instrumentation.set_on_retry_hooks([])
     try:
         app()
     except errors.ChainerError as exc:  # pragma: no cover - commands catch their own

@@ -32,7 +32,7 @@ from typing import Literal, assert_never
 import anyio
 import httpx
 
-from . import archive, errors, rules
+from . import archive, errors, failpoints, rules
 from .journal import Journal, StepRow
 from .plan import Plan, Step
 from .polling import PollPolicy, next_delay
@@ -160,7 +160,9 @@ class ChainRunner:
                             duration=self.plan.existing.duration if self.plan.existing else None,
                         )
                         continue
+                    failpoints.hit("before-intent", step.index)
                     row = journal.transition(row, "submit_intent", external_task_id=self._external_id(row))
+                    failpoints.hit("after-intent", step.index)
                     self._fresh_intents.add(step.index)
                 case "submit_intent" | "submit_unknown":
                     row = await self._submit(step, row, parent)
@@ -245,6 +247,7 @@ class ChainRunner:
                         on=create_backoff,
                         deadline_s=CREATE_DEADLINE_S,
                     )
+                    failpoints.hit("after-post", step.index)
                     row = journal.transition(row, "submitted", task_id=task.task_id)
                 self._emit(step.index, "submitted", f"task {task.task_id}")
                 return row
@@ -285,6 +288,7 @@ class ChainRunner:
         expected = self._expected_seconds(kind)
         self._emit(step.index, "processing", f"task {task_id}")
         while True:
+            failpoints.hit("polling", step.index)
             task = await retrying(
                 lambda: client.get_task(kind, task_id), on=read_backoff, deadline_s=READ_DEADLINE_S
             )
@@ -348,13 +352,20 @@ class ChainRunner:
                 if url is None:
                     raise errors.VerificationFailed(f"task {task_id} no longer offers its video")
             try:
-                return await archive.download(self.ctx.http, url, dest, reported_duration=row.duration)
+                return await archive.download(
+                    self.ctx.http,
+                    url,
+                    dest,
+                    reported_duration=row.duration,
+                    progress=lambda done: failpoints.hit("mid-download", step.index),
+                )
             except errors.UrlExpired:
                 url = None  # the next attempt asks the provider for a fresh signed url
                 raise
 
         self._emit(step.index, "downloading", dest.name)
         got = await retrying(attempt, on=download_backoff, deadline_s=READ_DEADLINE_S, wait_initial=0.5)
+        failpoints.hit("after-download", step.index)
         row = self.ctx.journal.transition(
             row,
             "downloaded",

@@ -65,6 +65,16 @@ def from_environment(
     without its secret key) are an error rather than a silent fallback to the simulator.
     """
     env = os.environ if env is None else env
+    scale_text = env.get("CHAINER_TIME_SCALE", "1").strip() or "1"
+    try:
+        time_scale = float(scale_text)
+        if not 0 < time_scale <= 10:
+            raise ValueError(scale_text)
+    except ValueError:
+        raise ConfigError(
+            f"CHAINER_TIME_SCALE={scale_text!r}: expected a number in (0, 10], the provider's "
+            "task time as a fraction of Kling's (for simulators and rehearsals)"
+        ) from None
     ak, sk, key = (env.get(n, "").strip() for n in ("KLING_ACCESS_KEY", "KLING_SECRET_KEY", "KLING_API_KEY"))
     url = base_url or env.get("KLING_BASE_URL", "").strip() or None
     prefix = path_prefix if path_prefix is not None else env.get("KLING_PATH_PREFIX")
@@ -83,6 +93,7 @@ def from_environment(
             path_prefix=prefix or "",
             access_key=SecretStr(ak),
             secret_key=SecretStr(sk),
+            time_scale=time_scale,
         )
     if key:
         if not url:
@@ -97,5 +108,6 @@ def from_environment(
             path_prefix="/kling" if prefix is None else prefix,
             api_key=SecretStr(key),
             send_parent_task_id=send_parent,
+            time_scale=time_scale,
         )
     return None
