@@ -172,6 +172,18 @@ def sim(
     refuse_v1_5: Annotated[
         bool, typer.Option(help="Refuse to extend kling-v1-5 videos, as some proxies do.")
     ] = False,
+    lose_create_rate: Annotated[
+        float,
+        typer.Option(
+            min=0.0,
+            max=1.0,
+            help="Fault: fraction of creates whose answer is lost (502) after the task was made.",
+        ),
+    ] = 0.0,
+    error_rate: Annotated[
+        float,
+        typer.Option(min=0.0, max=1.0, help="Fault: fraction of API requests answered 500 / code 5000."),
+    ] = 0.0,
     admin: Annotated[
         bool, typer.Option(help="Serve the inspection API under /_sim/ (creates, stats, clock).")
     ] = True,
@@ -196,6 +208,8 @@ def sim(
         require_parent_task_id=require_parent_task_id,
         prompt_max_chars=prompt_max_chars,
         refuse_v1_5_extension=refuse_v1_5,
+        lose_create_rate=lose_create_rate,
+        error_rate=error_rate,
     )
     out.print(f"Kling simulator ({dialect}) on http://{host}:{port}{path_prefix}", markup=False)
     serve_forever(config, data_dir=data_dir, host=host, port=port, admin=admin)

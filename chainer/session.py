@@ -100,7 +100,8 @@ class Session:
             http = await stack.enter_async_context(httpx.AsyncClient(timeout=DEFAULT_TIMEOUT))
             client = await stack.enter_async_context(KlingClient(provider, http=http))
             poll = PollPolicy().scaled(provider.time_scale)
-            yield cls(provider, journal, client, http, Path(archive_dir), poll, sim)
+            # Absolute, so a chain resumed from another working directory finds its files.
+            yield cls(provider, journal, client, http, Path(archive_dir).resolve(), poll, sim)
 
     async def run(
         self, plan: plan_mod.Plan, *, on_event: Callable[[Event], None] | None = None

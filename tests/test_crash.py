@@ -6,18 +6,16 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import sys
 import textwrap
 from pathlib import Path
 
 import pytest
+from helpers import CHAINER, provider_env
 
 from chainer import media
 from chainer.failpoints import POINTS
 from chainer.journal import Journal
 from chainer.simulator import Simulator
-
-CHAINER = str(Path(sys.executable).parent / "chainer")
 
 STORYBOARD = """
 name: crash
@@ -29,18 +27,6 @@ segments:
   - prompt: "A boat appears"
 output: out.mp4
 """
-
-
-def provider_env(sim: Simulator, **extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("KLING_", "CHAINER_"))}
-    env.update(
-        KLING_ACCESS_KEY=sim.config.access_key,
-        KLING_SECRET_KEY=sim.config.secret_key,
-        KLING_BASE_URL=sim.base_url,
-        CHAINER_TIME_SCALE=str(sim.config.time_scale),
-        **extra,
-    )
-    return env
 
 
 def chainer_run(workdir: Path, env: dict[str, str]) -> subprocess.CompletedProcess[str]:

@@ -92,6 +92,8 @@ def build_app(state: SimState, *, admin: bool = False) -> Starlette:
             if kind not in KINDS:
                 raise SimError(1203, f"unknown endpoint {kind}")
             _check_auth(state, request)
+            if state.fault(state.config.error_rate):
+                raise SimError(5000, "internal server error (injected)")
             try:
                 body = json.loads(await request.body() or b"null")
             except json.JSONDecodeError as exc:
@@ -100,6 +102,9 @@ def build_app(state: SimState, *, admin: bool = False) -> Starlette:
         except SimError as exc:
             count(request, kind, exc.code)
             return _refusal(exc)
+        if state.fault(state.config.lose_create_rate):
+            count(request, kind, 502)
+            return Response("<html><body>502 Bad Gateway</body></html>", status_code=502)
         count(request, kind, 0)
         data: dict[str, Any] = {
             "task_id": task.task_id,
@@ -117,6 +122,8 @@ def build_app(state: SimState, *, admin: bool = False) -> Starlette:
             if kind not in KINDS:
                 raise SimError(1203, f"unknown endpoint {kind}")
             _check_auth(state, request)
+            if state.fault(state.config.error_rate):
+                raise SimError(5000, "internal server error (injected)")
             if key is not None:
                 data: Any = state.task_json(state.find(kind, key), base(request))
             elif "external_task_id" in request.query_params:

@@ -67,6 +67,12 @@ class SimConfig(BaseModel):
     #: Tasks whose prompt contains this text end `failed` with a content-safety message.
     fail_marker: str = "[sim:fail]"
     render_workers: int = 2
+    # ---- faults on demand (seeded by `seed`)
+    #: Fraction of accepted creates whose answer is lost (a 502 from a "gateway") although
+    #: the task was created, as when a response dies on the way back.
+    lose_create_rate: float = Field(0.0, ge=0.0, le=1.0)
+    #: Fraction of API requests answered 500 / code 5000 before anything is done.
+    error_rate: float = Field(0.0, ge=0.0, le=1.0)
 
 
 @dataclass
@@ -132,6 +138,7 @@ class SimState:
     def __post_init__(self) -> None:
         self.lock = threading.RLock()
         self.rng = random.Random(self.config.seed)
+        self.fault_rng = random.Random(self.config.seed + 1)
         self.url_key = hashlib.sha256(f"url-{self.config.seed}-{uuid.uuid4()}".encode()).digest()
         self.pool = ThreadPoolExecutor(
             max_workers=self.config.render_workers, thread_name_prefix="sim-render"
@@ -144,6 +151,13 @@ class SimState:
         self._log = self._log_path.open("a", encoding="utf-8")
         if self._log_path.stat().st_size == 0:
             self._record({"e": "meta", "url_key": self.url_key.hex()})
+
+    def fault(self, rate: float) -> bool:
+        """A seeded coin flip: True with probability `rate`."""
+        if rate <= 0:
+            return False
+        with self.lock:
+            return self.fault_rng.random() < rate
 
     def close(self) -> None:
         self.pool.shutdown(wait=True, cancel_futures=True)
