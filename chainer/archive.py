@@ -199,6 +199,23 @@ def _content_range(value: str) -> tuple[int | None, int | None]:
         raise DownloadError(f"the server sent an unreadable Content-Range {value!r}") from exc
 
 
+def check_file(path: str | None, size: int | None, sha256: str | None) -> str | None:
+    """Why an archived file is not what the journal recorded, or None if it is."""
+    if not path:
+        return "no file was recorded"
+    file = Path(path)
+    if not file.is_file():
+        return f"{file} is missing"
+    if size is not None and file.stat().st_size != size:
+        return f"{file} has {file.stat().st_size} bytes, not the {size} recorded"
+    if sha256 is not None:
+        digest = hashlib.sha256()
+        _hash_file(file, digest)
+        if digest.hexdigest() != sha256:
+            return f"{file} changed since it was archived (sha256 differs)"
+    return None
+
+
 def result_name(idx: int, video_id: str) -> str:
     """The archive file name of step `idx`'s result."""
     safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in video_id)

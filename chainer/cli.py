@@ -39,6 +39,8 @@ def _fail(exc: errors.ChainerError) -> typer.Exit:
         err.print(f"{len(exc.problems)} problem(s); nothing was sent.", style="red")
     else:
         err.print(f"error: {exc}", style="red", markup=False)
+        for note in getattr(exc, "__notes__", []):
+            err.print(f"  ({note})", markup=False)
     return typer.Exit(exc.exit_code)
 
 
@@ -78,6 +80,22 @@ def run(
             "--archive-dir", help="Folder where every result is archived, one sub-folder per chain."
         ),
     ] = Path("archive"),
+    retry_failed: Annotated[
+        bool,
+        typer.Option(
+            "--retry-failed",
+            help="Give a step that failed (e.g. content policy) a new attempt: a new task, charged again.",
+        ),
+    ] = False,
+    max_units: Annotated[
+        float | None,
+        typer.Option(
+            "--max-units",
+            min=0.0,
+            help="Credit budget for the chain: stop before a task whose estimate would pass it "
+            "(overrides the storyboard's max_units).",
+        ),
+    ] = None,
     sim_time_scale: Annotated[
         float,
         typer.Option(
@@ -110,7 +128,9 @@ def run(
                 )
             else:
                 out.print(f"Provider: {session.provider.name} at {session.provider.base_url}", markup=False)
-            result = await session.run(plan, on_event=_print_event)
+            result = await session.run(
+                plan, on_event=_print_event, retry_failed=retry_failed, max_units=max_units
+            )
             dur = f"{result.duration:.2f} s" if result.duration is not None else "unknown length"
             out.print(f"Done: {result.output} ({dur}, {result.units:g} units)", markup=False)
             out.print(f"Archive: {archive_dir / plan.chain}", markup=False)

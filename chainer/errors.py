@@ -18,6 +18,7 @@ The tree separates the questions a caller must answer after a failure:
     │       ├── RateLimitError       1302, 1303
     │       └── ServerError          5000-5002
     ├── TaskFailed               the API call worked, but the remote task ended `failed`
+    ├── BudgetExceeded           the next task would pass the chain's credit budget
     ├── ChainLocked              another process owns this chain
     ├── JournalError             the local journal is unusable or disagrees with the request
     ├── DownloadError            a result could not be fetched (transient: retry)
@@ -168,6 +169,12 @@ class TaskFailed(ChainerError):
         self.reason = reason
         self.request_id = request_id
         super().__init__(f"task {task_id} failed: {reason or 'no reason given'}")
+
+
+class BudgetExceeded(ChainerError):
+    """The next task would take the chain past its credit budget; nothing was submitted."""
+
+    exit_code = 4
 
 
 class ChainLocked(ChainerError):

@@ -43,13 +43,16 @@ TRANSITIONS: dict[StepState, tuple[StepState, ...]] = {
     "submit_unknown": ("submitted", "submit_intent", "failed"),
     "submitted": ("succeeded", "failed"),
     "succeeded": ("downloaded", "failed"),
-    "downloaded": (),
+    # back to succeeded only when an archived file went missing: it is fetched again
+    "downloaded": ("succeeded",),
     "failed": (),
 }
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
-_SCHEMA = """
+#: Version 1, as first released. A new journal is this plus every migration, in order,
+#: so the upgrade path is the path every journal takes.
+_SCHEMA_V1 = """
 CREATE TABLE chains (
     name            TEXT PRIMARY KEY,
     uid             TEXT NOT NULL,
@@ -97,6 +100,18 @@ CREATE TABLE events (
 );
 """
 
+#: MIGRATIONS[n] takes a journal from version n to n + 1.
+MIGRATIONS: dict[int, tuple[str, ...]] = {
+    1: (
+        # when the create was answered and when the task ended (wall clock), so a resumed
+        # run knows a task's age and the chain's typical task time
+        "ALTER TABLE steps ADD COLUMN submitted_at REAL",
+        "ALTER TABLE steps ADD COLUMN finished_at REAL",
+        # the chain's credit budget, if the storyboard or the command line set one
+        "ALTER TABLE chains ADD COLUMN max_units REAL",
+    ),
+}
+
 _STEP_FIELDS = (
     "external_task_id",
     "task_id",
@@ -110,6 +125,8 @@ _STEP_FIELDS = (
     "sha256",
     "size",
     "error",
+    "submitted_at",
+    "finished_at",
 )
 
 
@@ -134,6 +151,8 @@ class StepRow:
     sha256: str | None
     size: int | None
     error: str | None
+    submitted_at: float | None
+    finished_at: float | None
 
 
 @dataclass(frozen=True)
@@ -147,6 +166,7 @@ class ChainRow:
     mode: str
     output: str
     state: str
+    max_units: float | None
 
 
 class Journal:
@@ -191,9 +211,20 @@ class Journal:
                 )
             if version == 0:
                 # one statement at a time: executescript() would COMMIT our transaction
-                for statement in filter(str.strip, _SCHEMA.split(";")):
+                for statement in filter(str.strip, _SCHEMA_V1.split(";")):
                     self.db.execute(statement)
-                self.db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+                version = 1
+            while version < SCHEMA_VERSION:
+                for statement in MIGRATIONS[version]:
+                    self.db.execute(statement)
+                version += 1
+            self.db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+        problem = self.db.execute("PRAGMA quick_check").fetchone()[0]
+        if problem != "ok":
+            raise JournalError(
+                f"the journal {self.path} is damaged ({problem}); keep a copy of it and of the "
+                "archive folder, then ask for help before running again"
+            )
 
     def integrity_check(self) -> str:
         return str(self.db.execute("PRAGMA integrity_check").fetchone()[0])
@@ -234,7 +265,7 @@ class Journal:
 
     def chain(self, name: str) -> ChainRow | None:
         row = self.db.execute(
-            "SELECT name, uid, storyboard, storyboard_sha, provider, model, mode, output, state "
+            "SELECT name, uid, storyboard, storyboard_sha, provider, model, mode, output, state, max_units "
             "FROM chains WHERE name = ?",
             (name,),
         ).fetchone()
@@ -242,7 +273,7 @@ class Journal:
 
     def chains(self) -> list[ChainRow]:
         rows = self.db.execute(
-            "SELECT name, uid, storyboard, storyboard_sha, provider, model, mode, output, state "
+            "SELECT name, uid, storyboard, storyboard_sha, provider, model, mode, output, state, max_units "
             "FROM chains ORDER BY name"
         ).fetchall()
         return [ChainRow(**dict(r)) for r in rows]
@@ -265,7 +296,8 @@ class Journal:
             if self.chain(name) is None:
                 uid = os.urandom(6).hex()
                 db.execute(
-                    "INSERT INTO chains VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+                    "INSERT INTO chains (name, uid, storyboard, storyboard_sha, provider, model, mode, "
+                    "output, state, created_at, updated_at) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
                     (
                         name,
                         uid,
@@ -293,6 +325,11 @@ class Journal:
         chain = self.chain(name)
         assert chain is not None
         return chain
+
+    def set_max_units(self, name: str, max_units: float | None) -> None:
+        """Record the chain's budget (None: no budget)."""
+        with self.transaction() as db:
+            db.execute("UPDATE chains SET max_units = ? WHERE name = ?", (max_units, name))
 
     def set_chain_state(self, name: str, state: str) -> None:
         with self.transaction() as db:
@@ -326,6 +363,32 @@ class Journal:
     def _row(row: sqlite3.Row) -> StepRow:
         data = {k: row[k] for k in row.keys() if k != "updated_at"}  # noqa: SIM118 (sqlite3.Row)
         return StepRow(**data)
+
+    def new_attempt(self, step: StepRow, detail: str) -> StepRow:
+        """Start attempt n+1 of a failed step: planned again, so it gets a new external_task_id."""
+        if step.state != "failed":
+            raise JournalError(f"step {step.idx} of {step.chain!r} is {step.state}, not failed")
+        now = time.time()
+        with self.transaction() as db:
+            db.execute(
+                "INSERT INTO steps (chain, idx, attempt, kind, prompt, fingerprint, state, updated_at) "
+                "VALUES (?,?,?,?,?,?,?,?)",
+                (
+                    step.chain,
+                    step.idx,
+                    step.attempt + 1,
+                    step.kind,
+                    step.prompt,
+                    step.fingerprint,
+                    "planned",
+                    now,
+                ),
+            )
+            db.execute(
+                "INSERT INTO events (chain, idx, attempt, state, detail, at) VALUES (?,?,?,?,?,?)",
+                (step.chain, step.idx, step.attempt + 1, "planned", json.dumps(detail), now),
+            )
+        return self.step(step.chain, step.idx)
 
     def transition(self, step: StepRow, to: StepState, detail: str | None = None, **fields: Any) -> StepRow:
         """Move `step` to `to`, setting `fields`, if (and only if) it is still where it was."""

@@ -45,6 +45,7 @@ class Plan:
     existing: ExistingVideo | None
     steps: list[Step]
     output: Path
+    max_units: float | None = None
 
     @property
     def total_units(self) -> float:
@@ -121,4 +122,5 @@ def build(loaded: Loaded, *, output: Path | None = None) -> Plan:
         existing=existing,
         steps=steps,
         output=out,
+        max_units=sb.max_units,
     )

@@ -8,6 +8,7 @@ provider sends one (capped). `stamina.set_testing(True)` turns every wait off in
 
 from __future__ import annotations
 
+import time
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
@@ -67,9 +68,17 @@ async def retrying(
 
     The last error is raised as it is when giving up, so callers see the real cause.
     """
-    async for attempt in stamina.retry_context(
-        on=on, attempts=None, timeout=deadline_s, wait_initial=wait_initial, wait_max=wait_max
-    ):
-        with attempt:
-            return await call()
+    started = time.monotonic()
+    attempts = 0
+    try:
+        async for attempt in stamina.retry_context(
+            on=on, attempts=None, timeout=deadline_s, wait_initial=wait_initial, wait_max=wait_max
+        ):
+            with attempt:
+                attempts = attempt.num
+                return await call()
+    except Exception as exc:
+        if attempts > 1:
+            exc.add_note(f"gave up after {attempts} attempts in {time.monotonic() - started:.0f} s")
+        raise
     raise AssertionError("unreachable: stamina either returns or raises")

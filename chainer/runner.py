@@ -86,11 +86,15 @@ class RunContext:
 class ChainRunner:
     """Runs one plan. Construct, then `await run()`."""
 
-    def __init__(self, plan: Plan, ctx: RunContext):
+    def __init__(
+        self, plan: Plan, ctx: RunContext, *, retry_failed: bool = False, max_units: float | None = None
+    ):
         self.plan = plan
         self.ctx = ctx
         self.folder = ctx.archive_dir / plan.chain
-        self._observed: list[float] = []  # seconds each extension of this chain took
+        self.retry_failed = retry_failed
+        #: The command line's budget wins over the storyboard's.
+        self.max_units = max_units if max_units is not None else plan.max_units
         self._fresh_intents: set[int] = set()
 
     # ------------------------------------------------------------------ top level
@@ -119,9 +123,13 @@ class ChainRunner:
                 f"{first}); chainer will not mix old and new steps. Run it under a new `name`, or delete the "
                 f"chain's journal entry to start over (re-rolling from a step is not supported yet)"
             )
+        journal.set_max_units(chain.name, self.max_units)
         parent: StepRow | None = None
         for step in self.plan.steps:
             row = journal.step(chain.name, step.index)
+            if row.state == "failed" and self.retry_failed:
+                row = journal.new_attempt(row, "--retry-failed")
+                self._emit(step.index, "retrying", f"attempt {row.attempt} after: {row.error or 'failure'}")
             row = await self._advance(step, row, parent)
             parent = row
             self._write_manifest()
@@ -138,7 +146,23 @@ class ChainRunner:
         )
 
     def units_spent(self) -> float:
-        return sum(r.units or 0.0 for r in self.ctx.journal.steps(self.plan.chain))
+        """Units the provider reported for this chain's tasks (every attempt counts)."""
+        rows = self.ctx.journal.db.execute(
+            "SELECT COALESCE(SUM(units), 0) FROM steps WHERE chain = ?", (self.plan.chain,)
+        ).fetchone()
+        return float(rows[0])
+
+    def _check_budget(self, step: Step) -> None:
+        """Refuse to submit `step` if its estimated cost would take the chain past its budget."""
+        if self.max_units is None:
+            return
+        spent = self.units_spent()
+        if spent + step.units > self.max_units + 1e-9:
+            raise errors.BudgetExceeded(
+                f"chain {self.plan.chain!r}: {spent:g} units spent; {self._describe(step)} would cost about "
+                f"{step.units:g} more, past the budget of {self.max_units:g}. Nothing was submitted; raise "
+                "--max-units (or max_units in the storyboard) and run again to continue"
+            )
 
     def _emit(self, idx: int, state: str, message: str = "", total: float | None = None) -> None:
         self.ctx.on_event(Event(self.plan.chain, idx, len(self.plan.steps) - 1, state, message, total))
@@ -160,6 +184,7 @@ class ChainRunner:
                             duration=self.plan.existing.duration if self.plan.existing else None,
                         )
                         continue
+                    self._check_budget(step)
                     failpoints.hit("before-intent", step.index)
                     row = journal.transition(row, "submit_intent", external_task_id=self._external_id(row))
                     failpoints.hit("after-intent", step.index)
@@ -173,7 +198,12 @@ class ChainRunner:
                         return row
                     row = await self._download(step, row)
                 case "downloaded":
-                    return row
+                    problem = archive.check_file(row.file, row.size, row.sha256)
+                    if problem is None:
+                        return row
+                    # The archive lost the file (or it changed): fetch it again, never re-create it.
+                    row = journal.transition(row, "succeeded", problem)
+                    self._emit(step.index, "re-downloading", problem)
                 case "failed":
                     raise errors.TaskFailed(
                         task_id=row.task_id or "(none)",
@@ -233,7 +263,13 @@ class ChainRunner:
                 )
                 if found is not None:
                     self._emit(step.index, "submitted", f"found task {found.task_id} created earlier")
-                    return journal.transition(row, "submitted", "reconciled", task_id=found.task_id)
+                    return journal.transition(
+                        row,
+                        "submitted",
+                        "reconciled",
+                        task_id=found.task_id,
+                        submitted_at=found.created_at / 1000 if found.created_at else time.time(),
+                    )
                 if row.state == "submit_unknown":
                     row = journal.transition(row, "submit_intent", "lookup found no task")
             request: CreateRequest = self._request(step, row, parent)
@@ -248,7 +284,7 @@ class ChainRunner:
                         deadline_s=CREATE_DEADLINE_S,
                     )
                     failpoints.hit("after-post", step.index)
-                    row = journal.transition(row, "submitted", task_id=task.task_id)
+                    row = journal.transition(row, "submitted", task_id=task.task_id, submitted_at=time.time())
                 self._emit(step.index, "submitted", f"task {task.task_id}")
                 return row
             except errors.OutcomeUnknown as exc:
@@ -284,17 +320,18 @@ class ChainRunner:
         kind = _task_kind(step)
         assert row.task_id is not None
         task_id = row.task_id
-        started = time.monotonic()
+        # The task's age counts from its submission, also when this process is a resume.
+        submitted = row.submitted_at or time.time()
         expected = self._expected_seconds(kind)
         self._emit(step.index, "processing", f"task {task_id}")
         while True:
             failpoints.hit("polling", step.index)
             task = await retrying(
-                lambda: client.get_task(kind, task_id), on=read_backoff, deadline_s=READ_DEADLINE_S
+                functools.partial(client.get_task, kind, task_id), on=read_backoff, deadline_s=READ_DEADLINE_S
             )
             match task.task_status:
                 case "submitted" | "processing":
-                    elapsed = time.monotonic() - started
+                    elapsed = time.time() - submitted
                     if elapsed > self.ctx.poll.deadline:
                         raise errors.ProviderError(
                             f"task {task_id} is still {task.task_status} after {elapsed:.0f} s; "
@@ -304,21 +341,21 @@ class ChainRunner:
                         next_delay(self.ctx.poll, elapsed=elapsed, expected=expected, rng=self.ctx.rng)
                     )
                 case "succeed":
-                    return self._succeeded(step, row, task, time.monotonic() - started)
+                    return self._succeeded(step, row, task)
                 case "failed":
                     reason = task.task_status_msg or "the provider gave no reason"
-                    row = journal.transition(row, "failed", reason, error=reason, units=task.units)
+                    row = journal.transition(
+                        row, "failed", reason, error=reason, units=task.units, finished_at=time.time()
+                    )
                     self._emit(step.index, "failed", reason)
                     return row
                 case _:
                     assert_never(task.task_status)
 
-    def _succeeded(self, step: Step, row: StepRow, task: Task, took: float) -> StepRow:
+    def _succeeded(self, step: Step, row: StepRow, task: Task) -> StepRow:
         video = task.video
         if video is None:
             raise errors.ProtocolError(f"task {task.task_id} succeeded without a video in task_result")
-        if step.kind == "video-extend":
-            self._observed.append(took)
         row = self.ctx.journal.transition(
             row,
             "succeeded",
@@ -327,14 +364,21 @@ class ChainRunner:
             duration=video.seconds,
             units=task.units,
             remote_created_ms=task.created_at,
+            finished_at=time.time(),
         )
         self._emit(step.index, "succeeded", f"video {video.id}", video.seconds)
         return row
 
     def _expected_seconds(self, kind: rules.TaskKind) -> float:
-        if kind == "video-extend" and self._observed:
-            recent = self._observed[-3:]
-            return sum(recent) / len(recent)
+        """How long a task of `kind` should take: this chain's last few, else Kling's usual."""
+        rows = self.ctx.journal.db.execute(
+            "SELECT finished_at - submitted_at FROM steps WHERE chain = ? AND kind = ? AND "
+            "finished_at IS NOT NULL AND submitted_at IS NOT NULL ORDER BY idx DESC, attempt DESC LIMIT 3",
+            (self.plan.chain, kind),
+        ).fetchall()
+        took = [float(r[0]) for r in rows if r[0] and r[0] > 0]
+        if took:
+            return sum(took) / len(took)
         return rules.EXPECTED_SECONDS[kind] * self.ctx.client.config.time_scale
 
     async def _download(self, step: Step, row: StepRow) -> StepRow:
@@ -430,8 +474,3 @@ def _task_kind(step: Step) -> rules.TaskKind:
     if step.kind == "existing":
         raise AssertionError("an existing video has no task kind")
     return step.kind
-
-
-async def run_chain(plan: Plan, ctx: RunContext) -> ChainResult:
-    """Run one chain to completion; errors propagate with the journal left consistent."""
-    return await ChainRunner(plan, ctx).run()

@@ -25,7 +25,7 @@ from .journal import Journal
 from .polling import PollPolicy
 from .provider.client import DEFAULT_TIMEOUT, KlingClient
 from .provider.config import ProviderConfig, from_environment
-from .runner import ChainResult, Event, RunContext, run_chain
+from .runner import ChainResult, ChainRunner, Event, RunContext
 from .simulator import SimConfig, Simulator
 
 #: The embedded simulator runs tasks this many times faster than Kling (minutes become seconds).
@@ -104,9 +104,18 @@ class Session:
             yield cls(provider, journal, client, http, Path(archive_dir).resolve(), poll, sim)
 
     async def run(
-        self, plan: plan_mod.Plan, *, on_event: Callable[[Event], None] | None = None
+        self,
+        plan: plan_mod.Plan,
+        *,
+        on_event: Callable[[Event], None] | None = None,
+        retry_failed: bool = False,
+        max_units: float | None = None,
     ) -> ChainResult:
-        """Run (or resume) one chain to its finished video."""
+        """Run (or resume) one chain to its finished video.
+
+        `retry_failed` gives a failed step a new attempt (a new external_task_id, a new
+        charge); `max_units` overrides the storyboard's budget.
+        """
         ctx = RunContext(
             client=self.client,
             journal=self.journal,
@@ -115,4 +124,4 @@ class Session:
             poll=self.poll,
             on_event=on_event or (lambda event: None),
         )
-        return await run_chain(plan, ctx)
+        return await ChainRunner(plan, ctx, retry_failed=retry_failed, max_units=max_units).run()

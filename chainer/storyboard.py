@@ -121,6 +121,8 @@ class Storyboard(_Strict):
     start: Start
     segments: Annotated[list[Segment], Field(min_length=1)]
     output: str | None = None
+    #: Stop submitting once the chain's spent units plus the next task's estimate would pass this.
+    max_units: Annotated[float, Field(gt=0)] | None = None
 
 
 # ------------------------------------------------------------------ loading with positions
