@@ -10,8 +10,10 @@ import anyio
 import stamina.instrumentation
 import typer
 from rich.console import Console
+from rich.table import Table
 
 from . import errors
+from .journal import Journal
 from .runner import Event
 from .session import EMBEDDED_TIME_SCALE, Session, load_plan
 from .simulator import SimConfig, serve_forever
@@ -142,6 +144,105 @@ def run(
     except KeyboardInterrupt:
         err.print("Interrupted. Everything sent so far is in the journal; run the same command to resume.")
         raise typer.Exit(130) from None
+
+
+@app.command()
+def status(
+    state_dir: Annotated[Path, typer.Option("--state-dir", help="Folder holding the journals.")] = Path(
+        ".chainer"
+    ),
+) -> None:
+    """List every chain in the journals: state, steps done, length so far, units spent, attention."""
+    journals = sorted(state_dir.glob("journal-*.sqlite"))
+    if not journals:
+        out.print(f"No journal in {state_dir}: nothing has been run from here yet.", markup=False)
+        return
+    table = Table("chain", "provider", "state", "steps", "length", "units", "needs", box=None, pad_edge=False)
+    attention = 0
+    for path in journals:
+        try:
+            with Journal(path) as journal:
+                for chain in journal.chains():
+                    s = journal.summary(chain.name)
+                    attention += s.state in ("failed", "needs attention")
+                    table.add_row(
+                        chain.name,
+                        chain.provider,
+                        s.state,
+                        f"{s.steps_done}/{s.steps_total}",
+                        f"{s.duration:g} s" if s.duration is not None else "-",
+                        f"{s.units:g}",
+                        s.attention,
+                    )
+        except errors.ChainerError as exc:
+            raise _fail(exc) from None
+    out.print(table)
+    if attention:
+        raise typer.Exit(1)
+
+
+@app.command()
+def resume(
+    names: Annotated[
+        list[str] | None, typer.Argument(help="Chains to resume (default: every unfinished one).")
+    ] = None,
+    base_url: Annotated[
+        str | None, typer.Option("--base-url", help="Provider base URL; overrides KLING_BASE_URL.")
+    ] = None,
+    path_prefix: Annotated[
+        str | None,
+        typer.Option("--path-prefix", help="Path prefix in front of /v1/...; overrides KLING_PATH_PREFIX."),
+    ] = None,
+    state_dir: Annotated[Path, typer.Option("--state-dir", help="Folder holding the journal.")] = Path(
+        ".chainer"
+    ),
+    archive_dir: Annotated[Path, typer.Option("--archive-dir", help="Folder of the archive.")] = Path(
+        "archive"
+    ),
+    retry_failed: Annotated[
+        bool, typer.Option("--retry-failed", help="Give failed steps a new attempt (charged again).")
+    ] = False,
+) -> None:
+    """Resume unfinished chains from the journal, each from its recorded storyboard."""
+
+    async def main() -> int:
+        async with Session.open(
+            state_dir=state_dir, archive_dir=archive_dir, base_url=base_url, path_prefix=path_prefix
+        ) as session:
+            chains = session.journal.chains()
+            unknown = set(names or ()) - {c.name for c in chains}
+            if unknown:
+                raise errors.ConfigError(
+                    f"no chain named {', '.join(sorted(unknown))} in {session.journal.path}"
+                )
+            todo = [
+                c
+                for c in chains
+                if (c.name in names if names else session.journal.summary(c.name).state != "done")
+            ]
+            if not todo:
+                out.print("Nothing to resume: every chain is done.", markup=False)
+                return 0
+            failures = 0
+            for chain in todo:
+                try:
+                    plan = load_plan(chain.storyboard, output=chain.output)
+                    result = await session.run(plan, on_event=_print_event, retry_failed=retry_failed)
+                    out.print(f"Done: {result.output}", markup=False)
+                except (errors.TaskFailed, errors.StoryboardError, errors.JournalError) as exc:
+                    failures += 1
+                    err.print(f"{chain.name}: {exc}", markup=False)
+            return 1 if failures else 0
+
+    try:
+        code = anyio.run(main)
+    except errors.ChainerError as exc:
+        raise _fail(exc) from None
+    except KeyboardInterrupt:
+        err.print("Interrupted. Everything sent so far is in the journal; run the same command to resume.")
+        raise typer.Exit(130) from None
+    if code:
+        raise typer.Exit(code)
 
 
 @app.command()

@@ -35,6 +35,7 @@ StepState = Literal[
     "planned", "submit_intent", "submit_unknown", "submitted", "succeeded", "downloaded", "failed"
 ]
 STEP_STATES = get_args(StepState)
+ChainState = Literal["done", "in progress", "failed", "needs attention"]
 
 #: Which states a step may move to from each state.
 TRANSITIONS: dict[StepState, tuple[StepState, ...]] = {
@@ -167,6 +168,17 @@ class ChainRow:
     output: str
     state: str
     max_units: float | None
+
+
+@dataclass(frozen=True)
+class ChainSummary:
+    chain: ChainRow
+    state: ChainState
+    steps_done: int
+    steps_total: int
+    duration: float | None
+    units: float
+    attention: str
 
 
 class Journal:
@@ -339,6 +351,39 @@ class Journal:
             db.execute(
                 "INSERT INTO events (chain, state, at) VALUES (?,?,?)", (name, f"chain:{state}", time.time())
             )
+
+    def summary(self, name: str) -> ChainSummary:
+        """Where a chain stands, derived from its steps."""
+        chain = self.chain(name)
+        if chain is None:
+            raise JournalError(f"no chain named {name!r} in {self.path}")
+        steps = self.steps(name)
+        done = sum(1 for s in steps if s.state in ("downloaded", "succeeded") and s.kind != "existing")
+        total = sum(1 for s in steps if s.kind != "existing")
+        durations = [s.duration for s in steps if s.duration is not None]
+        units = float(
+            self.db.execute("SELECT COALESCE(SUM(units), 0) FROM steps WHERE chain = ?", (name,)).fetchone()[
+                0
+            ]
+        )
+        attention = ""
+        state: ChainState
+        failed = next((s for s in steps if s.state == "failed"), None)
+        unknown = next((s for s in steps if s.state == "submit_unknown"), None)
+        if failed is not None:
+            state = "failed"
+            attention = f"step {failed.idx} failed: {failed.error}; fix it or use --retry-failed"
+        elif unknown is not None:
+            state = "needs attention"
+            attention = (
+                f"step {unknown.idx}: the answer to its create was lost; the next run looks up "
+                f"external_task_id {unknown.external_task_id} first"
+            )
+        elif all(s.state == "downloaded" or (s.kind == "existing" and s.state == "succeeded") for s in steps):
+            state = "done"
+        else:
+            state = "in progress"
+        return ChainSummary(chain, state, done, total, durations[-1] if durations else None, units, attention)
 
     # ------------------------------------------------------------------ steps
 

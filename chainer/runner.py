@@ -104,12 +104,12 @@ class ChainRunner:
         journal.lock_chain(self.plan.chain)
         chain = journal.ensure_chain(
             name=self.plan.chain,
-            storyboard=str(self.plan.storyboard),
+            storyboard=str(self.plan.storyboard.resolve()),
             storyboard_sha=self.plan.storyboard_sha256,
             provider=self.ctx.client.config.name,
             model=self.plan.model,
             mode=self.plan.mode,
-            output=str(self.plan.output),
+            output=str(self.plan.output.resolve()),
             steps=[(s.index, s.kind, s.prompt, s.fingerprint) for s in self.plan.steps],
         )
         rows = journal.steps(chain.name)

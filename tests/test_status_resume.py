@@ -1,0 +1,74 @@
+"""`chainer status` and `chainer resume` against a test simulator, in-process."""
+
+from __future__ import annotations
+
+import os
+import textwrap
+from pathlib import Path
+
+import pytest
+from helpers import provider_env
+from typer.testing import CliRunner
+
+from chainer.cli import app
+from chainer.simulator import Simulator
+
+STORYBOARD = """
+name: {name}
+start:
+  text2video: {{prompt: "start {name}"}}
+segments:
+  - prompt: "one"
+  - prompt: "{second}"
+output: {name}.mp4
+"""
+
+
+@pytest.fixture
+def workdir(tmp_path: Path) -> Path:
+    old = Path.cwd()
+    os.chdir(tmp_path)
+    yield tmp_path
+    os.chdir(old)
+
+
+def cli(sim: Simulator, *args: str) -> tuple[int, str]:
+    result = CliRunner().invoke(app, list(args), env=provider_env(sim))
+    return result.exit_code, result.output
+
+
+def test_status_shows_each_chain_and_what_needs_attention(sim: Simulator, workdir: Path) -> None:
+    for name, second in (("good", "two"), ("bad", "two [sim:fail]")):
+        (workdir / f"{name}.yaml").write_text(textwrap.dedent(STORYBOARD).format(name=name, second=second))
+    assert cli(sim, "run", "good.yaml")[0] == 0
+    code, output = cli(sim, "run", "bad.yaml")
+    assert code == 1 and "content-safety" in output
+
+    code, output = cli(sim, "status")
+    assert code == 1, "status exits non-zero while a chain needs attention"
+    lines = {line.split()[0]: line for line in output.splitlines() if line.split()}
+    assert "done" in lines["good"] and "3/3" in lines["good"]
+    assert "failed" in lines["bad"] and "step 2 failed" in lines["bad"] and "--retry-failed" in lines["bad"]
+
+
+def test_resume_finishes_unfinished_chains_from_another_directory(sim: Simulator, workdir: Path) -> None:
+    (workdir / "bad.yaml").write_text(textwrap.dedent(STORYBOARD).format(name="bad", second="two [sim:fail]"))
+    assert cli(sim, "run", "bad.yaml")[0] == 1
+    sim.config.fail_marker = "[never]"
+    elsewhere = workdir / "elsewhere"
+    elsewhere.mkdir()
+    os.chdir(elsewhere)
+    code, output = cli(
+        sim,
+        "resume",
+        "--state-dir",
+        str(workdir / ".chainer"),
+        "--archive-dir",
+        str(workdir / "archive"),
+        "--retry-failed",
+    )
+    assert code == 0, output
+    assert (workdir / "bad.mp4").is_file(), "the output goes where the chain was started"
+    assert len(sim.state.creates) == 4  # 3 first time (the last failed), 1 retry
+    code, output = cli(sim, "resume", "--state-dir", str(workdir / ".chainer"))
+    assert code == 0 and "Nothing to resume" in output
