@@ -157,7 +157,8 @@ def status(
     if not journals:
         out.print(f"No journal in {state_dir}: nothing has been run from here yet.", markup=False)
         return
-    table = Table("chain", "provider", "state", "steps", "length", "units", "needs", box=None, pad_edge=False)
+    table = Table("chain", "provider", "state", "steps", "length", "units", box=None, pad_edge=False)
+    table.add_column("needs", overflow="fold")
     attention = 0
     for path in journals:
         try:
