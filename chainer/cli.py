@@ -89,6 +89,14 @@ def run(
             help="Give a step that failed (e.g. content policy) a new attempt: a new task, charged again.",
         ),
     ] = False,
+    resend_unknown: Annotated[
+        bool,
+        typer.Option(
+            "--resend-unknown",
+            help="Send again a create whose answer was lost, at a provider that cannot be asked; only "
+            "after checking its console that no task was made.",
+        ),
+    ] = False,
     max_units: Annotated[
         float | None,
         typer.Option(
@@ -131,7 +139,11 @@ def run(
             else:
                 out.print(f"Provider: {session.provider.name} at {session.provider.base_url}", markup=False)
             result = await session.run(
-                plan, on_event=_print_event, retry_failed=retry_failed, max_units=max_units
+                plan,
+                on_event=_print_event,
+                retry_failed=retry_failed,
+                max_units=max_units,
+                resend_unknown=resend_unknown,
             )
             dur = f"{result.duration:.2f} s" if result.duration is not None else "unknown length"
             out.print(f"Done: {result.output} ({dur}, {result.units:g} units)", markup=False)
@@ -294,6 +306,12 @@ def sim(
     refuse_v1_5: Annotated[
         bool, typer.Option(help="Refuse to extend kling-v1-5 videos, as some proxies do.")
     ] = False,
+    external_id_lookup: Annotated[
+        bool,
+        typer.Option(
+            help="Answer lookups by external_task_id (--no-external-id-lookup: like proxies that cannot)."
+        ),
+    ] = True,
     lose_create_rate: Annotated[
         float,
         typer.Option(
@@ -332,6 +350,7 @@ def sim(
         refuse_v1_5_extension=refuse_v1_5,
         lose_create_rate=lose_create_rate,
         error_rate=error_rate,
+        external_id_lookup=external_id_lookup,
     )
     out.print(f"Kling simulator ({dialect}) on http://{host}:{port}{path_prefix}", markup=False)
     serve_forever(config, data_dir=data_dir, host=host, port=port, admin=admin)

@@ -9,6 +9,7 @@ The tree separates the questions a caller must answer after a failure:
     │   ├── RequestNotSent       provably never left this machine: safe to send again
     │   ├── OutcomeUnknown       sent, but no trustworthy answer came back: a create may have
     │   │                        happened, so it must be reconciled, never blindly re-sent
+    │   │   └── SubmitUnknown    ... and the provider cannot be asked: the user must check
     │   ├── ProtocolError        the provider answered with something that is not its protocol
     │   └── ApiError             the provider answered with a non-zero business code
     │       ├── AuthError            1000-1004
@@ -103,6 +104,14 @@ class OutcomeUnknown(ProviderError):
     @property
     def retryable(self) -> bool:
         return True
+
+
+class SubmitUnknown(OutcomeUnknown):
+    """A create's outcome is unknown and the provider cannot be asked: the user must check."""
+
+    @property
+    def retryable(self) -> bool:
+        return False
 
 
 class ProtocolError(ProviderError):

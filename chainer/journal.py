@@ -409,6 +409,15 @@ class Journal:
         data = {k: row[k] for k in row.keys() if k != "updated_at"}  # noqa: SIM118 (sqlite3.Row)
         return StepRow(**data)
 
+    def intent_time(self, step: StepRow) -> float | None:
+        """When `step`'s current attempt first committed submit_intent (wall clock)."""
+        row = self.db.execute(
+            "SELECT MIN(at) FROM events "
+            "WHERE chain = ? AND idx = ? AND attempt = ? AND state = 'submit_intent'",
+            (step.chain, step.idx, step.attempt),
+        ).fetchone()
+        return float(row[0]) if row and row[0] is not None else None
+
     def new_attempt(self, step: StepRow, detail: str) -> StepRow:
         """Start attempt n+1 of a failed step: planned again, so it gets a new external_task_id."""
         if step.state != "failed":

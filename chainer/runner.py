@@ -46,6 +46,11 @@ READ_DEADLINE_S = 600.0
 CREATE_DEADLINE_S = 3600.0
 #: Lookup rounds after an ambiguous create before asking the user to check by hand.
 RECONCILE_ROUNDS = 3
+#: A list scan looks at tasks created from this long before the create was first tried.
+LIST_WINDOW_MS = 60_000
+#: ... over at most this many pages of LIST_PAGE_SIZE tasks.
+LIST_PAGES = 20
+LIST_PAGE_SIZE = 100
 
 
 @dataclass(frozen=True)
@@ -87,12 +92,20 @@ class ChainRunner:
     """Runs one plan. Construct, then `await run()`."""
 
     def __init__(
-        self, plan: Plan, ctx: RunContext, *, retry_failed: bool = False, max_units: float | None = None
+        self,
+        plan: Plan,
+        ctx: RunContext,
+        *,
+        retry_failed: bool = False,
+        max_units: float | None = None,
+        resend_unknown: bool = False,
     ):
         self.plan = plan
         self.ctx = ctx
         self.folder = ctx.archive_dir / plan.chain
         self.retry_failed = retry_failed
+        #: The user checked that a create whose answer was lost made no task: send it again.
+        self.resend_unknown = resend_unknown
         #: The command line's budget wins over the storyboard's.
         self.max_units = max_units if max_units is not None else plan.max_units
         self._fresh_intents: set[int] = set()
@@ -255,12 +268,7 @@ class ChainRunner:
         for _round in range(RECONCILE_ROUNDS):
             if step.index not in self._fresh_intents or row.state == "submit_unknown":
                 # An earlier POST may have reached the provider: look before sending again.
-                assert row.external_task_id is not None
-                found = await retrying(
-                    functools.partial(client.find_by_external_id, kind, row.external_task_id),
-                    on=read_backoff,
-                    deadline_s=READ_DEADLINE_S,
-                )
+                found = await self._lookup(step, row, parent)
                 if found is not None:
                     self._emit(step.index, "submitted", f"found task {found.task_id} created earlier")
                     return journal.transition(
@@ -307,6 +315,51 @@ class ChainRunner:
             f"step {step.index} of {self.plan.chain!r}: the provider's answers to its create were lost "
             f"{RECONCILE_ROUNDS} times. Check your provider's task list for external_task_id "
             f"{row.external_task_id!r} before running again; chainer will look for it first."
+        )
+
+    async def _lookup(self, step: Step, row: StepRow, parent: StepRow | None) -> Task | None:
+        """The task an earlier POST of `row` created, or None when provably none was.
+
+        Raises SubmitUnknown (leaving the step `submit_unknown`) when the provider offers
+        no way to tell, unless the user said they checked (`resend_unknown`).
+        """
+        client, journal = self.ctx.client, self.ctx.journal
+        kind = _task_kind(step)
+        assert row.external_task_id is not None
+        ext = row.external_task_id
+        lookup = client.config.task_lookup
+        match lookup:
+            case "external_id":
+                return await retrying(
+                    functools.partial(client.find_by_external_id, kind, ext),
+                    on=read_backoff,
+                    deadline_s=READ_DEADLINE_S,
+                )
+            case "list":
+                since_ms = int((journal.intent_time(row) or time.time()) * 1000) - LIST_WINDOW_MS
+                parent_video = parent.video_id if step.kind == "video-extend" and parent else None
+                decided, found = await retrying(
+                    functools.partial(_scan_list, client, kind, ext, parent_video, since_ms),
+                    on=read_backoff,
+                    deadline_s=READ_DEADLINE_S,
+                )
+                if decided:
+                    return found
+            case "none":
+                pass
+            case _:
+                assert_never(lookup)
+        if self.resend_unknown:
+            return None
+        if row.state != "submit_unknown":
+            row = journal.transition(row, "submit_unknown", "no way to look the task up")
+        raise errors.SubmitUnknown(
+            f"step {step.index} of {self.plan.chain!r} ({self._describe(step)}): its create may have reached "
+            f"{client.config.name} but the answer was lost, and {client.config.name} cannot be asked which "
+            f"tasks exist (task lookup: {lookup}). Check the provider's console for a {kind} task created "
+            f"around {_local_time(journal.intent_time(row))} with prompt {step.prompt!r}. If there is none, "
+            "run again with --resend-unknown; if there is one, wait for it there (chainer cannot adopt it "
+            "yet) and do not resend"
         )
 
     def _refused(self, row: StepRow, step: Step, exc: errors.ApiError) -> StepRow:
@@ -474,3 +527,40 @@ def _task_kind(step: Step) -> rules.TaskKind:
     if step.kind == "existing":
         raise AssertionError("an existing video has no task kind")
     return step.kind
+
+
+def _local_time(epoch: float | None) -> str:
+    if epoch is None:
+        return "the time of the last run"
+    return dt.datetime.fromtimestamp(epoch).astimezone().strftime("%Y-%m-%d %H:%M:%S %Z")
+
+
+async def _scan_list(
+    client: KlingClient, kind: rules.TaskKind, ext: str, parent_video: str | None, since_ms: int
+) -> tuple[bool, Task | None]:
+    """Look for our task in the provider's task list: (decided, task).
+
+    Decided when the provider echoes external_task_id (ours is there or not), or, for an
+    extension, when the tasks extending our parent video can be counted (none: not
+    created; one: ours). Undecided otherwise.
+    """
+    echoes = False
+    by_parent: list[Task] = []
+    for page in range(1, LIST_PAGES + 1):
+        tasks = await client.list_tasks(kind, page=page, page_size=LIST_PAGE_SIZE)
+        recent = [t for t in tasks if (t.created_at or 0) >= since_ms]
+        for task in recent:
+            if task.task_info.external_task_id is not None:
+                echoes = True
+                if task.task_info.external_task_id == ext:
+                    return True, task
+            parent = task.task_info.parent_video
+            if parent_video is not None and parent is not None and parent.id == parent_video:
+                by_parent.append(task)
+        if len(tasks) < LIST_PAGE_SIZE or len(recent) < len(tasks):
+            break  # the end of the list, or past the window (lists are newest first)
+    if echoes:
+        return True, None
+    if parent_video is not None and len(by_parent) <= 1:
+        return True, by_parent[0] if by_parent else None
+    return False, None

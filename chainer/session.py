@@ -15,6 +15,7 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx
 from pydantic import SecretStr
@@ -40,12 +41,13 @@ def load_plan(path: str | os.PathLike[str], *, output: str | os.PathLike[str] | 
 def simulator_provider(sim: Simulator, *, time_scale: float) -> ProviderConfig:
     """A ProviderConfig that talks to `sim` in its own dialect with its own credentials."""
     cfg = sim.config
-    common = {
+    common: dict[str, Any] = {
         "base_url": sim.base_url,
         "offline": True,
         "time_scale": time_scale,
         "path_prefix": cfg.path_prefix,
         "prompt_max_chars": cfg.prompt_max_chars,
+        "task_lookup": "external_id" if cfg.external_id_lookup else "list",
     }
     if cfg.dialect == "proxy":
         return ProviderConfig(
@@ -110,11 +112,14 @@ class Session:
         on_event: Callable[[Event], None] | None = None,
         retry_failed: bool = False,
         max_units: float | None = None,
+        resend_unknown: bool = False,
     ) -> ChainResult:
         """Run (or resume) one chain to its finished video.
 
         `retry_failed` gives a failed step a new attempt (a new external_task_id, a new
-        charge); `max_units` overrides the storyboard's budget.
+        charge); `max_units` overrides the storyboard's budget; `resend_unknown` sends again
+        a create whose answer was lost at a provider that cannot be asked (after the user
+        checked that no task was made).
         """
         ctx = RunContext(
             client=self.client,
@@ -124,4 +129,7 @@ class Session:
             poll=self.poll,
             on_event=on_event or (lambda event: None),
         )
-        return await ChainRunner(plan, ctx, retry_failed=retry_failed, max_units=max_units).run()
+        runner = ChainRunner(
+            plan, ctx, retry_failed=retry_failed, max_units=max_units, resend_unknown=resend_unknown
+        )
+        return await runner.run()

@@ -198,3 +198,56 @@ def test_image2video_start_sends_the_image_and_chains(sim: Simulator, tmp_path: 
     assert base64.b64decode(first.body["image"]) == (root / "mountain-dawn.png").read_bytes()
     assert [c.kind for c in sim.state.creates[1:]] == ["video-extend", "video-extend"]
     assert 13.0 <= media.probe(tmp_path / "out.mp4").duration <= 15.2
+
+
+class SwallowFirstExtend(httpx.AsyncBaseTransport):
+    """The first video-extend create times out on the way there: nothing reaches the server,
+    but the client cannot know that (a read timeout looks the same)."""
+
+    def __init__(self) -> None:
+        self.inner = httpx.AsyncHTTPTransport()
+        self.swallowed = 0
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        if request.method == "POST" and request.url.path.endswith("/video-extend") and not self.swallowed:
+            self.swallowed += 1
+            raise httpx.ReadTimeout("no answer", request=request)
+        return await self.inner.handle_async_request(request)
+
+
+def run_with(sim: Simulator, tmp_path: Path, transport: httpx.AsyncBaseTransport, **options: object) -> None:
+    async def main() -> None:
+        async with httpx.AsyncClient(transport=transport) as http:
+            provider = simulator_provider(sim, time_scale=sim.config.time_scale)
+            if "task_lookup" in options:
+                provider = provider.model_copy(update={"task_lookup": options.pop("task_lookup")})
+            async with Session.open(
+                state_dir=tmp_path / "state", archive_dir=tmp_path / "archive", provider=provider
+            ) as session:
+                session.client = KlingClient(provider, http=http)
+                await session.run(load_plan(storyboard(tmp_path)), **options)  # type: ignore[arg-type]
+
+    anyio.run(main)
+
+
+def test_provider_without_lookup_is_reconciled_from_its_task_list(sim_factory, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    sim = sim_factory(external_id_lookup=False)
+    transport = LoseFirstExtendResponse()
+    run_with(sim, tmp_path, transport)  # the simulator provider maps this to task_lookup="list"
+    assert transport.lost == 1
+    assert [c.kind for c in sim.state.creates] == ["text2video"] + ["video-extend"] * 3
+    posts = sum(n for key, n in sim.state.requests.items() if key.startswith("POST video-extend"))
+    assert posts == 3, "the task list showed the lost create: it was adopted, not re-sent"
+
+
+def test_provider_that_cannot_be_asked_stops_for_the_user(sim: Simulator, tmp_path: Path) -> None:
+    with pytest.raises(errors.SubmitUnknown, match="--resend-unknown"):
+        run_with(sim, tmp_path, SwallowFirstExtend(), task_lookup="none")
+    assert [c.kind for c in sim.state.creates] == ["text2video"]
+    with Journal(tmp_path / "state" / "journal-simulator.sqlite") as journal:
+        assert journal.steps("e2e")[1].state == "submit_unknown"
+        assert journal.summary("e2e").state == "needs attention"
+    with pytest.raises(errors.SubmitUnknown):  # a plain re-run does not guess either
+        run_with(sim, tmp_path, httpx.AsyncHTTPTransport(), task_lookup="none")
+    run_with(sim, tmp_path, httpx.AsyncHTTPTransport(), task_lookup="none", resend_unknown=True)
+    assert [c.kind for c in sim.state.creates] == ["text2video"] + ["video-extend"] * 3

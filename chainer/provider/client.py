@@ -133,12 +133,24 @@ class KlingClient:
             if exc.code == 1203:
                 return None
             raise
-        items = data if isinstance(data, list) else [data] if data else []
-        for item in items:
-            task = self._parse(Task, item, kind, rid)
-            if task.task_info.external_task_id in (None, external_task_id):
-                return task
-        return None
+        if isinstance(data, list):
+            # A provider that ignores the parameter answers with its task list: only an
+            # exact echo of our id identifies our task there.
+            for item in data:
+                task = self._parse(Task, item, kind, rid)
+                if task.task_info.external_task_id == external_task_id:
+                    return task
+            return None
+        if not data:
+            return None
+        task = self._parse(Task, data, kind, rid)
+        if task.task_info.external_task_id not in (None, external_task_id):
+            raise errors.ProtocolError(
+                f"asked for external_task_id {external_task_id!r}, got a task with "
+                f"{task.task_info.external_task_id!r}",
+                request_id=rid,
+            )
+        return task
 
     async def list_tasks(self, kind: TaskKind, *, page: int = 1, page_size: int = 30) -> list[Task]:
         """One page of the account's tasks of `kind`."""

@@ -18,6 +18,9 @@ from ..errors import ConfigError
 from ..rules import PROMPT_MAX_CHARS
 
 Dialect = Literal["official", "proxy"]
+#: How a create whose answer was lost is looked up: by external_task_id, by scanning the
+#: task list (extensions are recognised by their parent video), or not at all.
+TaskLookup = Literal["external_id", "list", "none"]
 
 OFFICIAL_BASE_URL = "https://api-singapore.klingai.com"
 
@@ -38,6 +41,7 @@ class ProviderConfig(BaseModel):
     send_parent_task_id: bool = False
     prompt_max_chars: int = PROMPT_MAX_CHARS
     refuse_v1_5_extension: bool = False
+    task_lookup: TaskLookup = "external_id"
     #: True for chainer's built-in simulator: no credits are spent.
     offline: bool = False
     #: Multiplies the expected task times used to shape polling (the simulator runs fast).
@@ -101,6 +105,9 @@ def from_environment(
                 "KLING_API_KEY is set but KLING_BASE_URL (or --base-url) is not: which proxy is it for?"
             )
         send_parent = env.get("KLING_SEND_PARENT_TASK_ID", "1").strip().lower() not in ("0", "false", "no")
+        lookup = env.get("KLING_TASK_LOOKUP", "external_id").strip()
+        if lookup not in ("external_id", "list", "none"):
+            raise ConfigError(f"KLING_TASK_LOOKUP={lookup!r}: expected external_id, list or none")
         return ProviderConfig(
             name="proxy",
             dialect="proxy",
@@ -108,6 +115,7 @@ def from_environment(
             path_prefix="/kling" if prefix is None else prefix,
             api_key=SecretStr(key),
             send_parent_task_id=send_parent,
+            task_lookup=lookup,
             time_scale=time_scale,
         )
     return None

@@ -109,7 +109,11 @@ def build_app(state: SimState, *, admin: bool = False) -> Starlette:
         data: dict[str, Any] = {
             "task_id": task.task_id,
             "task_status": "submitted",
-            "task_info": {"external_task_id": task.external_task_id} if task.external_task_id else {},
+            "task_info": (
+                {"external_task_id": task.external_task_id}
+                if task.external_task_id and state.config.external_id_lookup
+                else {}
+            ),
             "created_at": task.created_ms,
             "updated_at": task.created_ms,
         }
@@ -126,7 +130,7 @@ def build_app(state: SimState, *, admin: bool = False) -> Starlette:
                 raise SimError(5000, "internal server error (injected)")
             if key is not None:
                 data: Any = state.task_json(state.find(kind, key), base(request))
-            elif "external_task_id" in request.query_params:
+            elif "external_task_id" in request.query_params and state.config.external_id_lookup:
                 data = state.task_json(
                     state.find(kind, request.query_params["external_task_id"]), base(request)
                 )

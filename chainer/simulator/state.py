@@ -55,6 +55,9 @@ class SimConfig(BaseModel):
     #: Proxy dialect: video-extend must name the parent task id next to video_id.
     require_parent_task_id: bool = False
     prompt_max_chars: int = rules.PROMPT_MAX_CHARS
+    #: False: like some proxies, no lookup by external_task_id (the query parameter is
+    #: ignored, the list is returned) and external_task_id is not echoed in task objects.
+    external_id_lookup: bool = True
     refuse_v1_5_extension: bool = False
     #: 1.0 is real time (minutes per task); tests use 0.001 or less.
     time_scale: float = 1.0
@@ -455,7 +458,7 @@ class SimState:
         """A task of `kind` by task_id or external_task_id (Kling's path form takes both)."""
         with self.lock:
             task = self.tasks.get(key)
-            if task is None:
+            if task is None and self.config.external_id_lookup:
                 task = next((t for t in self.tasks.values() if t.external_task_id == key), None)
             if task is None or task.kind != kind or self.expired(task.created_ms):
                 raise SimError(1203, f"task {key} not found")
@@ -490,7 +493,7 @@ class SimState:
         with self.lock:
             status = self.status(task)
             info: dict[str, Any] = {}
-            if task.external_task_id is not None:
+            if task.external_task_id is not None and self.config.external_id_lookup:
                 info["external_task_id"] = task.external_task_id
             if task.parent is not None:
                 info["parent_video"] = {
