@@ -71,3 +71,29 @@ def test_a_second_run_of_a_locked_chain_says_who_holds_it(sim: Simulator, tmp_pa
     assert second.returncode == 3
     assert f"is being run by pid {os.getpid()}" in second.stderr
     assert not sim.state.creates
+
+
+def test_ctrl_c_stops_cleanly_and_the_next_run_picks_up(sim_factory, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    slow = sim_factory(time_scale=0.01)  # tasks take ~1 s: the interrupt lands mid-chain
+    (tmp_path / "crash.yaml").write_text(textwrap.dedent(STORYBOARD))
+    proc = subprocess.Popen(
+        [CHAINER, "run", "crash.yaml"],
+        cwd=tmp_path,
+        env=provider_env(slow),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
+    assert proc.stdout is not None
+    for line in proc.stdout:  # wait until the second task is in flight
+        if "segment 1/3: processing" in line:
+            break
+    proc.send_signal(signal.SIGINT)
+    _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 130, stderr
+    assert "run the same command to resume" in stderr
+    assert len(slow.state.creates) == 2
+    resumed = chainer_run(tmp_path, provider_env(slow))
+    assert resumed.returncode == 0, resumed.stderr
+    assert_exactly_once_and_complete(slow, tmp_path)
