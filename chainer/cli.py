@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -17,6 +18,7 @@ from .journal import Journal
 from .runner import Event
 from .session import EMBEDDED_TIME_SCALE, Session, load_plan
 from .simulator import SimConfig, serve_forever
+from .storyboard import json_schema as storyboard_schema
 
 app = typer.Typer(
     name="chainer",
@@ -256,6 +258,67 @@ def resume(
         raise typer.Exit(130) from None
     if code:
         raise typer.Exit(code)
+
+
+@app.command()
+def plan(
+    storyboard: Annotated[Path, typer.Argument(help="The storyboard YAML file to plan.")],
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Print the plan as JSON instead of a table.")
+    ] = False,
+) -> None:
+    """Show the steps a storyboard will take: projected lengths, estimated units, warnings. Sends nothing."""
+    try:
+        p = load_plan(storyboard)
+    except errors.ChainerError as exc:
+        raise _fail(exc) from None
+    data = p.summary()
+    if as_json:
+        out.print_json(data=data)
+        return
+    out.print(
+        f"{p.chain}: {p.provider.name}, {p.model} {p.mode}, {len(p.steps)} steps -> {p.output}", markup=False
+    )
+    table = Table("step", "kind", "length after", "units", "prompt", box=None, pad_edge=False)
+    for s in p.steps:
+        span = f"{s.min_total:g}-{s.max_total:g} s" if s.min_total != s.max_total else f"{s.max_total:g} s"
+        prompt = (s.prompt or "")[:60] + ("..." if s.prompt and len(s.prompt) > 60 else "")
+        kind = s.kind + (" (if needed)" if s.optional else "")
+        table.add_row(str(s.index), kind, span, f"{s.units:g}", prompt)
+    out.print(table)
+    cap = p.cap_step()
+    last = p.steps[-1]
+    out.print(
+        f"Length: {last.min_total:g}-{last.max_total:g} s; the 180 s cap "
+        + (f"is reached at step {cap} in the worst case." if cap is not None else "is not reached.")
+        + (f" Stops once {p.target_duration:g} s is reached." if p.target_duration else ""),
+        markup=False,
+    )
+    other = next(k for k in data if k.startswith("estimated_units_if_"))
+    out.print(
+        f"Estimated units: {p.total_units:g} ({other.removeprefix('estimated_units_if_')} would be "
+        f"{data[other]:g}); the provider's final_unit_deduction is what counts.",
+        markup=False,
+    )
+    for warning in p.warnings:
+        err.print(f"warning: {warning}", markup=False)
+
+
+@app.command()
+def schema(
+    output: Annotated[
+        Path | None, typer.Option("--output", "-o", help="Write the JSON Schema here instead of printing it.")
+    ] = None,
+) -> None:
+    """Print the storyboard JSON Schema, so editors (yaml-language-server) check storyboards as you type."""
+    text = json.dumps(storyboard_schema(), indent=2) + "\n"
+    if output is None:
+        sys.stdout.write(text)
+    else:
+        output.write_text(text)
+        out.print(
+            f"wrote {output}; add `# yaml-language-server: $schema={output}` to a storyboard", markup=False
+        )
 
 
 @app.command()

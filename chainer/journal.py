@@ -6,9 +6,9 @@ a step can only move along the state machine below, and the runner can always as
 journal where it stands instead of trusting memory.
 
     planned -> submit_intent -> submitted -> succeeded -> downloaded
-                    |    ^
-                    v    |            (any state before downloaded) -> failed
-              submit_unknown
+       |            |    ^
+       v            v    |            (any state before downloaded) -> failed
+    skipped   submit_unknown
 
 `submit_intent` is committed with the step's external_task_id BEFORE the create request
 is sent; `submitted` is committed with the provider's task_id the moment it is known.
@@ -32,14 +32,22 @@ from typing import Any, Literal, get_args
 from .errors import ChainLocked, JournalError
 
 StepState = Literal[
-    "planned", "submit_intent", "submit_unknown", "submitted", "succeeded", "downloaded", "failed"
+    "planned",
+    "submit_intent",
+    "submit_unknown",
+    "submitted",
+    "succeeded",
+    "downloaded",
+    "failed",
+    "skipped",
 ]
 STEP_STATES = get_args(StepState)
 ChainState = Literal["done", "in progress", "failed", "needs attention"]
 
 #: Which states a step may move to from each state.
 TRANSITIONS: dict[StepState, tuple[StepState, ...]] = {
-    "planned": ("submit_intent", "succeeded", "failed"),
+    # skipped: an optional step (for target_duration) that the video no longer needs
+    "planned": ("submit_intent", "succeeded", "failed", "skipped"),
     "submit_intent": ("submitted", "submit_unknown", "planned", "failed"),
     "submit_unknown": ("submitted", "submit_intent", "failed"),
     "submitted": ("succeeded", "failed"),
@@ -47,6 +55,7 @@ TRANSITIONS: dict[StepState, tuple[StepState, ...]] = {
     # back to succeeded only when an archived file went missing: it is fetched again
     "downloaded": ("succeeded",),
     "failed": (),
+    "skipped": (),
 }
 
 SCHEMA_VERSION = 2
@@ -359,7 +368,7 @@ class Journal:
             raise JournalError(f"no chain named {name!r} in {self.path}")
         steps = self.steps(name)
         done = sum(1 for s in steps if s.state in ("downloaded", "succeeded") and s.kind != "existing")
-        total = sum(1 for s in steps if s.kind != "existing")
+        total = sum(1 for s in steps if s.kind != "existing" and s.state != "skipped")
         durations = [s.duration for s in steps if s.duration is not None]
         units = float(
             self.db.execute("SELECT COALESCE(SUM(units), 0) FROM steps WHERE chain = ?", (name,)).fetchone()[
@@ -379,7 +388,10 @@ class Journal:
                 f"step {unknown.idx}: the answer to its create was lost; the next run looks up "
                 f"external_task_id {unknown.external_task_id} first"
             )
-        elif all(s.state == "downloaded" or (s.kind == "existing" and s.state == "succeeded") for s in steps):
+        elif all(
+            s.state in ("downloaded", "skipped") or (s.kind == "existing" and s.state == "succeeded")
+            for s in steps
+        ):
             state = "done"
         else:
             state = "in progress"

@@ -1,24 +1,35 @@
-"""From a validated storyboard to the concrete steps a run will take.
+"""From a storyboard to the concrete steps a run will take, with Kling's rules applied.
 
 Step 0 is the start: a text2video or image2video task, or an existing video adopted as
-it is. Steps 1..n are video-extend tasks, each extending step i-1's result. Each step
-carries the request fields it will send (minus the links known only at run time: the
-parent video_id and task_id, and the external_task_id) and a fingerprint that also
-covers every earlier step, so a change anywhere upstream is seen downstream too.
+it is. Steps 1..n are video-extend tasks, each extending step i-1's result: the
+storyboard's segments with `defaults` filled in and `repeat` unrolled, then, for a
+`target_duration`, enough repeats of the last segment to reach it in the worst case
+(4 s each). Those extra steps are optional: the run skips them once the video is long
+enough.
+
+Every step carries the request fields it will send (minus the links known only at run
+time: the parent video_id and task_id, and the external_task_id) and a fingerprint that
+also covers every earlier step, so a change anywhere upstream is seen downstream too.
+
+All rule checks live here and in `rules` (the single source of truth); problems are
+reported at the storyboard line they come from, all in one pass.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass
+import math
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from . import rules
+from . import profiles, rules, storyboard
+from .errors import Problem, StoryboardError
 from .storyboard import ExistingVideo, Image2Video, Loaded, Text2Video
 
 StepKind = Literal["existing", "text2video", "image2video", "video-extend"]
+Loc = tuple[str | int, ...]
 
 
 @dataclass(frozen=True)
@@ -26,13 +37,17 @@ class Step:
     index: int
     kind: StepKind
     prompt: str | None
-    #: Request fields sent as they are; image fields hold local paths, read at submit time.
+    #: Request fields sent as they are; local image paths are read at submit time.
     fields: dict[str, Any]
     #: Projected total length after this step (4 s and 5 s per extension).
     min_total: float
     max_total: float
     units: float
     fingerprint: str
+    #: Added for target_duration: skipped if the video is already long enough.
+    optional: bool = False
+    #: Where in the storyboard this step comes from.
+    loc: Loc = ()
 
 
 @dataclass(frozen=True)
@@ -40,16 +55,59 @@ class Plan:
     chain: str
     storyboard: Path
     storyboard_sha256: str
+    provider: profiles.Profile
     model: str
     mode: str
     existing: ExistingVideo | None
     steps: list[Step]
     output: Path
     max_units: float | None = None
+    target_duration: float | None = None
+    warnings: list[Problem] = field(default_factory=list)
 
     @property
     def total_units(self) -> float:
+        """Estimated units if every step runs (optional ones included)."""
         return sum(s.units for s in self.steps)
+
+    def cap_step(self) -> int | None:
+        """The first step whose worst case reaches the 180 s cap, if any does."""
+        return next((s.index for s in self.steps if s.max_total >= rules.MAX_TOTAL_SECONDS - 1e-9), None)
+
+    def summary(self) -> dict[str, Any]:
+        """The plan as plain data (what `chainer plan --json` prints)."""
+        other = "pro" if self.mode == "std" else "std"
+        return {
+            "chain": self.chain,
+            "storyboard": str(self.storyboard),
+            "provider": self.provider.name,
+            "model": self.model,
+            "mode": self.mode,
+            "output": str(self.output),
+            "target_duration": self.target_duration,
+            "max_units": self.max_units,
+            "steps": [
+                {
+                    "index": s.index,
+                    "kind": s.kind,
+                    "prompt": s.prompt,
+                    "optional": s.optional,
+                    "min_total": s.min_total,
+                    "max_total": s.max_total,
+                    "units": s.units,
+                    "fields": {k: v for k, v in s.fields.items() if k not in ("image", "image_tail")},
+                }
+                for s in self.steps
+            ],
+            "cap_step": self.cap_step(),
+            "estimated_units": self.total_units,
+            f"estimated_units_if_{other}": sum(
+                rules.estimate_units(other, 5.0 if s.kind == "video-extend" else s.max_total)
+                for s in self.steps
+                if s.kind != "existing"
+            ),
+            "warnings": [str(w) for w in self.warnings],
+        }
 
 
 def _sha_file(path: Path) -> str:
@@ -60,30 +118,172 @@ def _sha_file(path: Path) -> str:
     return h.hexdigest()
 
 
+def _is_url(value: str) -> bool:
+    return value.startswith(("http://", "https://"))
+
+
 def _fingerprint(previous: str, kind: str, fields: dict[str, Any], base: Path) -> str:
     described = dict(fields)
     for key in ("image", "image_tail"):
-        if described.get(key):  # the file's content counts, not its name
-            described[key] = "sha256:" + _sha_file(base / described[key])
+        value = described.get(key)
+        if value and not _is_url(value):  # a local file counts by its content, not its name
+            described[key] = "sha256:" + _sha_file(base / value)
     blob = json.dumps({"prev": previous, "kind": kind, "fields": described}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()
 
 
+class _Checker:
+    """Collects positioned problems and warnings while the plan is built."""
+
+    def __init__(self, loaded: Loaded):
+        self.loaded = loaded
+        self.problems: list[Problem] = []
+        self.warnings: list[Problem] = []
+
+    def error(self, loc: Loc, message: str) -> None:
+        self.problems.append(self.loaded.problem(loc, message))
+
+    def warn(self, loc: Loc, message: str) -> None:
+        self.warnings.append(self.loaded.problem(loc, message))
+
+    def prompts(self, loc: Loc, values: dict[str, Any], profile: profiles.Profile) -> None:
+        limits = {"prompt": profile.prompt_max_chars, "negative_prompt": profile.negative_prompt_max_chars}
+        for name, limit in limits.items():
+            value = values.get(name)
+            if value is not None and len(value) > limit:
+                self.error(
+                    (*loc, name),
+                    f"{name} has {len(value)} characters; {profile.name} accepts at most {limit}",
+                )
+
+
 def build(loaded: Loaded, *, output: Path | None = None) -> Plan:
-    """The plan for a loaded (and therefore already rule-checked) storyboard."""
+    """The plan for a loaded storyboard; StoryboardError lists every rule it breaks."""
     sb = loaded.storyboard
+    check = _Checker(loaded)
+    profile = profiles.get(sb.provider)
+    if profile is None:
+        names = ", ".join(profiles.BUILTIN)
+        check.error(("provider",), f"unknown provider profile {sb.provider!r}; built in: {names}")
+        profile = profiles.BUILTIN[profiles.DEFAULT_PROFILE]
     source = sb.start.source
+    kind = sb.start.kind
+    start_loc: Loc = ("start", kind)
     base = loaded.path.parent
+
+    # ---- the start
+    allowed = {"video": None, "text2video": rules.TEXT2VIDEO_MODELS, "image2video": rules.IMAGE2VIDEO_MODELS}[
+        kind
+    ]
+    if allowed is not None and source.model not in allowed:
+        check.error(
+            (*start_loc, "model"),
+            f"{kind} does not offer model {source.model!r}; choose one of {', '.join(allowed)}",
+        )
+    refusal = rules.extension_refusal(source.model, 0.0, refuse_v1_5=not profile.extend_v1_5)
+    if refusal:
+        check.error((*start_loc, "model"), refusal)
+    elif source.model == "kling-v1-5":
+        check.warn(
+            (*start_loc, "model"),
+            "some providers refuse to extend kling-v1-5 videos; kling-v1 and kling-v1-6 are the safe choices",
+        )
+    if source.mode == "pro":
+        check.warn(
+            (*start_loc, "mode"), "pro mode: every extension inherits it and is priced as pro (~3.5x std)"
+        )
+    if isinstance(source, Text2Video | Image2Video):
+        check.prompts(start_loc, source.model_dump(), profile)
+    if isinstance(source, Image2Video):
+        for name in ("image", "image_tail"):
+            value = getattr(source, name)
+            if not value or _is_url(value):
+                continue
+            path = base / value
+            if not path.is_file():
+                check.error(
+                    (*start_loc, name),
+                    f"image file {value!r} not found (paths are relative to the storyboard's folder)",
+                )
+                continue
+            problem = rules.image_problem(path.read_bytes())
+            if problem:
+                check.error((*start_loc, name), f"{value} {problem}")
+
+    # ---- the segments, with defaults and repeats
+    extends: list[tuple[Loc, dict[str, Any], bool]] = []
+    for i, seg in enumerate(sb.segments):
+        loc: Loc = ("segments", i)
+        fields: dict[str, Any] = {
+            "prompt": seg.prompt,
+            "negative_prompt": seg.negative_prompt
+            if seg.negative_prompt is not None
+            else sb.defaults.negative_prompt,
+            "cfg_scale": seg.cfg_scale if seg.cfg_scale is not None else sb.defaults.cfg_scale,
+        }
+        fields = {k: v for k, v in fields.items() if v is not None}
+        check.prompts(loc, fields, profile)
+        dropped = sorted(set(fields) - set(profile.extend_fields))
+        if dropped:
+            check.warn(
+                loc, f"{profile.name} ignores {', '.join(dropped)} in video-extend; it will not be sent"
+            )
+            fields = {k: v for k, v in fields.items() if k not in dropped}
+        extends += [(loc, fields, False)] * seg.repeat
+
+    start_min = float(getattr(source, "duration", None) or 0.0)
+    start_max = float(getattr(source, "duration", None) or 10.0)  # unknown: assume the longest start
+    if isinstance(source, ExistingVideo) and source.duration is None:
+        check.warn(start_loc, "the video's duration is unknown; the plan assumes 10 s (set `duration`)")
+
+    # ---- the cap, in the worst case (5 s per extension)
+    for n, (loc, _, _) in enumerate(extends, start=1):
+        worst = start_max + rules.EXTEND_MAX_SECONDS * n
+        if worst > rules.MAX_TOTAL_SECONDS + 1e-9:
+            check.error(
+                loc,
+                f"{storyboard.describe(loc)} could end at {worst:g} s, past Kling's "
+                f"{rules.MAX_TOTAL_SECONDS:g} s cap for extended videos (each extension adds up to "
+                f"{rules.EXTEND_MAX_SECONDS:g} s); remove segments from here on",
+            )
+            break
+    if sb.target_duration is not None:
+        target = sb.target_duration
+        longest = rules.MAX_TOTAL_SECONDS - rules.EXTEND_MAX_SECONDS
+        if target > longest + 1e-9:
+            # chainer extends while the video is shorter than the target, so the last
+            # extension may start just below it and add up to 5 s
+            check.error(
+                ("target_duration",),
+                f"target_duration {target:g} s cannot be reached safely: the "
+                f"last extension could end at up to {target + rules.EXTEND_MAX_SECONDS:g} s and Kling "
+                f"stops at {rules.MAX_TOTAL_SECONDS:g} s; ask for at most {longest:g} s",
+            )
+        else:
+            listed_min = start_min + rules.EXTEND_MIN_SECONDS * len(extends)
+            if listed_min >= target:
+                check.warn(
+                    ("target_duration",),
+                    f"the segments alone reach {listed_min:g} s or more; target_duration adds nothing",
+                )
+            else:
+                needed = math.ceil((target - listed_min) / rules.EXTEND_MIN_SECONDS - 1e-9)
+                last_loc, last_fields, _ = extends[-1]
+                extends += [(last_loc, last_fields, True)] * needed
+
+    if check.problems:
+        raise StoryboardError(sorted(check.problems, key=lambda p: (p.line, p.column)))
+
+    # ---- the steps
     steps: list[Step] = []
     existing: ExistingVideo | None = None
     if isinstance(source, ExistingVideo):
         existing = source
-        length = float(source.duration) if source.duration else 10.0
-        fields: dict[str, Any] = {"video_id": source.video_id, "task_id": source.task_id}
+        fields = {"video_id": source.video_id, "task_id": source.task_id}
         fp = _fingerprint("", "existing", fields, base)
-        steps.append(Step(0, "existing", None, fields, source.duration or 0.0, length, 0.0, fp))
+        steps.append(Step(0, "existing", None, fields, start_min, start_max, 0.0, fp, loc=start_loc))
     else:
-        kind: StepKind = "text2video" if isinstance(source, Text2Video) else "image2video"
+        start_kind: StepKind = "text2video" if isinstance(source, Text2Video) else "image2video"
         fields = {
             "model_name": source.model,
             "mode": source.mode,
@@ -98,29 +298,29 @@ def build(loaded: Loaded, *, output: Path | None = None) -> Plan:
             fields["image"] = source.image
             fields["image_tail"] = source.image_tail
         fields = {k: v for k, v in fields.items() if v is not None}
-        length = float(source.duration)
-        fp = _fingerprint("", kind, fields, base)
-        units = rules.estimate_units(source.mode, length)
-        steps.append(Step(0, kind, source.prompt, fields, length, length, units, fp))
-    lo = hi = steps[0].min_total if existing is None else (existing.duration or 0.0)
-    hi = steps[0].max_total
-    for i, seg in enumerate(sb.segments, start=1):
-        fields = {"prompt": seg.prompt, "negative_prompt": seg.negative_prompt, "cfg_scale": seg.cfg_scale}
-        fields = {k: v for k, v in fields.items() if v is not None}
+        fp = _fingerprint("", start_kind, fields, base)
+        units = rules.estimate_units(source.mode, start_max)
+        steps.append(
+            Step(0, start_kind, source.prompt, fields, start_min, start_max, units, fp, loc=start_loc)
+        )
+    lo, hi = start_min, start_max
+    for i, (loc, fields, optional) in enumerate(extends, start=1):
         fp = _fingerprint(steps[-1].fingerprint, "video-extend", fields, base)
         lo += rules.EXTEND_MIN_SECONDS
         hi += rules.EXTEND_MAX_SECONDS
         units = rules.estimate_units(source.mode, rules.EXTEND_MAX_SECONDS)
-        steps.append(Step(i, "video-extend", seg.prompt, fields, lo, hi, units, fp))
-    out = output or Path(sb.output or f"out/{sb.name}.mp4")
+        steps.append(Step(i, "video-extend", fields["prompt"], fields, lo, hi, units, fp, optional, loc))
     return Plan(
         chain=sb.name,
         storyboard=loaded.path,
         storyboard_sha256=loaded.sha256,
+        provider=profile,
         model=source.model,
         mode=source.mode,
         existing=existing,
         steps=steps,
-        output=out,
+        output=output or Path(sb.output or f"out/{sb.name}.mp4"),
         max_units=sb.max_units,
+        target_duration=sb.target_duration,
+        warnings=sorted(check.warnings, key=lambda p: (p.line, p.column)),
     )

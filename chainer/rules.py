@@ -84,6 +84,36 @@ def extension_refusal(model: str, current_total: float, *, refuse_v1_5: bool = F
     return None
 
 
+# ---------------------------------------------------------------- images (§2.2)
+
+IMAGE_MAX_BYTES: Final = 10 * 1024 * 1024
+IMAGE_MIN_SIDE: Final = 300
+IMAGE_ASPECT_RANGE: Final = (1 / 2.5, 2.5)
+IMAGE_FORMATS: Final = ("JPEG", "PNG")
+
+
+def image_problem(data: bytes) -> str | None:
+    """Why Kling would refuse `data` as an image2video frame, or None if it would accept it."""
+    import io
+
+    from PIL import Image, UnidentifiedImageError
+
+    if len(data) > IMAGE_MAX_BYTES:
+        return f"is {len(data) / 1e6:.1f} MB; Kling accepts at most 10 MB"
+    try:
+        img = Image.open(io.BytesIO(data))
+        img.load()
+    except (UnidentifiedImageError, OSError):
+        return "is not a readable image"
+    if img.format not in IMAGE_FORMATS:
+        return f"must be JPEG or PNG, not {img.format}"
+    if min(img.size) < IMAGE_MIN_SIDE:
+        return f"must be at least {IMAGE_MIN_SIDE} px on each side (it is {img.width}x{img.height})"
+    if not IMAGE_ASPECT_RANGE[0] <= img.width / img.height <= IMAGE_ASPECT_RANGE[1]:
+        return f"aspect ratio must be between 1:2.5 and 2.5:1 (it is {img.width}x{img.height})"
+    return None
+
+
 # ---------------------------------------------------------------- error codes (§6)
 
 ErrorClass = Literal["auth", "account", "invalid", "policy", "rate", "server"]

@@ -140,6 +140,13 @@ class ChainRunner:
         parent: StepRow | None = None
         for step in self.plan.steps:
             row = journal.step(chain.name, step.index)
+            if row.state == "planned" and step.optional and parent is not None:
+                reason = self._no_longer_needed(parent)
+                if reason:
+                    row = journal.transition(row, "skipped", reason)
+                    self._emit(step.index, "skipped", reason)
+            if row.state == "skipped":
+                continue
             if row.state == "failed" and self.retry_failed:
                 row = journal.new_attempt(row, "--retry-failed")
                 self._emit(step.index, "retrying", f"attempt {row.attempt} after: {row.error or 'failure'}")
@@ -157,6 +164,16 @@ class ChainRunner:
             duration=parent.probed_duration or parent.duration,
             units=self.units_spent(),
         )
+
+    def _no_longer_needed(self, parent: StepRow) -> str | None:
+        """Why an optional step (added for target_duration) should not run, or None."""
+        if parent.duration is None:
+            return None
+        if self.plan.target_duration is not None and parent.duration >= self.plan.target_duration:
+            return (
+                f"the video is {parent.duration:g} s, target_duration {self.plan.target_duration:g} s reached"
+            )
+        return rules.extension_refusal(self.plan.model, parent.duration)
 
     def units_spent(self) -> float:
         """Units the provider reported for this chain's tasks (every attempt counts)."""
@@ -217,6 +234,8 @@ class ChainRunner:
                     # The archive lost the file (or it changed): fetch it again, never re-create it.
                     row = journal.transition(row, "succeeded", problem)
                     self._emit(step.index, "re-downloading", problem)
+                case "skipped":
+                    return row
                 case "failed":
                     raise errors.TaskFailed(
                         task_id=row.task_id or "(none)",

@@ -1,5 +1,8 @@
 """Storyboards: the YAML files users write, parsed into pydantic models with positions.
 
+This module checks form (keys, types, ranges); Kling's and the provider's rules are
+applied by the planner (chainer.plan), which reports with the same positions.
+
 A storyboard names a chain, says how its first video comes to be (`start`), and lists
 the `segments` that each extend the video so far. Every problem is reported as
 `file:line:col: message`, pointing at the YAML node at fault, all problems in one pass.
@@ -64,7 +67,8 @@ class Text2Video(_Strict):
 
 
 class Image2Video(_Strict):
-    """Start with an image-to-video task from a local image file (path relative to the storyboard)."""
+    """Start with an image-to-video task: a local image file (path relative to the storyboard)
+    or an http(s) URL the provider can fetch."""
 
     image: Annotated[str, StringConstraints(min_length=1)]
     image_tail: str | None = None
@@ -107,9 +111,17 @@ class Start(_Strict):
 
 
 class Segment(_Strict):
-    """One video-extend step: 4-5 more seconds following this prompt."""
+    """One video-extend step (4-5 more seconds following this prompt), `repeat` times."""
 
     prompt: Prompt
+    negative_prompt: OptPrompt = None
+    cfg_scale: CfgScale = None
+    repeat: Annotated[int, Field(ge=1, le=45)] = 1
+
+
+class Defaults(_Strict):
+    """Values every segment gets unless it sets its own."""
+
     negative_prompt: OptPrompt = None
     cfg_scale: CfgScale = None
 
@@ -118,8 +130,13 @@ class Storyboard(_Strict):
     """A whole chain: one start and the segments that extend it, in order."""
 
     name: Name
+    #: Which provider profile's rules apply (see `chainer providers`).
+    provider: str = "kling"
     start: Start
+    defaults: Defaults = Field(default_factory=Defaults)
     segments: Annotated[list[Segment], Field(min_length=1)]
+    #: Keep extending (repeating the last segment's prompt) until the video is this long.
+    target_duration: Annotated[float, Field(gt=0)] | None = None
     output: str | None = None
     #: Stop submitting once the chain's spent units plus the next task's estimate would pass this.
     max_units: Annotated[float, Field(gt=0)] | None = None
@@ -328,62 +345,14 @@ def load(path: str | Path) -> Loaded:
     except ValidationError as exc:
         problems.extend(_messages(exc, pos, file))
     if storyboard is not None and not problems:
-        loaded = Loaded(storyboard, path, hashlib.sha256(raw).hexdigest(), pos.positions)
-        problems.extend(check(loaded))
-        if not problems:
-            return loaded
+        return Loaded(storyboard, path, hashlib.sha256(raw).hexdigest(), pos.positions)
     problems.sort(key=lambda p: (p.line, p.column))
     raise StoryboardError(problems)
 
 
-def check(loaded: Loaded) -> list[Problem]:
-    """Kling's rules applied to a well-formed storyboard, before anything is spent."""
-    sb = loaded.storyboard
-    problems: list[Problem] = []
-    source = sb.start.source
-    kind = sb.start.kind
-    allowed = {
-        "video": None,
-        "text2video": rules.TEXT2VIDEO_MODELS,
-        "image2video": rules.IMAGE2VIDEO_MODELS,
-    }[kind]
-    if allowed is not None and source.model not in allowed:
-        problems.append(
-            loaded.problem(
-                ("start", kind, "model"),
-                f"{kind} does not offer model {source.model!r}; choose one of {', '.join(allowed)}",
-            )
-        )
-    if source.model not in rules.EXTENDABLE_MODELS:
-        problems.append(
-            loaded.problem(
-                ("start", kind, "model"),
-                f"videos made by {source.model} cannot be extended; video-extend accepts only "
-                f"{', '.join(rules.EXTENDABLE_MODELS)}",
-            )
-        )
-    if isinstance(source, Image2Video):
-        for name in ("image", "image_tail"):
-            value = getattr(source, name)
-            if value and not (loaded.path.parent / value).is_file():
-                problems.append(
-                    loaded.problem(
-                        ("start", kind, name),
-                        f"image file {value!r} not found (paths are relative to the storyboard's folder)",
-                    )
-                )
-    start_len = float(getattr(source, "duration", None) or 10)
-    for i, _segment in enumerate(sb.segments):
-        worst = start_len + rules.EXTEND_MAX_SECONDS * (i + 1)
-        if worst > rules.MAX_TOTAL_SECONDS + 1e-9:
-            problems.append(
-                loaded.problem(
-                    ("segments", i),
-                    f"segment {i + 1} could end at {worst:g} s, past Kling's "
-                    f"{rules.MAX_TOTAL_SECONDS:g} s cap for extended videos (each extension adds up "
-                    f"to {rules.EXTEND_MAX_SECONDS:g} s); "
-                    f"remove segments from here on",
-                )
-            )
-            break
-    return problems
+def json_schema() -> dict[str, Any]:
+    """JSON Schema of the storyboard format (for yaml-language-server and other editors)."""
+    schema = Storyboard.model_json_schema()
+    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+    schema["title"] = "chainer storyboard"
+    return schema

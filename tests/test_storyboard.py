@@ -20,8 +20,9 @@ def write(tmp_path: Path, text: str, name: str = "sb.yaml") -> Path:
 
 
 def problems(path: Path) -> list[str]:
+    """Every problem chainer finds in `path`, form and rules alike."""
     with pytest.raises(StoryboardError) as caught:
-        storyboard.load(path)
+        plan.build(storyboard.load(path))
     return [str(p) for p in caught.value.problems]
 
 

@@ -14,7 +14,6 @@ import base64
 import binascii
 import hashlib
 import hmac
-import io
 import json
 import random
 import threading
@@ -26,7 +25,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from PIL import Image, UnidentifiedImageError
 from pydantic import BaseModel, Field
 
 from .. import rules
@@ -571,19 +569,7 @@ def _decode_image(field_name: str, value: Any) -> bytes:
         raw = base64.b64decode(value, validate=True)
     except (binascii.Error, ValueError) as exc:
         raise SimError(1201, f"{field_name} is not valid base64") from exc
-    if len(raw) > 10 * 1024 * 1024:
-        raise SimError(1201, f"{field_name} is larger than 10 MB")
-    try:
-        img = Image.open(io.BytesIO(raw))
-        img.load()
-    except (UnidentifiedImageError, OSError) as exc:
-        raise SimError(1201, f"{field_name} is not a readable image") from exc
-    if img.format not in ("JPEG", "PNG"):
-        raise SimError(1201, f"{field_name} must be JPEG or PNG, not {img.format}")
-    if min(img.size) < 300:
-        raise SimError(
-            1201, f"{field_name} must be at least 300 px on each side (got {img.width}x{img.height})"
-        )
-    if not 1 / 2.5 <= img.width / img.height <= 2.5:
-        raise SimError(1201, f"{field_name} aspect ratio must be between 1:2.5 and 2.5:1")
+    problem = rules.image_problem(raw)
+    if problem is not None:
+        raise SimError(1201, f"{field_name} {problem}")
     return raw
