@@ -251,3 +251,23 @@ def test_provider_that_cannot_be_asked_stops_for_the_user(sim: Simulator, tmp_pa
         run_with(sim, tmp_path, httpx.AsyncHTTPTransport(), task_lookup="none")
     run_with(sim, tmp_path, httpx.AsyncHTTPTransport(), task_lookup="none", resend_unknown=True)
     assert [c.kind for c in sim.state.creates] == ["text2video"] + ["video-extend"] * 3
+
+
+def test_target_duration_stops_once_reached(sim: Simulator, tmp_path: Path) -> None:
+    sb = tmp_path / "target.yaml"
+    sb.write_text(
+        "name: target\nstart: {text2video: {prompt: p, duration: 5}}\n"
+        f"segments: [{{prompt: a}}]\ntarget_duration: 40\noutput: {tmp_path / 'out.mp4'}\n"
+    )
+    planned = load_plan(sb).steps
+    assert len(planned) == 10  # start, 1 listed, 8 optional: enough at 4 s each
+    run_once(sim, sb, tmp_path)
+    durations = [sim.state.tasks[c.task_id].frames / sim.config.fps for c in sim.state.creates]
+    assert durations[-1] >= 40 and durations[-2] < 40, "one extension too many or too few"
+    assert abs(media.probe(tmp_path / "out.mp4").duration - durations[-1]) <= 0.2
+    with Journal(tmp_path / "state" / "journal-simulator.sqlite") as journal:
+        states = [s.state for s in journal.steps("target")]
+        # the simulator's extensions average 4.5 s, so fewer than the worst case were needed
+        assert states.count("skipped") == len(planned) - len(sim.state.creates) >= 1
+        assert set(states) == {"downloaded", "skipped"}
+        assert journal.summary("target").state == "done"

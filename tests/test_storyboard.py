@@ -136,3 +136,115 @@ def test_plan_fingerprints_chain_through_steps(tmp_path: Path) -> None:
     assert all(x.fingerprint != y.fingerprint for x, y in zip(a.steps, b.steps, strict=True))
     assert [s.kind for s in a.steps] == ["text2video", "video-extend", "video-extend"]
     assert [(s.min_total, s.max_total) for s in a.steps] == [(5, 5), (9, 10), (13, 15)]
+
+
+def test_defaults_fill_segments_and_repeat_unrolls(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        """
+        name: d
+        start: {text2video: {prompt: p}}
+        defaults: {negative_prompt: "blur", cfg_scale: 0.3}
+        segments:
+          - {prompt: a, repeat: 3}
+          - {prompt: b, cfg_scale: 0.9}
+        """,
+    )
+    steps = plan.build(storyboard.load(path)).steps[1:]
+    assert [s.prompt for s in steps] == ["a", "a", "a", "b"]
+    assert steps[0].fields == {"prompt": "a", "negative_prompt": "blur", "cfg_scale": 0.3}
+    assert steps[3].fields == {"prompt": "b", "negative_prompt": "blur", "cfg_scale": 0.9}
+    assert len({s.fingerprint for s in steps}) == 4, "repeats are distinct steps"
+
+
+def test_target_duration_adds_optional_steps_for_the_worst_case(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        "name: t\nstart: {text2video: {prompt: p, duration: 5}}\n"
+        "segments: [{prompt: a}, {prompt: b}]\ntarget_duration: 30\n",
+    )
+    p = plan.build(storyboard.load(path))
+    # 5 s + 2 listed (>= 8 s) leaves 17 s: 5 more extensions at 4 s each in the worst case
+    assert [s.optional for s in p.steps] == [False, False, False] + [True] * 5
+    assert all(s.prompt == "b" for s in p.steps[3:])
+    assert p.steps[-1].min_total >= 30
+
+
+@pytest.mark.parametrize("target,ok", [(175, True), (175.5, False)])
+def test_target_duration_bound(tmp_path: Path, target: float, ok: bool) -> None:
+    path = write(
+        tmp_path,
+        f"name: t\nstart: {{text2video: {{prompt: p}}}}\nsegments: [{{prompt: a}}]\n"
+        f"target_duration: {target}\n",
+    )
+    if ok:
+        assert plan.build(storyboard.load(path)).steps[-1].min_total >= target
+    else:
+        assert any(":4:18: target_duration 175.5 s cannot be reached safely" in p for p in problems(path))
+
+
+def test_provider_limits_apply(tmp_path: Path) -> None:
+    long = "x" * 501
+    path = write(
+        tmp_path,
+        f"name: c\nprovider: cometapi\nstart: {{text2video: {{prompt: p}}}}\n"
+        f"segments:\n  - prompt: ok\n  - prompt: {long}\n",
+    )
+    assert any(
+        p.startswith(f"{path}:6:13: prompt has 501 characters; cometapi accepts at most 500")
+        for p in problems(path)
+    )
+    path = write(
+        tmp_path,
+        f"name: c\nprovider: kling\nstart: {{text2video: {{prompt: p}}}}\nsegments:\n  - prompt: {long}\n",
+        "k.yaml",
+    )
+    plan.build(storyboard.load(path))  # 501 characters are fine on Kling itself
+
+
+def test_v1_5_is_refused_where_the_provider_refuses_it(tmp_path: Path) -> None:
+    text = "name: v\nprovider: {p}\nstart:\n  video: {{video_id: x, model: kling-v1-5, duration: 5}}\nsegments: [{{prompt: a}}]\n"
+    dmx = write(tmp_path, text.format(p="dmxapi"), "dmx.yaml")
+    assert any(":4:" in p and "does not extend videos made by kling-v1-5" in p for p in problems(dmx))
+    kling = plan.build(storyboard.load(write(tmp_path, text.format(p="kling"), "k.yaml")))
+    assert any("kling-v1-5" in str(w) for w in kling.warnings)
+
+
+def test_unknown_provider(tmp_path: Path) -> None:
+    path = write(
+        tmp_path, "name: u\nprovider: cometapii\nstart: {text2video: {prompt: p}}\nsegments: [{prompt: a}]\n"
+    )
+    found = problems(path)
+    assert (
+        found[0].startswith(f"{path}:2:11: unknown provider profile 'cometapii'") and "cometapi" in found[0]
+    )
+
+
+def test_image_rules_are_checked_before_sending(tmp_path: Path) -> None:
+    from PIL import Image
+
+    Image.new("RGB", (200, 200)).save(tmp_path / "small.png")
+    path = write(tmp_path, "name: i\nstart:\n  image2video: {image: small.png}\nsegments: [{prompt: a}]\n")
+    assert any(p.startswith(f"{path}:3:") and "at least 300 px" in p for p in problems(path))
+
+
+def test_committed_schema_is_current() -> None:
+    import json
+
+    committed = json.loads((ROOT / "storyboard.schema.json").read_text())
+    assert committed == storyboard.json_schema(), "run: chainer schema -o storyboard.schema.json"
+
+
+def test_schema_knows_every_field() -> None:
+    props = storyboard.json_schema()["properties"]
+    assert {
+        "name",
+        "provider",
+        "start",
+        "defaults",
+        "segments",
+        "target_duration",
+        "output",
+        "max_units",
+    } <= set(props)
+    assert storyboard.json_schema()["additionalProperties"] is False
