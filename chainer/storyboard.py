@@ -168,16 +168,29 @@ class Loaded:
         return Problem(str(self.path), line, col, message)
 
 
+#: More values than any storyboard needs (the longest chain has 45 segments).
+MAX_NODES = 20_000
+
+
+class _TooLarge(Exception):
+    def __init__(self, node: yaml.Node):
+        self.node = node
+
+
 class _Positions:
     """Turns a composed YAML node tree into plain data, noting each node's position."""
 
     def __init__(self, file: str):
         self.file = file
+        self.nodes = 0
         self.positions: dict[Path_, tuple[int, int]] = {}
         self.key_positions: dict[Path_, tuple[int, int]] = {}
         self.problems: list[Problem] = []
 
     def build(self, node: yaml.Node, loc: Path_ = ()) -> Any:
+        self.nodes += 1
+        if self.nodes > MAX_NODES:  # also stops aliases that expand exponentially
+            raise _TooLarge(node)
         self.positions[loc] = (node.start_mark.line + 1, node.start_mark.column + 1)
         if isinstance(node, yaml.MappingNode):
             out: dict[Any, Any] = {}
@@ -328,6 +341,19 @@ def load(path: str | Path) -> Loaded:
     pos = _Positions(file)
     try:
         data = pos.build(docs[0])
+    except _TooLarge as exc:
+        mark = exc.node.start_mark
+        raise StoryboardError(
+            [
+                Problem(
+                    file,
+                    mark.line + 1,
+                    mark.column + 1,
+                    f"the storyboard is too large (more than {MAX_NODES} "
+                    "values, counting what aliases expand to)",
+                )
+            ]
+        ) from None
     except yaml.YAMLError as exc:
         raise StoryboardError([Problem(file, 1, 1, f"YAML error: {exc}")]) from exc
     if not isinstance(data, dict):

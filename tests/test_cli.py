@@ -65,7 +65,12 @@ def test_run_without_credentials_uses_the_offline_simulator(tmp_path: Path) -> N
     assert len(archived) == 4
 
 
-def test_bad_storyboard_exits_2_with_positions_and_sends_nothing(tmp_path: Path) -> None:
+def test_bad_storyboard_exits_2_with_positions_and_sends_nothing(tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    def never(*args: object, **kwargs: object) -> None:
+        raise AssertionError("a provider client was constructed for a storyboard that does not validate")
+
+    monkeypatch.setattr("chainer.session.KlingClient", never)
+    monkeypatch.setattr("chainer.session.Simulator", never)
     bad = tmp_path / "bad.yaml"
     bad.write_text("name: x\nstart:\n  text2video: {prompt: p, modle: kling-v1}\nsegments: [{prompt: q}]\n")
     result = CliRunner().invoke(app, ["run", str(bad), "--state-dir", str(tmp_path / "s")], env=clean_env())
