@@ -261,7 +261,7 @@ class ChainRunner:
                 return Text2VideoRequest(external_task_id=ext, **fields)
             case "image2video":
                 for key in ("image", "image_tail"):
-                    if fields.get(key):
+                    if fields.get(key) and not str(fields[key]).startswith(("http://", "https://")):
                         path = self.plan.storyboard.parent / fields[key]
                         fields[key] = base64.b64encode(path.read_bytes()).decode()
                 return Image2VideoRequest(external_task_id=ext, **fields)

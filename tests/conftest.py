@@ -40,3 +40,19 @@ def sim_factory(tmp_path: Path) -> Iterator[object]:
 @pytest.fixture
 def sim(sim_factory) -> Simulator:  # type: ignore[no-untyped-def]
     return sim_factory()  # type: ignore[no-any-return]
+
+
+@pytest.fixture
+def image_server(tmp_path: Path) -> Iterator[str]:
+    """A loopback HTTP server over tmp_path/'served' (base URL yielded)."""
+    import http.server
+    import threading
+    from functools import partial
+
+    folder = tmp_path / "served"
+    folder.mkdir()
+    handler = partial(http.server.SimpleHTTPRequestHandler, directory=str(folder))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()

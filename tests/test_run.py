@@ -271,3 +271,17 @@ def test_target_duration_stops_once_reached(sim: Simulator, tmp_path: Path) -> N
         assert states.count("skipped") == len(planned) - len(sim.state.creates) >= 1
         assert set(states) == {"downloaded", "skipped"}
         assert journal.summary("target").state == "done"
+
+
+def test_image2video_from_a_url_is_sent_as_the_url(sim: Simulator, tmp_path: Path, image_server: str) -> None:
+    from PIL import Image
+
+    Image.new("RGB", (480, 320), (30, 60, 200)).save(tmp_path / "served" / "blue.png")
+    sb = tmp_path / "url.yaml"
+    sb.write_text(
+        f"name: url\nstart:\n  image2video: {{image: '{image_server}/blue.png', prompt: blue}}\n"
+        f"segments: [{{prompt: more}}]\noutput: {tmp_path / 'out.mp4'}\n"
+    )
+    run_once(sim, sb, tmp_path)
+    assert sim.state.creates[0].body["image"] == f"{image_server}/blue.png"
+    assert media.probe(tmp_path / "out.mp4").duration > 8.9

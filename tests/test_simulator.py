@@ -290,3 +290,26 @@ def test_content_policy_failures_end_the_task_failed(sim: Simulator) -> None:
     done = wait_done(sim, "text2video", body["data"]["task_id"])
     assert done["task_status"] == "failed"
     assert "content-safety" in done["task_status_msg"]
+
+
+def test_image2video_fetches_image_urls_on_loopback(sim: Simulator, tmp_path: Path) -> None:
+    import http.server
+    import threading
+    from functools import partial
+
+    Image.new("RGB", (400, 400), (10, 200, 10)).save(tmp_path / "green.png")
+    handler = partial(http.server.SimpleHTTPRequestHandler, directory=str(tmp_path))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}/green.png"
+        status, body = call(sim, "POST", "/v1/videos/image2video", json={"image": url})
+        assert status == 200, body
+        status, body = call(
+            sim, "POST", "/v1/videos/image2video", json={"image": url.replace("green", "nope")}
+        )
+        assert (status, body["code"]) == (400, 1201) and "404" in body["message"]
+    finally:
+        server.shutdown()
+    status, body = call(sim, "POST", "/v1/videos/image2video", json={"image": "https://example.com/a.png"})
+    assert (status, body["code"]) == (400, 1201) and "loopback" in body["message"]

@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import httpx
 from pydantic import BaseModel, Field
 
 from .. import rules
@@ -557,12 +558,29 @@ def _extend_refusal(video: SimVideo, refuse_v1_5: bool) -> str | None:
     return None
 
 
+def _fetch_image(field_name: str, url: str) -> bytes:
+    """Fetch an image URL as Kling would; the simulator is offline, so loopback hosts only."""
+    host = httpx.URL(url).host
+    if host not in ("127.0.0.1", "localhost", "::1"):
+        raise SimError(1201, f"{field_name}: the offline simulator fetches images from loopback hosts only")
+    try:
+        response = httpx.get(url, timeout=10.0, follow_redirects=True)
+    except httpx.HTTPError as exc:
+        raise SimError(1201, f"{field_name}: the image URL could not be fetched ({exc})") from exc
+    if response.status_code != 200:
+        raise SimError(1201, f"{field_name}: the image URL answered HTTP {response.status_code}")
+    problem = rules.image_problem(response.content)
+    if problem is not None:
+        raise SimError(1201, f"{field_name} {problem}")
+    return response.content
+
+
 def _decode_image(field_name: str, value: Any) -> bytes:
     """Kling's image rules: raw base64 (no data: prefix) of a JPEG/PNG, <= 10 MB, >= 300 px."""
     if not isinstance(value, str):
         raise SimError(1201, f"{field_name} must be a string")
     if value.startswith(("http://", "https://")):
-        raise SimError(1201, f"{field_name}: the simulator cannot fetch image URLs; send raw base64")
+        return _fetch_image(field_name, value)
     if value.startswith("data:"):
         raise SimError(1201, f"{field_name} must be raw base64 without a data: prefix")
     try:
