@@ -387,6 +387,34 @@ def sim(
         float,
         typer.Option(min=0.0, max=1.0, help="Fault: fraction of API requests answered 500 / code 5000."),
     ] = 0.0,
+    rate_limit: Annotated[
+        float | None,
+        typer.Option(min=0.001, help="API requests per second; more get 429 / code 1302 with Retry-After."),
+    ] = None,
+    unit_budget: Annotated[
+        float | None,
+        typer.Option(min=0.0, help="Units in the resource pack; a create past it gets 429 / code 1102."),
+    ] = None,
+    truncate_download_rate: Annotated[
+        float, typer.Option(min=0.0, max=1.0, help="Fault: fraction of downloads cut off half-way.")
+    ] = 0.0,
+    download_bytes_per_s: Annotated[
+        float, typer.Option(min=0.0, help="Serve downloads at most this fast (0: unlimited).")
+    ] = 0.0,
+    latency: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="Extra delay per endpoint, ENDPOINT=SECONDS (create, query, download); repeatable."
+        ),
+    ] = None,
+    config_file: Annotated[
+        Path | None,
+        typer.Option(
+            "--config",
+            help="YAML or JSON file of simulator settings (the field names of these options, e.g. "
+            "time_scale, lose_create_rate, latency_s); when given, it replaces the option values.",
+        ),
+    ] = None,
     admin: Annotated[
         bool, typer.Option(help="Serve the inspection API under /_sim/ (creates, stats, clock).")
     ] = True,
@@ -414,9 +442,47 @@ def sim(
         lose_create_rate=lose_create_rate,
         error_rate=error_rate,
         external_id_lookup=external_id_lookup,
+        rate_limit_per_s=rate_limit,
+        unit_budget=unit_budget,
+        truncate_download_rate=truncate_download_rate,
+        download_bytes_per_s=download_bytes_per_s,
+        latency_s=_latencies(latency or []),
     )
-    out.print(f"Kling simulator ({dialect}) on http://{host}:{port}{path_prefix}", markup=False)
+    if config_file is not None:
+        config = _sim_config_file(config_file)
+    out.print(f"Kling simulator ({config.dialect}) on http://{host}:{port}{config.path_prefix}", markup=False)
     serve_forever(config, data_dir=data_dir, host=host, port=port, admin=admin)
+
+
+def _latencies(items: list[str]) -> dict[str, float]:
+    found: dict[str, float] = {}
+    for item in items:
+        endpoint, _, seconds = item.partition("=")
+        try:
+            if endpoint not in ("create", "query", "download"):
+                raise ValueError(endpoint)
+            found[endpoint] = float(seconds)
+        except ValueError:
+            err.print(f"--latency {item!r}: expected create=S, query=S or download=S", markup=False)
+            raise typer.Exit(2) from None
+    return found
+
+
+def _sim_config_file(path: Path) -> SimConfig:
+    import yaml
+    from pydantic import ValidationError
+
+    try:
+        data = yaml.safe_load(path.read_text())
+        return SimConfig.model_validate(data or {})
+    except OSError as exc:
+        err.print(f"{path}: cannot read it: {exc.strerror or exc}", markup=False)
+    except yaml.YAMLError as exc:
+        err.print(f"{path}: not YAML/JSON: {exc}", markup=False)
+    except ValidationError as exc:
+        for e in exc.errors():
+            err.print(f"{path}: {'.'.join(str(p) for p in e['loc']) or 'settings'}: {e['msg']}", markup=False)
+    raise typer.Exit(2)
 
 
 def main() -> None:

@@ -199,3 +199,13 @@ def last_frame(path: str | os.PathLike[str]) -> Image.Image:
     info = probe(path)
     frames = info.frames or round(info.duration * info.fps)
     return frame_at(path, max(0.0, (frames - 1) / info.fps) if info.fps else info.duration)
+
+
+def watermark(src: str | os.PathLike[str], dest: str | os.PathLike[str]) -> None:
+    """A copy of `src` with a translucent mark in the top-right corner (re-encoded)."""
+    stream = (
+        ffmpeg.input(str(src))
+        .video.filter("drawbox", x="iw-iw/4-8", y=8, w="iw/4", h="ih/10", color="white@0.5", t="fill")
+        .output(str(dest), **H264_OUTPUT)
+    )
+    _run(stream.overwrite_output(), "watermark a video")

@@ -7,15 +7,21 @@ The admin routes under `/_sim/` exist only when `admin=True` (tests and `chainer
 
 from __future__ import annotations
 
+import hashlib
 import json
+import math
 import time
 import uuid
+from collections.abc import AsyncIterator
+from email.utils import formatdate
+from pathlib import Path
 from typing import Any
 
+import anyio
 import jwt
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import FileResponse, JSONResponse, Response
+from starlette.responses import FileResponse, JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from .. import rules
@@ -39,6 +45,51 @@ def _envelope(
 def _refusal(exc: SimError) -> JSONResponse:
     headers = {"Retry-After": f"{exc.retry_after:g}"} if exc.retry_after is not None else None
     return _envelope(None, code=exc.code, message=exc.message, status=exc.http_status, headers=headers)
+
+
+async def _before(state: SimState, request: Request, endpoint: str) -> None:
+    """What every API request meets before it is served: latency, auth, limits, faults."""
+    delay = state.config.latency_s.get(endpoint, 0.0)
+    if delay:
+        await anyio.sleep(delay)
+    _check_auth(state, request)
+    wait = state.take_token()
+    if wait is not None:
+        raise SimError(1302, "too many requests", retry_after=max(1.0, math.ceil(wait)))
+    if state.fault(state.config.error_rate):
+        raise SimError(5000, "internal server error (injected)")
+
+
+def _streamed(path: Path, *, truncate: bool, rate: float) -> Response:
+    """A whole-file answer that can be slow, or can stop half-way after promising it all."""
+    size = path.stat().st_size
+    stop_at = size // 2 if truncate else size
+    chunk = 64 * 1024
+
+    async def body() -> AsyncIterator[bytes]:
+        sent = 0
+        with path.open("rb") as f:
+            while sent < stop_at:
+                data = f.read(min(chunk, stop_at - sent))
+                if not data:
+                    break
+                sent += len(data)
+                yield data
+                if rate:
+                    await anyio.sleep(len(data) / rate)
+        if truncate:
+            raise ConnectionAbortedError("download cut off (injected)")
+
+    stat = path.stat()
+    # The same validators FileResponse sends, so a client can resume with If-Range.
+    etag = hashlib.md5(f"{stat.st_mtime}-{stat.st_size}".encode(), usedforsecurity=False).hexdigest()
+    headers = {
+        "Content-Length": str(size),
+        "Accept-Ranges": "bytes",
+        "ETag": f'"{etag}"',
+        "Last-Modified": formatdate(stat.st_mtime, usegmt=True),
+    }
+    return StreamingResponse(body(), media_type="video/mp4", headers=headers)
 
 
 def _check_auth(state: SimState, request: Request) -> None:
@@ -91,9 +142,7 @@ def build_app(state: SimState, *, admin: bool = False) -> Starlette:
         try:
             if kind not in KINDS:
                 raise SimError(1203, f"unknown endpoint {kind}")
-            _check_auth(state, request)
-            if state.fault(state.config.error_rate):
-                raise SimError(5000, "internal server error (injected)")
+            await _before(state, request, "create")
             try:
                 body = json.loads(await request.body() or b"null")
             except json.JSONDecodeError as exc:
@@ -125,9 +174,7 @@ def build_app(state: SimState, *, admin: bool = False) -> Starlette:
         try:
             if kind not in KINDS:
                 raise SimError(1203, f"unknown endpoint {kind}")
-            _check_auth(state, request)
-            if state.fault(state.config.error_rate):
-                raise SimError(5000, "internal server error (injected)")
+            await _before(state, request, "query")
             if key is not None:
                 data: Any = state.task_json(state.find(kind, key), base(request))
             elif "external_task_id" in request.query_params and state.config.external_id_lookup:
@@ -146,6 +193,9 @@ def build_app(state: SimState, *, admin: bool = False) -> Starlette:
 
     async def download(request: Request) -> Response:
         name = request.path_params["name"]
+        delay = state.config.latency_s.get("download", 0.0)
+        if delay:
+            await anyio.sleep(delay)
         try:
             video = state.check_signature(
                 name, request.query_params.get("expires", ""), request.query_params.get("sig", "")
@@ -156,8 +206,16 @@ def build_app(state: SimState, *, admin: bool = False) -> Starlette:
         except FileNotFoundError:
             count(request, "files", 404)
             return Response("404 Not Found\n", status_code=404)
+        path = video.path.with_name(name)
+        if not path.exists():  # a watermarked copy that was never asked for
+            count(request, "files", 404)
+            return Response("404 Not Found\n", status_code=404)
         count(request, "files", 200)
-        return FileResponse(video.path, media_type="video/mp4")
+        if "range" not in request.headers:
+            truncate = state.fault(state.config.truncate_download_rate)
+            if truncate or state.config.download_bytes_per_s:
+                return _streamed(path, truncate=truncate, rate=state.config.download_bytes_per_s)
+        return FileResponse(path, media_type="video/mp4")
 
     async def admin_creates(request: Request) -> Response:
         with state.lock:

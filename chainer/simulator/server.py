@@ -39,6 +39,7 @@ class Simulator:
         self.admin = admin
         self._server: uvicorn.Server | None = None
         self._thread: threading.Thread | None = None
+        self._notifier: _Notifier | None = None
 
     @property
     def base_url(self) -> str:
@@ -62,6 +63,7 @@ class Simulator:
             ready.wait(0.01)
         if not self._server.started:
             raise RuntimeError("the simulator did not start")
+        self._notifier = _Notifier(self.state, self.base_url)
         return self
 
     def _bind(self) -> socket.socket:
@@ -84,6 +86,8 @@ class Simulator:
         raise AssertionError("unreachable")
 
     def stop(self) -> None:
+        if self._notifier is not None:
+            self._notifier.stop()
         if self._server is not None:
             self._server.should_exit = True
         if self._thread is not None:
@@ -101,10 +105,34 @@ class Simulator:
         self.stop()
 
 
+class _Notifier:
+    """Sends due callbacks from a background thread, every CALLBACK_INTERVAL_S."""
+
+    def __init__(self, state: SimState, base_url: str):
+        self._stop = threading.Event()
+        self._thread = threading.Thread(
+            target=self._run, args=(state, base_url), name="sim-callbacks", daemon=True
+        )
+        self._thread.start()
+
+    def _run(self, state: SimState, base_url: str) -> None:
+        while not self._stop.wait(CALLBACK_INTERVAL_S):
+            state.send_callbacks(base_url)
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=10)
+
+
+CALLBACK_INTERVAL_S = 0.02
+
+
 def serve_forever(config: SimConfig, *, data_dir: Path | None, host: str, port: int, admin: bool) -> None:
     """Serve in the foreground until Ctrl-C (for `chainer sim`)."""
     state = SimState(config, data_dir or Path(tempfile.mkdtemp(prefix="chainer-sim-")))
+    notifier = _Notifier(state, f"http://{host}:{port}")
     try:
         uvicorn.run(build_app(state, admin=admin), host=host, port=port, log_level="info", lifespan="off")
     finally:
+        notifier.stop()
         state.close()

@@ -26,9 +26,9 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
-from .. import rules
+from .. import media, rules
 from .video import Canvas, Scene, render
 
 
@@ -44,7 +44,9 @@ class SimError(Exception):
 
 
 class SimConfig(BaseModel):
-    """How the simulated Kling behaves. Every field has a `chainer sim` flag."""
+    """How the simulated Kling behaves (`chainer sim` has a flag for most; --config takes all)."""
+
+    model_config = ConfigDict(extra="forbid")
 
     dialect: str = Field("official", pattern="^(official|proxy)$")
     access_key: str = "sim-access-key"
@@ -75,6 +77,17 @@ class SimConfig(BaseModel):
     lose_create_rate: float = Field(0.0, ge=0.0, le=1.0)
     #: Fraction of API requests answered 500 / code 5000 before anything is done.
     error_rate: float = Field(0.0, ge=0.0, le=1.0)
+    #: Fraction of downloads cut off half-way (the connection drops after Content-Length was sent).
+    truncate_download_rate: float = Field(0.0, ge=0.0, le=1.0)
+    #: Downloads are served at most this fast (bytes per second; 0: unlimited).
+    download_bytes_per_s: float = Field(0.0, ge=0.0)
+    #: Extra delay before answering, per endpoint: "create", "query", "download" (seconds).
+    latency_s: dict[str, float] = Field(default_factory=dict)
+    # ---- account limits
+    #: API requests per second allowed (None: no limit); over it: 429, code 1302, Retry-After.
+    rate_limit_per_s: float | None = Field(None, gt=0)
+    #: Units the resource pack holds (None: unlimited); a create that would pass it: 429, code 1102.
+    unit_budget: float | None = Field(None, ge=0)
 
 
 @dataclass
@@ -112,6 +125,10 @@ class SimTask:
     parent: SimVideo | None
     render: Future[None] | None = None
     updated_ms: int = 0
+    watermark: bool = False
+    callback_url: str | None = None
+    #: The status last announced to callback_url (not persisted: a restart re-announces).
+    notified: str | None = None
 
 
 @dataclass
@@ -141,6 +158,10 @@ class SimState:
         self.lock = threading.RLock()
         self.rng = random.Random(self.config.seed)
         self.fault_rng = random.Random(self.config.seed + 1)
+        # a bucket of one second's requests (at least one), full at start
+        self._capacity = max(1.0, float(self.config.rate_limit_per_s or 0.0))
+        self._tokens = self._capacity
+        self._token_at = time.monotonic()
         self.url_key = hashlib.sha256(f"url-{self.config.seed}-{uuid.uuid4()}".encode()).digest()
         self.pool = ThreadPoolExecutor(
             max_workers=self.config.render_workers, thread_name_prefix="sim-render"
@@ -250,6 +271,67 @@ class SimState:
             return "failed"
         return "succeed"
 
+    def units_committed(self) -> float:
+        """Units of every task that has not failed: what the resource pack has paid for."""
+        total = 0.0
+        for task in self.tasks.values():
+            if task.fail_reason is None:
+                added = task.frames - (task.parent.frames if task.parent else 0)
+                total += rules.estimate_units(task.mode, added / self.config.fps)
+        return total
+
+    def take_token(self) -> float | None:
+        """Rate limiting: None if the request may go on, else the seconds to wait."""
+        rate = self.config.rate_limit_per_s
+        if rate is None:
+            return None
+        with self.lock:
+            now = time.monotonic()
+            self._tokens = min(self._capacity, self._tokens + (now - self._token_at) * rate)
+            self._token_at = now
+            if self._tokens >= 1.0:
+                self._tokens -= 1.0
+                return None
+            return (1.0 - self._tokens) / rate
+
+    def due_callbacks(self, base_url: str) -> list[tuple[str, dict[str, Any]]]:
+        """(url, body) for every task whose status changed since its callback was last sent."""
+        due = []
+        with self.lock:
+            for task in self.tasks.values():
+                if task.callback_url is None:
+                    continue
+                status = self.status(task)
+                if status == task.notified:
+                    continue
+                # Every change is announced, also the ones a fast task passed between two ticks.
+                unfinished = ["submitted", "processing"]
+                path = (
+                    unfinished[: unfinished.index(status) + 1]
+                    if status in unfinished
+                    else [*unfinished, status]
+                )
+                start = path.index(task.notified) + 1 if task.notified in path else 0
+                current = self.task_json(task, base_url)
+                for passed in path[start:]:
+                    body = current if passed == status else _as_status(current, passed)
+                    due.append((task.callback_url, body))
+                task.notified = status
+        return due
+
+    def send_callbacks(self, base_url: str) -> None:
+        """POST the flat task object (no envelope, as Kling does) to each due callback_url."""
+        for url, body in self.due_callbacks(base_url):
+            if httpx.URL(url).host not in ("127.0.0.1", "localhost", "::1"):
+                outcome = "refused: not loopback"
+            else:
+                try:
+                    outcome = str(httpx.post(url, json=body, timeout=5.0).status_code)
+                except httpx.HTTPError as exc:
+                    outcome = type(exc).__name__
+            with self.lock:
+                self.requests[f"CALLBACK {body['task_status']} {outcome}"] += 1
+
     def in_flight(self) -> int:
         return sum(1 for t in self.tasks.values() if self.status(t) in ("submitted", "processing"))
 
@@ -284,6 +366,14 @@ class SimState:
             in_flight = self.in_flight()
             if in_flight >= self.config.concurrency:
                 raise SimError(1303, "parallel task over resource pack limit")
+            if self.config.unit_budget is not None:
+                cost = rules.estimate_units(
+                    mode, (frames - (parent.frames if parent else 0)) / self.config.fps
+                )
+                if self.units_committed() + cost > self.config.unit_budget + 1e-9:
+                    raise SimError(1102, "resource pack used up or expired")
+            watermark = _watermark_wanted(body)
+            callback = _opt_str(body, "callback_url")
             now = self.now_ms()
             self._next_id += self.rng.randrange(1, 997)
             task_id = str(self._next_id)
@@ -308,6 +398,8 @@ class SimState:
                 ),
                 parent=parent,
                 updated_ms=now,
+                watermark=watermark,
+                callback_url=callback,
             )
             scene = parent.scene if parent else Scene(seed=self.rng.randrange(1 << 30), image=image)
             self._record(
@@ -354,6 +446,8 @@ class SimState:
             parent=task.parent.path if task.parent else None,
             parent_frames=task.parent.frames if task.parent else 0,
         )
+        if task.watermark:
+            media.watermark(path, path.with_name(f"{task.video_id}_wm.mp4"))
         with self.lock:
             video = self.videos[task.video_id] = SimVideo(
                 video_id=task.video_id,
@@ -510,15 +604,16 @@ class SimState:
             }
             if status == "succeed":
                 video = self.videos[task.video_id]
-                out["task_result"] = {
-                    "videos": [
-                        {
-                            "id": video.video_id,
-                            "url": base_url + self.sign(video.video_id),
-                            "duration": video.duration,
-                        }
-                    ]
+                entry = {
+                    "id": video.video_id,
+                    "url": base_url + self.sign(video.video_id),
+                    "duration": video.duration,
                 }
+                if task.watermark:
+                    entry["watermark_url"] = base_url + self.sign(video.video_id, watermark=True)
+                out["task_result"] = {"videos": [entry]}
+                if task.watermark:
+                    out["watermark_info"] = {"enabled": True}
                 added = task.frames - (task.parent.frames if task.parent else 0)
                 out["final_unit_deduction"] = f"{rules.estimate_units(task.mode, added / self.config.fps):g}"
             elif status == "failed":
@@ -528,7 +623,7 @@ class SimState:
 
 _LOGGED_TASK_FIELDS = (
     "task_id", "kind", "body", "model", "mode", "external_task_id", "created_ms", "start_ms",
-    "done_ms", "video_id", "frames", "fail_reason", "updated_ms",
+    "done_ms", "video_id", "frames", "fail_reason", "updated_ms", "watermark", "callback_url",
 )  # fmt: skip
 _LOGGED_VIDEO_FIELDS = ("video_id", "task_id", "frames", "fps", "model", "mode", "created_ms")
 
@@ -537,6 +632,24 @@ def _done() -> Future[None]:
     future: Future[None] = Future()
     future.set_result(None)
     return future
+
+
+def _as_status(task: dict[str, Any], status: str) -> dict[str, Any]:
+    """The task object as it was while `status` (an earlier, unfinished state)."""
+    earlier = {
+        k: v for k, v in task.items() if k not in ("task_result", "final_unit_deduction", "watermark_info")
+    }
+    earlier["task_status"] = status
+    return earlier
+
+
+def _watermark_wanted(body: dict[str, Any]) -> bool:
+    info = body.get("watermark_info")
+    if info is None:
+        return False
+    if not isinstance(info, dict) or not isinstance(info.get("enabled"), bool) or set(info) != {"enabled"}:
+        raise SimError(1201, 'watermark_info must be {"enabled": true} or {"enabled": false}')
+    return bool(info["enabled"])
 
 
 def _opt_str(body: dict[str, Any], name: str) -> str | None:
