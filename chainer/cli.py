@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+import time
 from pathlib import Path
 from typing import Annotated
 
@@ -15,7 +16,8 @@ from rich.table import Table
 
 from . import errors
 from .journal import Journal
-from .runner import Event
+from .plan import Plan
+from .progress import Mode, Progress, summary_table, write_summary
 from .session import EMBEDDED_TIME_SCALE, Session, load_plan
 from .simulator import SimConfig, serve_forever
 from .storyboard import json_schema as storyboard_schema
@@ -48,21 +50,21 @@ def _fail(exc: errors.ChainerError) -> typer.Exit:
     return typer.Exit(exc.exit_code)
 
 
-def _print_event(event: Event) -> None:
-    total = f" ({event.total_seconds:g} s)" if event.total_seconds is not None else ""
-    label = "start" if event.step == 0 else f"segment {event.step}/{event.steps}"
-    out.print(f"[{event.chain}] {label}: {event.state}{total} {event.message}".rstrip(), markup=False)
-
-
 @app.command()
 def run(
-    storyboard: Annotated[Path, typer.Argument(help="The storyboard YAML file to run (or resume).")],
+    storyboards: Annotated[
+        list[Path],
+        typer.Argument(
+            help="Storyboard files, or folders of *.yaml storyboards, to run (or resume) together."
+        ),
+    ],
     output: Annotated[
         Path | None,
         typer.Option(
             "--output",
             "-o",
-            help="Where to write the final video (default: the storyboard's `output`, else out/<name>.mp4).",
+            help="Where to write the final video (one storyboard only; default: its `output`, else "
+            "out/<name>.mp4).",
         ),
     ] = None,
     base_url: Annotated[
@@ -84,6 +86,15 @@ def run(
             "--archive-dir", help="Folder where every result is archived, one sub-folder per chain."
         ),
     ] = Path("archive"),
+    concurrency: Annotated[
+        int | None,
+        typer.Option(
+            "--concurrency",
+            min=1,
+            help="Tasks in flight at once on the account (default 5); lowered automatically when the "
+            "provider answers 1303, raised again carefully.",
+        ),
+    ] = None,
     retry_failed: Annotated[
         bool,
         typer.Option(
@@ -104,8 +115,21 @@ def run(
         typer.Option(
             "--max-units",
             min=0.0,
-            help="Credit budget for the chain: stop before a task whose estimate would pass it "
+            help="Credit budget per chain: stop before a task whose estimate would pass it "
             "(overrides the storyboard's max_units).",
+        ),
+    ] = None,
+    json_events: Annotated[
+        bool, typer.Option("--json", help="Print one JSON object per event (for scripts) instead of text.")
+    ] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Print only the final summary.")] = False,
+    verbose: Annotated[
+        bool, typer.Option("--verbose", "-v", help="Print every event, not just milestones.")
+    ] = False,
+    summary: Annotated[
+        Path | None,
+        typer.Option(
+            "--summary", help="Where to write the run's JSON summary (default: STATE_DIR/last-run.json)."
         ),
     ] = None,
     sim_time_scale: Annotated[
@@ -117,47 +141,112 @@ def run(
         ),
     ] = EMBEDDED_TIME_SCALE,
 ) -> None:
-    """Run a storyboard's chain to a finished video, resuming it if it was interrupted."""
+    """Run storyboards to finished videos (many at once share the account), resuming interrupted ones."""
     try:
-        plan = load_plan(storyboard, output=output)
+        paths = _storyboard_files(storyboards)
+        if output is not None and len(paths) > 1:
+            raise errors.ConfigError("--output names one file: use it with a single storyboard")
+        plans = _load_all(paths, output=output)
     except errors.ChainerError as exc:
         raise _fail(exc) from None
+    mode: Mode = "json" if json_events else "quiet" if quiet else "live" if out.is_terminal else "plain"
+    talk = err if mode in ("json", "quiet") else out
 
-    async def main() -> None:
+    async def main() -> int:
         async with Session.open(
             state_dir=state_dir,
             archive_dir=archive_dir,
             base_url=base_url,
             path_prefix=path_prefix,
             sim_config=SimConfig(time_scale=sim_time_scale),
+            concurrency=concurrency,
         ) as session:
             if session.simulator is not None:
-                out.print(
+                talk.print(
                     "No Kling credentials configured: using the offline simulator at "
                     f"{session.simulator.base_url} (no credits are spent; set KLING_ACCESS_KEY/"
                     "KLING_SECRET_KEY or KLING_API_KEY to use Kling).",
                     markup=False,
                 )
             else:
-                out.print(f"Provider: {session.provider.name} at {session.provider.base_url}", markup=False)
-            result = await session.run(
-                plan,
-                on_event=_print_event,
-                retry_failed=retry_failed,
-                max_units=max_units,
-                resend_unknown=resend_unknown,
+                talk.print(f"Provider: {session.provider.name} at {session.provider.base_url}", markup=False)
+            started = time.monotonic()
+            with Progress(plans, mode, out, verbose=verbose) as progress:
+                if len(plans) == 1:  # one chain: its error is the command's error
+                    results = [
+                        await session.run(
+                            plans[0],
+                            on_event=progress.on_event,
+                            retry_failed=retry_failed,
+                            max_units=max_units,
+                            resend_unknown=resend_unknown,
+                        )
+                    ]
+                else:
+                    results = await session.run_many(
+                        plans,
+                        on_event=progress.on_event,
+                        retry_failed=retry_failed,
+                        max_units=max_units,
+                        resend_unknown=resend_unknown,
+                    )
+            write_summary(
+                summary or state_dir / "last-run.json",
+                results,
+                extra={
+                    "elapsed_s": round(time.monotonic() - started, 3),
+                    "peak_concurrency": session.scheduler.peak,
+                    "concurrency_limit": session.scheduler.limit,
+                    "rejected_creates_1303": session.scheduler.rejections,
+                },
             )
-            dur = f"{result.duration:.2f} s" if result.duration is not None else "unknown length"
-            out.print(f"Done: {result.output} ({dur}, {result.units:g} units)", markup=False)
-            out.print(f"Archive: {archive_dir / plan.chain}", markup=False)
+            if len(results) == 1 and results[0].state == "done":
+                r = results[0]
+                dur = f"{r.duration:.2f} s" if r.duration is not None else "unknown length"
+                talk.print(f"Done: {r.output} ({dur}, {r.units:g} units)", markup=False)
+                talk.print(f"Archive: {archive_dir / r.chain}", markup=False)
+            else:
+                talk.print(summary_table(results))
+                done = sum(r.state == "done" for r in results)
+                talk.print(f"{done} of {len(results)} chains done.", markup=False)
+            return 0 if all(r.state == "done" for r in results) else 1
 
     try:
-        anyio.run(main)
+        code = anyio.run(main)
     except errors.ChainerError as exc:
         raise _fail(exc) from None
     except KeyboardInterrupt:
         err.print("Interrupted. Everything sent so far is in the journal; run the same command to resume.")
         raise typer.Exit(130) from None
+    if code:
+        raise typer.Exit(code)
+
+
+def _storyboard_files(items: list[Path]) -> list[Path]:
+    """The storyboard files named, folders expanded to their *.yaml / *.yml files."""
+    files: list[Path] = []
+    for item in items:
+        if item.is_dir():
+            found = sorted([*item.glob("*.yaml"), *item.glob("*.yml")])
+            if not found:
+                raise errors.ConfigError(f"{item} holds no *.yaml storyboards")
+            files += found
+        else:
+            files.append(item)
+    return files
+
+
+def _load_all(paths: list[Path], *, output: Path | None) -> list[Plan]:
+    """Every storyboard planned, or one StoryboardError with every problem of every file."""
+    plans, problems = [], []
+    for path in paths:
+        try:
+            plans.append(load_plan(path, output=output))
+        except errors.StoryboardError as exc:
+            problems += exc.problems
+    if problems:
+        raise errors.StoryboardError(problems)
+    return plans
 
 
 @app.command()
@@ -242,7 +331,8 @@ def resume(
             for chain in todo:
                 try:
                     plan = load_plan(chain.storyboard, output=chain.output)
-                    result = await session.run(plan, on_event=_print_event, retry_failed=retry_failed)
+                    view = Progress([plan], "plain", out)
+                    result = await session.run(plan, on_event=view.on_event, retry_failed=retry_failed)
                     out.print(f"Done: {result.output}", markup=False)
                 except (errors.TaskFailed, errors.StoryboardError, errors.JournalError) as exc:
                     failures += 1

@@ -50,9 +50,13 @@ def download_backoff(exc: Exception) -> bool | float:
 
 
 def create_backoff(exc: Exception) -> bool | float:
-    """For creates: retry only what proves nothing was created."""
+    """For creates: retry only what proves nothing was created.
+
+    1302 (too fast) waits and tries again; 1303 (the account is full) is not retried
+    here: the scheduler learns from it and waits for a slot instead.
+    """
     if isinstance(exc, RateLimitError):
-        return _retry_after(exc)
+        return _retry_after(exc) if exc.code == 1302 else False
     return isinstance(exc, RequestNotSent)
 
 

@@ -38,7 +38,8 @@ from .plan import Plan, Step
 from .polling import PollPolicy, next_delay
 from .provider.client import KlingClient
 from .provider.wire import CreateRequest, Image2VideoRequest, Task, Text2VideoRequest, VideoExtendRequest
-from .retry import create_backoff, download_backoff, read_backoff, retrying
+from .retry import MAX_RETRY_AFTER_S, create_backoff, download_backoff, read_backoff, retrying
+from .scheduler import Scheduler
 
 #: How long reads (polls, lookups, downloads) keep retrying transient errors.
 READ_DEADLINE_S = 600.0
@@ -63,6 +64,8 @@ class Event:
     state: str
     message: str = ""
     total_seconds: float | None = None
+    #: Units this chain has spent so far (as the provider reported them).
+    units: float = 0.0
 
 
 @dataclass
@@ -84,6 +87,7 @@ class RunContext:
     http: httpx.AsyncClient
     archive_dir: Path
     poll: PollPolicy = field(default_factory=PollPolicy)
+    scheduler: Scheduler = field(default_factory=lambda: Scheduler(5))
     on_event: Callable[[Event], None] = lambda event: None
     rng: random.Random = field(default_factory=random.Random)
 
@@ -109,6 +113,8 @@ class ChainRunner:
         #: The command line's budget wins over the storyboard's.
         self.max_units = max_units if max_units is not None else plan.max_units
         self._fresh_intents: set[int] = set()
+        #: Steps whose task holds one of the account's slots.
+        self._holding: set[int] = set()
 
     # ------------------------------------------------------------------ top level
 
@@ -195,7 +201,8 @@ class ChainRunner:
             )
 
     def _emit(self, idx: int, state: str, message: str = "", total: float | None = None) -> None:
-        self.ctx.on_event(Event(self.plan.chain, idx, len(self.plan.steps) - 1, state, message, total))
+        units = self.units_spent()
+        self.ctx.on_event(Event(self.plan.chain, idx, len(self.plan.steps) - 1, state, message, total, units))
 
     # ------------------------------------------------------------------ one step
 
@@ -281,14 +288,18 @@ class ChainRunner:
 
     async def _submit(self, step: Step, row: StepRow, parent: StepRow | None) -> StepRow:
         """Get a task id for `row` without ever creating a second task for it."""
-        journal, client = self.ctx.journal, self.ctx.client
+        journal, client, scheduler = self.ctx.journal, self.ctx.client, self.ctx.scheduler
         kind = _task_kind(step)
         assert row.external_task_id is not None
-        for _round in range(RECONCILE_ROUNDS):
+        lost_answers = 0
+        refused_since = time.monotonic()
+        backoff = 1.0
+        while lost_answers < RECONCILE_ROUNDS:
             if step.index not in self._fresh_intents or row.state == "submit_unknown":
                 # An earlier POST may have reached the provider: look before sending again.
                 found = await self._lookup(step, row, parent)
                 if found is not None:
+                    self._hold(step)
                     self._emit(step.index, "submitted", f"found task {found.task_id} created earlier")
                     return journal.transition(
                         row,
@@ -300,34 +311,53 @@ class ChainRunner:
                 if row.state == "submit_unknown":
                     row = journal.transition(row, "submit_intent", "lookup found no task")
             request: CreateRequest = self._request(step, row, parent)
+            if step.index not in self._holding:
+                self._emit(step.index, "waiting", "for a free slot on the account")
+                await scheduler.acquire(len(self.plan.steps) - step.index)
+                self._holding.add(step.index)
             self._emit(step.index, "submitting", self._describe(step))
             try:
                 with anyio.CancelScope(shield=True):
                     # Shielded: once sent, the answer is worth waiting for, and the task id
-                    # is committed before a Ctrl-C can land.
-                    task = await retrying(
-                        functools.partial(client.create, kind, request),
-                        on=create_backoff,
-                        deadline_s=CREATE_DEADLINE_S,
-                    )
+                    # is committed before a Ctrl-C can land. One create at a time per account.
+                    async with scheduler.create_lock:
+                        task = await retrying(
+                            functools.partial(client.create, kind, request),
+                            on=create_backoff,
+                            deadline_s=CREATE_DEADLINE_S,
+                        )
                     failpoints.hit("after-post", step.index)
                     row = journal.transition(row, "submitted", task_id=task.task_id, submitted_at=time.time())
                 self._emit(step.index, "submitted", f"task {task.task_id}")
                 return row
             except errors.OutcomeUnknown as exc:
+                lost_answers += 1
                 self._fresh_intents.discard(step.index)
                 row = journal.transition(row, "submit_unknown", str(exc))
                 self._emit(step.index, "submit_unknown", f"{exc}; looking the task up")
+            except errors.RateLimitError as exc:  # 1303: the account's limit is lower than believed
+                self._let_go(step, completed=False)
+                scheduler.rejected()
+                self._emit(step.index, "waiting", f"the account is full (1303); limit now {scheduler.limit}")
+                if time.monotonic() - refused_since > CREATE_DEADLINE_S:
+                    journal.transition(row, "planned", "the account stayed full; nothing was created")
+                    raise
+                if scheduler.in_flight == 0:  # full with tasks that are not ours: wait, then ask again
+                    await anyio.sleep(_wait(exc.retry_after or backoff * self.ctx.client.config.time_scale))
+                    backoff = min(backoff * 2, 60.0)
             except errors.InvalidRequestError as exc:
                 if exc.code == 1201 and "external_task_id" in exc.api_message:
                     # The provider already has a task with our id: an earlier POST arrived.
                     self._fresh_intents.discard(step.index)
                     continue
+                self._let_go(step, completed=False)
                 return self._refused(row, step, exc)
             except errors.PolicyError as exc:
+                self._let_go(step, completed=False)
                 return self._refused(row, step, exc)
-            except (errors.AuthError, errors.AccountError, errors.RequestNotSent, errors.RateLimitError):
+            except (errors.AuthError, errors.AccountError, errors.RequestNotSent):
                 # Nothing was created and nothing is wrong with the step itself.
+                self._let_go(step, completed=False)
                 journal.transition(row, "planned", "create refused for now; nothing was created")
                 raise
         raise errors.ProviderError(
@@ -335,6 +365,17 @@ class ChainRunner:
             f"{RECONCILE_ROUNDS} times. Check your provider's task list for external_task_id "
             f"{row.external_task_id!r} before running again; chainer will look for it first."
         )
+
+    def _hold(self, step: Step) -> None:
+        """Count `step`'s task against the account (it exists; a resume found it)."""
+        if step.index not in self._holding:
+            self.ctx.scheduler.force()
+            self._holding.add(step.index)
+
+    def _let_go(self, step: Step, *, completed: bool) -> None:
+        if step.index in self._holding:
+            self._holding.discard(step.index)
+            self.ctx.scheduler.release(completed=completed)
 
     async def _lookup(self, step: Step, row: StepRow, parent: StepRow | None) -> Task | None:
         """The task an earlier POST of `row` created, or None when provably none was.
@@ -395,6 +436,7 @@ class ChainRunner:
         # The task's age counts from its submission, also when this process is a resume.
         submitted = row.submitted_at or time.time()
         expected = self._expected_seconds(kind)
+        self._hold(step)
         self._emit(step.index, "processing", f"task {task_id}")
         while True:
             failpoints.hit("polling", step.index)
@@ -413,8 +455,10 @@ class ChainRunner:
                         next_delay(self.ctx.poll, elapsed=elapsed, expected=expected, rng=self.ctx.rng)
                     )
                 case "succeed":
+                    self._let_go(step, completed=True)
                     return self._succeeded(step, row, task)
                 case "failed":
+                    self._let_go(step, completed=True)
                     reason = task.task_status_msg or "the provider gave no reason"
                     row = journal.transition(
                         row, "failed", reason, error=reason, units=task.units, finished_at=time.time()
@@ -583,3 +627,8 @@ async def _scan_list(
     if parent_video is not None and len(by_parent) <= 1:
         return True, by_parent[0] if by_parent else None
     return False, None
+
+
+def _wait(seconds: float) -> float:
+    """A wait between asks to a full account: at least 10 ms, at most Retry-After's cap."""
+    return min(MAX_RETRY_AFTER_S, max(0.01, seconds))

@@ -15,20 +15,26 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
+import anyio
+import anyio.abc
 import httpx
 from pydantic import SecretStr
 
+from . import errors, storyboard
 from . import plan as plan_mod
-from . import storyboard
+from .errors import ConfigError
 from .journal import Journal
 from .polling import PollPolicy
 from .provider.client import DEFAULT_TIMEOUT, KlingClient
 from .provider.config import ProviderConfig, from_environment
 from .runner import ChainResult, ChainRunner, Event, RunContext
+from .scheduler import Scheduler
 from .simulator import SimConfig, Simulator
 
+#: Tasks in flight at once when neither the command line nor the profile says otherwise.
+DEFAULT_CONCURRENCY = 5
 #: The embedded simulator runs tasks this many times faster than Kling (minutes become seconds).
 EMBEDDED_TIME_SCALE = 0.05
 
@@ -74,6 +80,7 @@ class Session:
     http: httpx.AsyncClient
     archive_dir: Path
     poll: PollPolicy
+    scheduler: Scheduler
     simulator: Simulator | None = None
 
     @classmethod
@@ -87,6 +94,7 @@ class Session:
         base_url: str | None = None,
         path_prefix: str | None = None,
         sim_config: SimConfig | None = None,
+        concurrency: int | None = None,
     ) -> AsyncIterator[Session]:
         """Resolve the provider (flags, environment, else the embedded simulator) and open everything."""
         state = Path(state_dir)
@@ -103,7 +111,8 @@ class Session:
             client = await stack.enter_async_context(KlingClient(provider, http=http))
             poll = PollPolicy().scaled(provider.time_scale)
             # Absolute, so a chain resumed from another working directory finds its files.
-            yield cls(provider, journal, client, http, Path(archive_dir).resolve(), poll, sim)
+            scheduler = Scheduler(concurrency or DEFAULT_CONCURRENCY)
+            yield cls(provider, journal, client, http, Path(archive_dir).resolve(), poll, scheduler, sim)
 
     async def run(
         self,
@@ -127,9 +136,79 @@ class Session:
             http=self.http,
             archive_dir=self.archive_dir,
             poll=self.poll,
+            scheduler=self.scheduler,
             on_event=on_event or (lambda event: None),
         )
         runner = ChainRunner(
             plan, ctx, retry_failed=retry_failed, max_units=max_units, resend_unknown=resend_unknown
         )
         return await runner.run()
+
+    async def run_many(
+        self,
+        plans: list[plan_mod.Plan],
+        *,
+        on_event: Callable[[Event], None] | None = None,
+        retry_failed: bool = False,
+        max_units: float | None = None,
+        resend_unknown: bool = False,
+    ) -> list[ChainResult]:
+        """Run (or resume) many chains at once under the account's concurrency limit.
+
+        One chain's failure (a refused prompt, a bad source, a budget) does not stop the
+        others; an account-level error (credentials, balance, permission) stops them all
+        at once and is raised.
+        """
+        seen: dict[str, Path] = {}
+        for p in plans:
+            if p.chain in seen:
+                raise ConfigError(
+                    f"two storyboards name the chain {p.chain!r}: {seen[p.chain]} and {p.storyboard}; "
+                    "chain names must be unique (they name the archive folders)"
+                )
+            seen[p.chain] = p.storyboard
+        outputs: dict[Path, str] = {}
+        for p in plans:
+            out = p.output.resolve()
+            if out in outputs:
+                raise ConfigError(f"chains {outputs[out]!r} and {p.chain!r} would both write {p.output}")
+            outputs[out] = p.chain
+        results: dict[str, ChainResult] = {}
+        fatal: list[errors.ChainerError] = []
+
+        async def one(plan: plan_mod.Plan, group: anyio.abc.TaskGroup) -> None:
+            try:
+                results[plan.chain] = await self.run(
+                    plan,
+                    on_event=on_event,
+                    retry_failed=retry_failed,
+                    max_units=max_units,
+                    resend_unknown=resend_unknown,
+                )
+            except (errors.AuthError, errors.AccountError) as exc:
+                fatal.append(exc)
+                group.cancel_scope.cancel()
+            except errors.ChainerError as exc:
+                results[plan.chain] = self._stopped(plan, exc)
+
+        async with anyio.create_task_group() as group:
+            for plan in plans:
+                group.start_soon(one, plan, group)
+        if fatal:
+            raise fatal[0]
+        return [results[p.chain] for p in plans]
+
+    def _stopped(self, plan: plan_mod.Plan, exc: errors.ChainerError) -> ChainResult:
+        """The result of a chain that stopped before its end, with what it had reached."""
+        state: Literal["failed", "needs_attention"] = (
+            "needs_attention"
+            if isinstance(exc, errors.SubmitUnknown | errors.BudgetExceeded | errors.ChainLocked)
+            else "failed"
+        )
+        duration, units = None, 0.0
+        if self.journal.chain(plan.chain) is not None:
+            summary = self.journal.summary(plan.chain)
+            duration, units = summary.duration, summary.units
+        return ChainResult(
+            chain=plan.chain, state=state, output=None, duration=duration, units=units, message=str(exc)
+        )

@@ -1,0 +1,167 @@
+"""What a run shows while it works and when it ends.
+
+Four ways to show events: `live` (a terminal: one line per active chain and a bar for
+the whole batch with an ETA), `plain` (log lines, for files and CI), `json` (one JSON
+object per event, for scripts), `quiet` (nothing until the summary). The summary is a
+table for people and a JSON file for machines.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from pathlib import Path
+from typing import Any, Literal
+
+from rich.console import Console, Group
+from rich.live import Live
+from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.progress import Progress as Bar
+from rich.table import Table
+
+from .plan import Plan
+from .runner import ChainResult, Event
+
+Mode = Literal["live", "plain", "json", "quiet"]
+
+#: Events a plain (non-verbose) log keeps; the others are moment-to-moment detail.
+MILESTONES = {
+    "submitted",
+    "succeeded",
+    "failed",
+    "skipped",
+    "done",
+    "submit_unknown",
+    "retrying",
+    "re-downloading",
+}
+
+
+@dataclasses.dataclass
+class _Chain:
+    steps: int
+    step: int = 0
+    state: str = "queued"
+    seconds: float | None = None
+    units: float = 0.0
+    started: float | None = None
+    finished: bool = False
+
+
+class Progress:
+    """Receives runner events and shows them in the chosen way. Use as a context manager."""
+
+    def __init__(self, plans: list[Plan], mode: Mode, console: Console, *, verbose: bool = False):
+        self.mode = mode
+        self.console = console
+        self.verbose = verbose
+        self.started = time.monotonic()
+        self.chains = {p.chain: _Chain(steps=len(p.steps)) for p in plans}
+        self._bar = Bar(
+            TextColumn("batch"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("steps"),
+            TimeElapsedColumn(),
+            TextColumn("ETA"),
+            TimeRemainingColumn(),
+            console=console,
+        )
+        self._task = self._bar.add_task("steps", total=sum(c.steps for c in self.chains.values()))
+        self._live: Live | None = None
+
+    def __enter__(self) -> Progress:
+        if self.mode == "live":
+            self._live = Live(self._render(), console=self.console, refresh_per_second=4, transient=True)
+            self._live.__enter__()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._live is not None:
+            self._live.__exit__(None, None, None)
+
+    def on_event(self, event: Event) -> None:
+        chain = self.chains.setdefault(event.chain, _Chain(steps=event.steps + 1))
+        chain.step, chain.state, chain.units = event.step, event.state, event.units
+        chain.started = chain.started or time.monotonic()
+        if event.total_seconds is not None:
+            chain.seconds = event.total_seconds
+        if event.state in ("downloaded", "skipped"):
+            self._bar.advance(self._task)
+        if event.state in ("done", "failed"):
+            chain.finished = True
+        match self.mode:
+            case "json":
+                self.console.print_json(data={"at": time.time(), **dataclasses.asdict(event)})
+            case "plain":
+                if self.verbose or event.state in MILESTONES:
+                    self.console.print(_line(event), markup=False, soft_wrap=True)
+            case "live":
+                if self.verbose:
+                    self.console.print(_line(event), markup=False, soft_wrap=True)
+                if self._live is not None:
+                    self._live.update(self._render())
+            case "quiet":
+                pass
+
+    def _render(self) -> Group:
+        table = Table("chain", "step", "length", "state", "elapsed", "units", box=None, pad_edge=False)
+        now = time.monotonic()
+        for name, c in self.chains.items():
+            if c.finished or c.started is None:
+                continue
+            table.add_row(
+                name,
+                f"{c.step}/{c.steps - 1}",
+                f"{c.seconds:g} s" if c.seconds is not None else "-",
+                c.state,
+                f"{now - c.started:.0f} s",
+                f"{c.units:g}",
+            )
+        return Group(table, self._bar)
+
+
+def _line(event: Event) -> str:
+    total = f" ({event.total_seconds:g} s)" if event.total_seconds is not None else ""
+    label = "start" if event.step == 0 else f"segment {event.step}/{event.steps}"
+    return f"[{event.chain}] {label}: {event.state}{total} {event.message}".rstrip()
+
+
+def summary_table(results: list[ChainResult]) -> Table:
+    table = Table("chain", "result", "length", "units", "output / what to do", box=None, pad_edge=False)
+    table.columns[-1].overflow = "fold"
+    for r in results:
+        table.add_row(
+            r.chain,
+            r.state.replace("_", " "),
+            f"{r.duration:.2f} s" if r.duration is not None else "-",
+            f"{r.units:g}",
+            str(r.output) if r.output else r.message,
+        )
+    return table
+
+
+def write_summary(path: Path, results: list[ChainResult], *, extra: dict[str, Any]) -> None:
+    """The run's results as JSON, written atomically."""
+    data = {
+        "chains": [
+            {
+                "chain": r.chain,
+                "state": r.state,
+                "output": str(r.output) if r.output else None,
+                "duration": r.duration,
+                "units": r.units,
+                "message": r.message,
+            }
+            for r in results
+        ],
+        "done": sum(r.state == "done" for r in results),
+        "failed": sum(r.state == "failed" for r in results),
+        "needs_attention": sum(r.state == "needs_attention" for r in results),
+        **extra,
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(data, indent=2) + "\n")
+    tmp.replace(path)
