@@ -113,8 +113,8 @@ class ChainRunner:
         #: The command line's budget wins over the storyboard's.
         self.max_units = max_units if max_units is not None else plan.max_units
         self._fresh_intents: set[int] = set()
-        #: Steps whose task holds one of the account's slots.
-        self._holding: set[int] = set()
+        #: Steps holding one of the account's slots -> whether their task surely exists.
+        self._holding: dict[int, bool] = {}
 
     # ------------------------------------------------------------------ top level
 
@@ -314,18 +314,24 @@ class ChainRunner:
             if step.index not in self._holding:
                 self._emit(step.index, "waiting", "for a free slot on the account")
                 await scheduler.acquire(len(self.plan.steps) - step.index)
-                self._holding.add(step.index)
+                self._holding[step.index] = False
             self._emit(step.index, "submitting", self._describe(step))
             try:
                 with anyio.CancelScope(shield=True):
                     # Shielded: once sent, the answer is worth waiting for, and the task id
                     # is committed before a Ctrl-C can land. One create at a time per account.
                     async with scheduler.create_lock:
+                        if not scheduler.may_create():
+                            # A 1303 taught a lower limit since this slot was granted: queue again.
+                            self._let_go(step)
+                            continue
                         task = await retrying(
                             functools.partial(client.create, kind, request),
                             on=create_backoff,
                             deadline_s=CREATE_DEADLINE_S,
                         )
+                        scheduler.confirm()
+                        self._holding[step.index] = True
                     failpoints.hit("after-post", step.index)
                     row = journal.transition(row, "submitted", task_id=task.task_id, submitted_at=time.time())
                 self._emit(step.index, "submitted", f"task {task.task_id}")
@@ -336,8 +342,8 @@ class ChainRunner:
                 row = journal.transition(row, "submit_unknown", str(exc))
                 self._emit(step.index, "submit_unknown", f"{exc}; looking the task up")
             except errors.RateLimitError as exc:  # 1303: the account's limit is lower than believed
-                self._let_go(step, completed=False)
-                scheduler.rejected()
+                scheduler.rejected()  # while the refused create still counts as one of ours
+                self._let_go(step)
                 self._emit(step.index, "waiting", f"the account is full (1303); limit now {scheduler.limit}")
                 if time.monotonic() - refused_since > CREATE_DEADLINE_S:
                     journal.transition(row, "planned", "the account stayed full; nothing was created")
@@ -350,14 +356,14 @@ class ChainRunner:
                     # The provider already has a task with our id: an earlier POST arrived.
                     self._fresh_intents.discard(step.index)
                     continue
-                self._let_go(step, completed=False)
+                self._let_go(step)
                 return self._refused(row, step, exc)
             except errors.PolicyError as exc:
-                self._let_go(step, completed=False)
+                self._let_go(step)
                 return self._refused(row, step, exc)
             except (errors.AuthError, errors.AccountError, errors.RequestNotSent):
                 # Nothing was created and nothing is wrong with the step itself.
-                self._let_go(step, completed=False)
+                self._let_go(step)
                 journal.transition(row, "planned", "create refused for now; nothing was created")
                 raise
         raise errors.ProviderError(
@@ -367,15 +373,20 @@ class ChainRunner:
         )
 
     def _hold(self, step: Step) -> None:
-        """Count `step`'s task against the account (it exists; a resume found it)."""
-        if step.index not in self._holding:
-            self.ctx.scheduler.force()
-            self._holding.add(step.index)
+        """Count `step`'s task against the account: it exists (found, or resumed)."""
+        match self._holding.get(step.index):
+            case None:
+                self.ctx.scheduler.force()
+            case False:  # the slot of a create whose answer was lost: the task turned up
+                self.ctx.scheduler.confirm()
+            case True:
+                pass
+        self._holding[step.index] = True
 
-    def _let_go(self, step: Step, *, completed: bool) -> None:
+    def _let_go(self, step: Step) -> None:
+        """Give the step's slot back: its task ended, or its create made none."""
         if step.index in self._holding:
-            self._holding.discard(step.index)
-            self.ctx.scheduler.release(completed=completed)
+            self.ctx.scheduler.release(created=self._holding.pop(step.index))
 
     async def _lookup(self, step: Step, row: StepRow, parent: StepRow | None) -> Task | None:
         """The task an earlier POST of `row` created, or None when provably none was.
@@ -455,10 +466,10 @@ class ChainRunner:
                         next_delay(self.ctx.poll, elapsed=elapsed, expected=expected, rng=self.ctx.rng)
                     )
                 case "succeed":
-                    self._let_go(step, completed=True)
+                    self._let_go(step)
                     return self._succeeded(step, row, task)
                 case "failed":
-                    self._let_go(step, completed=True)
+                    self._let_go(step)
                     reason = task.task_status_msg or "the provider gave no reason"
                     row = journal.transition(
                         row, "failed", reason, error=reason, units=task.units, finished_at=time.time()

@@ -42,7 +42,11 @@ class Scheduler:
             raise ValueError("the concurrency limit must be at least 1")
         self.ceiling = limit
         self.limit = limit
+        #: Slots granted: tasks created and not ended, plus creates about to be sent.
         self.in_flight = 0
+        #: Of those, the ones whose create has not been answered yet.
+        self.pending = 0
+        #: The most tasks of ours the account had at once.
         self.peak = 0
         self.rejections = 0
         self._clean = 0
@@ -62,20 +66,37 @@ class Scheduler:
             await waiter.event.wait()  # the slot was taken for us by _wake
         except BaseException:
             if waiter.event.is_set():
-                self.release(completed=False)
+                self.release(created=False)
             else:
                 self._waiters.remove(waiter)
                 heapq.heapify(self._waiters)
             raise
 
+    @property
+    def confirmed(self) -> int:
+        """Tasks of ours the account is running now."""
+        return self.in_flight - self.pending
+
+    def may_create(self) -> bool:
+        """Checked under create_lock just before a create: is there room on the account?"""
+        return self.confirmed < self.limit
+
+    def confirm(self) -> None:
+        """The create of a granted slot was accepted: the account runs one more task."""
+        self.pending = max(0, self.pending - 1)
+        self.peak = max(self.peak, self.confirmed)
+
     def force(self) -> None:
         """Count a task that is already in flight on the account (found on resume)."""
-        self._take()
+        self.in_flight += 1
+        self.peak = max(self.peak, self.confirmed)
 
-    def release(self, *, completed: bool) -> None:
-        """A task ended (completed=True) or a create did not make one (completed=False)."""
+    def release(self, *, created: bool) -> None:
+        """Give a slot back: its task ended (created=True), or its create made none (False)."""
         self.in_flight = max(0, self.in_flight - 1)
-        if completed:
+        if not created:
+            self.pending = max(0, self.pending - 1)
+        else:
             self._clean += 1
             if self._clean >= 2 * self.limit and self.limit < self.ceiling:
                 self.limit += 1
@@ -83,15 +104,14 @@ class Scheduler:
         self._wake()
 
     def rejected(self) -> None:
-        """The account refused a create (1303) for which a slot was held."""
+        """The account refused a create (1303): it holds no more than our confirmed tasks."""
         self.rejections += 1
         self._clean = 0
-        # The refused create holds one of the counted slots: the account took the others.
-        self.limit = max(1, self.in_flight - 1)
+        self.limit = max(1, self.confirmed)
 
     def _take(self) -> None:
         self.in_flight += 1
-        self.peak = max(self.peak, self.in_flight)
+        self.pending += 1
 
     def _wake(self) -> None:
         while self._waiters and self.in_flight < self.limit:

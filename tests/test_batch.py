@@ -1,0 +1,124 @@
+"""Batch runs: many storyboards, one account, the concurrency limit kept full, not passed."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from helpers import provider_env
+from typer.testing import CliRunner
+
+from chainer.cli import app
+from chainer.journal import Journal
+from chainer.simulator import Simulator
+
+
+def storyboards(folder: Path, count: int, *, extensions: int = 2, fail: set[int] = frozenset()) -> Path:  # type: ignore[assignment]
+    folder.mkdir(parents=True, exist_ok=True)
+    for n in range(count):
+        segments = "".join(
+            f"  - prompt: 'chain {n} part {k}{' [sim:fail]' if n in fail and k == 1 else ''}'\n"
+            for k in range(1, extensions + 1)
+        )
+        (folder / f"c{n:02d}.yaml").write_text(
+            f"name: c{n:02d}\nstart:\n  text2video: {{prompt: 'chain {n}'}}\nsegments:\n{segments}"
+            f"output: {folder.parent / 'out' / f'c{n:02d}.mp4'}\n"
+        )
+    return folder
+
+
+def run(sim: Simulator, workdir: Path, *args: str) -> tuple[int, str, dict]:
+    result = CliRunner().invoke(
+        app,
+        ["run", *args, "--state-dir", str(workdir / "state"), "--archive-dir", str(workdir / "archive")],
+        env=provider_env(sim),
+    )
+    summary_path = workdir / "state" / "last-run.json"
+    summary = json.loads(summary_path.read_text()) if summary_path.exists() else {}
+    return result.exit_code, result.output, summary
+
+
+def rejected(sim: Simulator) -> int:
+    return sum(n for key, n in sim.state.requests.items() if key.startswith("POST") and key.endswith(" 1303"))
+
+
+def test_twelve_storyboards_at_concurrency_three(sim_factory, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    sim = sim_factory(concurrency=3, time_scale=0.002)
+    folder = storyboards(tmp_path / "boards", 12)
+    code, output, summary = run(sim, tmp_path, str(folder), "--concurrency", "3")
+    assert code == 0, output
+    assert sim.state.peak_concurrency <= 3
+    assert sim.state.peak_concurrency == 3, "the limit should be kept full"
+    assert rejected(sim) == 0, "told the right limit, chainer never causes a 1303"
+    assert summary["done"] == 12 and summary["peak_concurrency"] == 3
+    assert len(sim.state.creates) == 12 * 3
+    assert all((tmp_path / "out" / f"c{n:02d}.mp4").is_file() for n in range(12))
+
+
+def test_unknown_limit_is_learned_with_few_rejections(sim_factory, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    sim = sim_factory(concurrency=4, time_scale=0.002)
+    folder = storyboards(tmp_path / "boards", 12)
+    code, output, summary = run(sim, tmp_path, str(folder), "--concurrency", "10")
+    assert code == 0, output
+    tasks = 12 * 3
+    bound = 1 + tasks // (2 * 4)  # the scheduler's documented guarantee
+    assert 1 <= rejected(sim) <= bound, f"{rejected(sim)} rejected creates, bound {bound}"
+    assert sim.state.peak_concurrency == 4, "throughput reaches the real limit"
+    assert summary["concurrency_limit"] in (4, 5), "the learned limit stays at the account's (probing by one)"
+    assert len(sim.state.creates) == tasks
+
+
+def test_one_chain_failing_does_not_stop_the_others(sim_factory, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    sim = sim_factory(time_scale=0.002)
+    folder = storyboards(tmp_path / "boards", 4, fail={2})
+    code, output, summary = run(sim, tmp_path, str(folder))
+    assert code == 1
+    states = {c["chain"]: c["state"] for c in summary["chains"]}
+    assert states == {"c00": "done", "c01": "done", "c02": "failed", "c03": "done"}
+    assert "content-safety" in next(c["message"] for c in summary["chains"] if c["chain"] == "c02")
+    assert "3 of 4 chains done" in output
+
+
+def test_an_account_error_stops_the_whole_batch_at_once(sim_factory, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    sim = sim_factory(unit_budget=3, time_scale=0.002)
+    folder = storyboards(tmp_path / "boards", 4)
+    code, output, _ = run(sim, tmp_path, str(folder))
+    assert code == 1
+    assert "1102" in output and "resource pack" in output
+    assert len(sim.state.creates) == 3, "no create after the account said it cannot pay"
+
+
+def test_duplicate_chain_names_are_refused_before_anything_is_sent(sim: Simulator, tmp_path: Path) -> None:
+    a, b = tmp_path / "a.yaml", tmp_path / "b.yaml"
+    text = "name: same\nstart: {text2video: {prompt: p}}\nsegments: [{prompt: q}]\noutput: %s\n"
+    a.write_text(text % (tmp_path / "a.mp4"))
+    b.write_text(text % (tmp_path / "b.mp4"))
+    code, output, _ = run(sim, tmp_path, str(a), str(b))
+    assert code == 2 and "two storyboards name the chain 'same'" in output
+    assert not sim.state.creates
+
+
+def test_a_batch_resumes_like_one_chain(sim_factory, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    import subprocess
+
+    from helpers import CHAINER
+
+    sim = sim_factory(concurrency=3, time_scale=0.002)
+    folder = storyboards(tmp_path / "boards", 6)
+    env = provider_env(sim, CHAINER_FAILPOINT="after-post@2")  # dies when a chain's 2nd extension is created
+    args = [
+        CHAINER,
+        "run",
+        str(folder),
+        "--state-dir",
+        str(tmp_path / "state"),
+        "--archive-dir",
+        str(tmp_path / "a"),
+    ]
+    killed = subprocess.run(args, env=env, capture_output=True, text=True, timeout=300)
+    assert killed.returncode == -9
+    done = subprocess.run(args, env=provider_env(sim), capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert len(sim.state.creates) == 6 * 3, "every step of every chain created exactly once"
+    with Journal(tmp_path / "state" / "journal-kling.sqlite") as journal:
+        assert all(journal.summary(f"c{n:02d}").state == "done" for n in range(6))
