@@ -87,7 +87,7 @@ def test_ctrl_c_stops_cleanly_and_the_next_run_picks_up(sim_factory, tmp_path: P
     )
     assert proc.stdout is not None
     for line in proc.stdout:  # wait until the second task is in flight
-        if "segment 1/3: processing" in line:
+        if "segment 1/3: submitted" in line:
             break
     proc.send_signal(signal.SIGINT)
     _, stderr = proc.communicate(timeout=60)
