@@ -93,7 +93,8 @@ class Progress:
             chain.finished = True
         match self.mode:
             case "json":
-                self.console.print_json(data={"at": time.time(), **dataclasses.asdict(event)})
+                line = json.dumps({"at": round(time.time(), 3), **dataclasses.asdict(event)})
+                self.console.print(line, markup=False, highlight=False, soft_wrap=True)
             case "plain":
                 if self.verbose or event.state in MILESTONES:
                     self.console.print(_line(event), markup=False, soft_wrap=True)

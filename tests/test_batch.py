@@ -122,3 +122,26 @@ def test_a_batch_resumes_like_one_chain(sim_factory, tmp_path: Path) -> None:  #
     assert len(sim.state.creates) == 6 * 3, "every step of every chain created exactly once"
     with Journal(tmp_path / "state" / "journal-kling.sqlite") as journal:
         assert all(journal.summary(f"c{n:02d}").state == "done" for n in range(6))
+
+
+def test_json_events_are_one_object_per_line(sim_factory, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    sim = sim_factory(time_scale=0.002)
+    folder = storyboards(tmp_path / "boards", 2, extensions=1)
+    result = CliRunner().invoke(
+        app,
+        [
+            "run",
+            str(folder),
+            "--json",
+            "--state-dir",
+            str(tmp_path / "state"),
+            "--archive-dir",
+            str(tmp_path / "a"),
+        ],
+        env=provider_env(sim),
+    )
+    assert result.exit_code == 0, result.output
+    events = [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
+    assert {e["chain"] for e in events} == {"c00", "c01"}
+    assert sum(e["state"] == "done" for e in events) == 2
+    assert all({"step", "steps", "state", "units", "at"} <= set(e) for e in events)
