@@ -147,8 +147,17 @@ def run(
         if output is not None and len(paths) > 1:
             raise errors.ConfigError("--output names one file: use it with a single storyboard")
         plans = _load_all(paths, output=output)
+        providers = sorted({p.provider.name for p in plans})
+        if len(providers) > 1:
+            raise errors.ConfigError(
+                f"these storyboards name different providers ({', '.join(providers)}); one run talks to "
+                "one provider: run each provider's storyboards separately"
+            )
     except errors.ChainerError as exc:
         raise _fail(exc) from None
+    for p in plans:
+        for warning in p.warnings:
+            err.print(f"warning: {warning}", markup=False)
     mode: Mode = "json" if json_events else "quiet" if quiet else "live" if out.is_terminal else "plain"
     talk = err if mode in ("json", "quiet") else out
 
@@ -160,6 +169,7 @@ def run(
             path_prefix=path_prefix,
             sim_config=SimConfig(time_scale=sim_time_scale),
             concurrency=concurrency,
+            profile=plans[0].provider,
         ) as session:
             if session.simulator is not None:
                 talk.print(

@@ -188,6 +188,12 @@ def build(loaded: Loaded, *, output: Path | None = None) -> Plan:
             (*start_loc, "model"),
             "some providers refuse to extend kling-v1-5 videos; kling-v1 and kling-v1-6 are the safe choices",
         )
+    if isinstance(source, ExistingVideo) and profile.send_parent_task_id and not source.task_id:
+        check.error(
+            start_loc,
+            f"{profile.name} needs the id of the task that made the video to extend it: "
+            "add `task_id` (shown next to the video in the provider's task list)",
+        )
     if source.mode == "pro":
         check.warn(
             (*start_loc, "mode"), "pro mode: every extension inherits it and is priced as pro (~3.5x std)"

@@ -11,12 +11,15 @@ reconciled from the task list, or the user is asked).
 
 from __future__ import annotations
 
+import os
+from collections.abc import Mapping
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, SecretStr
 
 from . import rules
-from .provider.config import OFFICIAL_BASE_URL, TaskLookup
+from .errors import ConfigError
+from .provider.config import OFFICIAL_BASE_URL, ProviderConfig, TaskLookup
 
 ExtendField = Literal["prompt", "negative_prompt", "cfg_scale"]
 
@@ -99,3 +102,79 @@ DEFAULT_PROFILE = "kling"
 
 def get(name: str) -> Profile | None:
     return BUILTIN.get(name)
+
+
+def _time_scale(env: Mapping[str, str]) -> float:
+    text = env.get("CHAINER_TIME_SCALE", "1").strip() or "1"
+    try:
+        value = float(text)
+        if not 0 < value <= 10:
+            raise ValueError(text)
+    except ValueError:
+        raise ConfigError(
+            f"CHAINER_TIME_SCALE={text!r}: expected a number in (0, 10], the provider's task time as a "
+            "fraction of Kling's (for simulators and rehearsals)"
+        ) from None
+    return value
+
+
+def from_environment(
+    env: Mapping[str, str] | None = None,
+    *,
+    profile: Profile | None = None,
+    base_url: str | None = None,
+    path_prefix: str | None = None,
+) -> ProviderConfig | None:
+    """The provider to call: `profile` (else the one the credentials imply) with the
+    environment's credentials and overrides. None when no credentials are set, which
+    means "use the offline simulator". Half-set or mismatched credentials are errors,
+    never a silent fall-back to the simulator.
+    """
+    env = os.environ if env is None else env
+    ak, sk, key = (env.get(n, "").strip() for n in ("KLING_ACCESS_KEY", "KLING_SECRET_KEY", "KLING_API_KEY"))
+    if bool(ak) != bool(sk):
+        missing = "KLING_SECRET_KEY" if ak else "KLING_ACCESS_KEY"
+        raise ConfigError(
+            f"{missing} is not set: the official API needs both the access key and the secret key"
+        )
+    if ak and key:
+        raise ConfigError("both KLING_ACCESS_KEY/KLING_SECRET_KEY and KLING_API_KEY are set; keep only one")
+    if not ak and not key:
+        return None
+    if profile is None:
+        profile = BUILTIN["kling" if ak else "proxy"]
+    if profile.auth == "jwt" and not ak:
+        raise ConfigError(
+            f"provider {profile.name!r} signs in with KLING_ACCESS_KEY and KLING_SECRET_KEY, "
+            "but only KLING_API_KEY is set"
+        )
+    if profile.auth == "bearer" and not key:
+        raise ConfigError(
+            f"provider {profile.name!r} takes an API key in KLING_API_KEY, but only "
+            "KLING_ACCESS_KEY/KLING_SECRET_KEY are set"
+        )
+    url = base_url or env.get("KLING_BASE_URL", "").strip() or profile.base_url
+    if not url:
+        raise ConfigError(f"provider {profile.name!r} has no base URL: set KLING_BASE_URL or --base-url")
+    prefix = path_prefix if path_prefix is not None else env.get("KLING_PATH_PREFIX", profile.path_prefix)
+    send_parent = profile.send_parent_task_id
+    if "KLING_SEND_PARENT_TASK_ID" in env:
+        send_parent = env["KLING_SEND_PARENT_TASK_ID"].strip().lower() not in ("0", "false", "no")
+    lookup = env.get("KLING_TASK_LOOKUP", profile.task_lookup).strip()
+    if lookup not in ("external_id", "list", "none"):
+        raise ConfigError(f"KLING_TASK_LOOKUP={lookup!r}: expected external_id, list or none")
+    return ProviderConfig(
+        name=profile.name,
+        dialect="official" if profile.auth == "jwt" else "proxy",
+        base_url=url,
+        path_prefix=prefix,
+        access_key=SecretStr(ak) if ak else None,
+        secret_key=SecretStr(sk) if sk else None,
+        api_key=SecretStr(key) if key else None,
+        send_parent_task_id=send_parent,
+        prompt_max_chars=profile.prompt_max_chars,
+        refuse_v1_5_extension=not profile.extend_v1_5,
+        task_lookup=lookup,
+        concurrency=profile.concurrency,
+        time_scale=_time_scale(env),
+    )

@@ -27,8 +27,9 @@ from . import plan as plan_mod
 from .errors import ConfigError
 from .journal import Journal
 from .polling import PollPolicy
+from .profiles import BUILTIN, Profile, from_environment
 from .provider.client import DEFAULT_TIMEOUT, KlingClient
-from .provider.config import ProviderConfig, from_environment
+from .provider.config import ProviderConfig
 from .runner import ChainResult, ChainRunner, Event, RunContext
 from .scheduler import Scheduler
 from .simulator import SimConfig, Simulator
@@ -44,10 +45,26 @@ def load_plan(path: str | os.PathLike[str], *, output: str | os.PathLike[str] | 
     return plan_mod.build(storyboard.load(Path(path)), output=Path(output) if output else None)
 
 
-def simulator_provider(sim: Simulator, *, time_scale: float) -> ProviderConfig:
+def imitating(config: SimConfig, profile: Profile) -> SimConfig:
+    """`config` changed so that the simulator behaves like `profile`'s provider."""
+    return config.model_copy(
+        update={
+            "dialect": "official" if profile.auth == "jwt" else "proxy",
+            "path_prefix": profile.path_prefix,
+            "require_parent_task_id": profile.send_parent_task_id,
+            "prompt_max_chars": profile.prompt_max_chars,
+            "refuse_v1_5_extension": not profile.extend_v1_5,
+            "external_id_lookup": profile.task_lookup == "external_id",
+        }
+    )
+
+
+def simulator_provider(sim: Simulator, *, time_scale: float, name: str = "simulator") -> ProviderConfig:
     """A ProviderConfig that talks to `sim` in its own dialect with its own credentials."""
     cfg = sim.config
     common: dict[str, Any] = {
+        "name": name,
+        "concurrency": cfg.concurrency,
         "base_url": sim.base_url,
         "offline": True,
         "time_scale": time_scale,
@@ -57,14 +74,12 @@ def simulator_provider(sim: Simulator, *, time_scale: float) -> ProviderConfig:
     }
     if cfg.dialect == "proxy":
         return ProviderConfig(
-            name="simulator",
             dialect="proxy",
             api_key=SecretStr(cfg.api_key),
             send_parent_task_id=cfg.require_parent_task_id,
             **common,
         )
     return ProviderConfig(
-        name="simulator",
         dialect="official",
         access_key=SecretStr(cfg.access_key),
         secret_key=SecretStr(cfg.secret_key),
@@ -95,23 +110,30 @@ class Session:
         path_prefix: str | None = None,
         sim_config: SimConfig | None = None,
         concurrency: int | None = None,
+        profile: Profile | None = None,
     ) -> AsyncIterator[Session]:
-        """Resolve the provider (flags, environment, else the embedded simulator) and open everything."""
+        """Resolve the provider (flags, environment, else the embedded simulator) and open everything.
+
+        `profile` is the provider profile the storyboards name; with no credentials set,
+        the embedded simulator imitates it (prefix, auth, required fields, limits).
+        """
         state = Path(state_dir)
         async with AsyncExitStack() as stack:
             sim: Simulator | None = None
             if provider is None:
-                provider = from_environment(base_url=base_url, path_prefix=path_prefix)
+                provider = from_environment(profile=profile, base_url=base_url, path_prefix=path_prefix)
             if provider is None:
-                config = sim_config or SimConfig(time_scale=EMBEDDED_TIME_SCALE, seed=0)
+                chosen = profile or BUILTIN["kling"]
+                config = imitating(sim_config or SimConfig(time_scale=EMBEDDED_TIME_SCALE, seed=0), chosen)
                 sim = stack.enter_context(Simulator(config, data_dir=state / "simulator"))
-                provider = simulator_provider(sim, time_scale=config.time_scale)
+                name = "simulator" if chosen.name == "kling" else f"simulator-{chosen.name}"
+                provider = simulator_provider(sim, time_scale=config.time_scale, name=name)
             journal = stack.enter_context(Journal(state / f"journal-{provider.name}.sqlite"))
             http = await stack.enter_async_context(httpx.AsyncClient(timeout=DEFAULT_TIMEOUT))
             client = await stack.enter_async_context(KlingClient(provider, http=http))
             poll = PollPolicy().scaled(provider.time_scale)
             # Absolute, so a chain resumed from another working directory finds its files.
-            scheduler = Scheduler(concurrency or DEFAULT_CONCURRENCY)
+            scheduler = Scheduler(concurrency or provider.concurrency or DEFAULT_CONCURRENCY)
             yield cls(provider, journal, client, http, Path(archive_dir).resolve(), poll, scheduler, sim)
 
     async def run(

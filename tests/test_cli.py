@@ -95,7 +95,7 @@ def test_validate_many_files(tmp_path: Path) -> None:
     "env,needle",
     [
         ({"KLING_ACCESS_KEY": "a"}, "KLING_SECRET_KEY is not set"),
-        ({"KLING_API_KEY": "k"}, "KLING_BASE_URL"),
+        ({"KLING_API_KEY": "k"}, "only KLING_API_KEY is set"),
     ],
 )
 def test_half_configured_credentials_are_an_error_not_a_silent_simulator(

@@ -12,8 +12,9 @@ import pytest
 from pydantic import SecretStr
 
 from chainer import errors, rules
+from chainer.profiles import from_environment
 from chainer.provider.client import KlingClient
-from chainer.provider.config import ProviderConfig, from_environment
+from chainer.provider.config import ProviderConfig
 from chainer.provider.wire import Text2VideoRequest, VideoExtendRequest
 
 OFFICIAL = ProviderConfig(
