@@ -163,7 +163,7 @@ def build(loaded: Loaded, *, output: Path | None = None) -> Plan:
     check = _Checker(loaded)
     profile = profiles.get(sb.provider)
     if profile is None:
-        names = ", ".join(profiles.BUILTIN)
+        names = ", ".join(profiles.registry())
         check.error(("provider",), f"unknown provider profile {sb.provider!r}; built in: {names}")
         profile = profiles.BUILTIN[profiles.DEFAULT_PROFILE]
     source = sb.start.source

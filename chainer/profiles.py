@@ -12,10 +12,12 @@ reconciled from the task list, or the user is asked).
 from __future__ import annotations
 
 import os
+import tomllib
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, SecretStr
+from pydantic import BaseModel, ConfigDict, SecretStr, ValidationError
 
 from . import rules
 from .errors import ConfigError
@@ -100,8 +102,55 @@ BUILTIN: dict[str, Profile] = {
 DEFAULT_PROFILE = "kling"
 
 
+def user_file(env: Mapping[str, str] | None = None) -> Path:
+    """Where user profiles live: $CHAINER_PROVIDERS, else ~/.config/chainer/providers.toml."""
+    env = os.environ if env is None else env
+    if env.get("CHAINER_PROVIDERS"):
+        return Path(env["CHAINER_PROVIDERS"])
+    base = Path(env.get("XDG_CONFIG_HOME") or Path.home() / ".config")
+    return base / "chainer" / "providers.toml"
+
+
+def registry(path: Path | None = None) -> dict[str, Profile]:
+    """Built-in profiles, overridden or extended by the user's file (if it exists).
+
+    # providers.toml
+    [providers.cometapi]      # change one setting of a built-in profile
+    prompt_max_chars = 400
+    [providers.myproxy]       # a new one (fields as in `chainer providers`)
+    description = "our reseller"
+    base_url = "https://kling.example"
+    path_prefix = "/kling"
+    auth = "bearer"
+    send_parent_task_id = true
+    task_lookup = "list"
+    """
+    path = path or user_file()
+    found = dict(BUILTIN)
+    if not path.exists():
+        return found
+    try:
+        data = tomllib.loads(path.read_text())
+    except (OSError, tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: cannot read the provider profiles: {exc}") from exc
+    table = data.get("providers", {})
+    if not isinstance(table, dict) or set(data) - {"providers"}:
+        raise ConfigError(f"{path}: expected only [providers.NAME] tables")
+    for name, settings in table.items():
+        if not isinstance(settings, dict):
+            raise ConfigError(f"{path}: [providers.{name}] must be a table of settings")
+        base = found[name].model_dump() if name in found else {"description": f"user profile {name}"}
+        try:
+            found[name] = Profile.model_validate({**base, **settings, "name": name})
+        except ValidationError as exc:
+            problems = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors())
+            raise ConfigError(f"{path}: [providers.{name}]: {problems}") from exc
+    return found
+
+
 def get(name: str) -> Profile | None:
-    return BUILTIN.get(name)
+    """The profile called `name` (user profiles included)."""
+    return registry().get(name)
 
 
 def _time_scale(env: Mapping[str, str]) -> float:

@@ -56,3 +56,9 @@ def image_server(tmp_path: Path) -> Iterator[str]:
     threading.Thread(target=server.serve_forever, daemon=True).start()
     yield f"http://127.0.0.1:{server.server_address[1]}"
     server.shutdown()
+
+
+@pytest.fixture(autouse=True)
+def no_user_profiles(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Tests never read the developer's own provider profiles."""
+    monkeypatch.setenv("CHAINER_PROVIDERS", str(tmp_path / "no-such-providers.toml"))

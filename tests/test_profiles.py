@@ -149,3 +149,54 @@ def test_no_secret_in_anything_chainer_writes(profile_name: str, tmp_path: Path)
         for secret in used:
             assert secret not in text
         assert not re.search(r"eyJ[\w-]+\.eyJ[\w-]+\.[\w-]+", text), "a JWT was written somewhere"
+
+
+def test_user_profiles_override_and_extend(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from typer.testing import CliRunner
+
+    from chainer.cli import app
+
+    file = tmp_path / "providers.toml"
+    file.write_text(
+        '[providers.cometapi]\nprompt_max_chars = 400\n\n[providers.mine]\nbase_url = "https://k.example"\n'
+        'path_prefix = "/k"\nauth = "bearer"\nextend_fields = ["prompt"]\n'
+    )
+    monkeypatch.setenv("CHAINER_PROVIDERS", str(file))
+    found = profiles.registry()
+    assert found["cometapi"].prompt_max_chars == 400 and found["cometapi"].send_parent_task_id
+    assert found["mine"].path_prefix == "/k" and found["mine"].extend_fields == ("prompt",)
+    listing = CliRunner().invoke(app, ["providers"])
+    assert listing.exit_code == 0 and "mine: user profile mine" in listing.output
+    assert "prompt_max_chars = 400" in listing.output
+    # a storyboard naming the user profile gets its limits, and fields it drops are warned about
+    sb = tmp_path / "s.yaml"
+    sb.write_text(
+        "name: m\nprovider: mine\nstart: {text2video: {prompt: p}}\nsegments: [{prompt: a, cfg_scale: 0.3}]\n"
+    )
+    p = load_plan(sb)
+    assert p.steps[1].fields == {"prompt": "a"}
+    assert any("mine ignores cfg_scale" in str(w) for w in p.warnings)
+    file.write_text("[providers.bad]\nauth = 'carrier pigeon'\n")
+    broken = CliRunner().invoke(app, ["providers"])
+    assert broken.exit_code == 2 and "[providers.bad]" in broken.output
+
+
+def test_providers_check_makes_one_cheap_read(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from chainer.cli import app
+
+    with Simulator(SimConfig(**FAST), data_dir=tmp_path / "sim", admin=True) as sim:
+        env = credentials(sim, profiles.BUILTIN["kling"])
+        ok = CliRunner().invoke(app, ["providers", "check", "kling"], env=env)
+        assert ok.exit_code == 0, ok.output
+        assert "credentials and base URL work" in ok.output
+        bad = CliRunner().invoke(
+            app, ["providers", "check", "kling"], env={**env, "KLING_SECRET_KEY": "wrong-" * 6}
+        )
+        assert bad.exit_code == 1 and "1002" in bad.output
+        assert not sim.state.creates, "checking spends nothing"
+    none = CliRunner().invoke(
+        app, ["providers", "check", "cometapi"], env={"KLING_ACCESS_KEY": "", "KLING_API_KEY": ""}
+    )
+    assert none.exit_code == 2 and "needs KLING_API_KEY" in none.output
