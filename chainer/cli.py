@@ -317,38 +317,73 @@ def resume(
     retry_failed: Annotated[
         bool, typer.Option("--retry-failed", help="Give failed steps a new attempt (charged again).")
     ] = False,
+    sim_time_scale: Annotated[
+        float,
+        typer.Option(
+            "--sim-time-scale", min=0.0001, help="Offline simulator only: task time as a fraction of Kling's."
+        ),
+    ] = EMBEDDED_TIME_SCALE,
 ) -> None:
     """Resume unfinished chains from the journal, each from its recorded storyboard."""
 
     async def main() -> int:
-        async with Session.open(
-            state_dir=state_dir, archive_dir=archive_dir, base_url=base_url, path_prefix=path_prefix
-        ) as session:
-            chains = session.journal.chains()
-            unknown = set(names or ()) - {c.name for c in chains}
-            if unknown:
-                raise errors.ConfigError(
-                    f"no chain named {', '.join(sorted(unknown))} in {session.journal.path}"
-                )
-            todo = [
-                c
-                for c in chains
-                if (c.name in names if names else session.journal.summary(c.name).state != "done")
-            ]
-            if not todo:
-                out.print("Nothing to resume: every chain is done.", markup=False)
-                return 0
-            failures = 0
-            for chain in todo:
-                try:
-                    plan = load_plan(chain.storyboard, output=chain.output)
-                    view = Progress([plan], "plain", out)
-                    result = await session.run(plan, on_event=view.on_event, retry_failed=retry_failed)
-                    out.print(f"Done: {result.output}", markup=False)
-                except (errors.TaskFailed, errors.StoryboardError, errors.JournalError) as exc:
-                    failures += 1
-                    err.print(f"{chain.name}: {exc}", markup=False)
-            return 1 if failures else 0
+        # Chains live in one journal per provider: look in all of them.
+        found: list[tuple[Path, str, Plan | errors.ChainerError]] = []
+        for path in sorted(state_dir.glob("journal-*.sqlite")):
+            with Journal(path) as journal:
+                for c in journal.chains():
+                    wanted = c.name in names if names else journal.summary(c.name).state != "done"
+                    if wanted:
+                        try:
+                            found.append((path, c.name, load_plan(c.storyboard, output=c.output)))
+                        except errors.ChainerError as exc:
+                            found.append((path, c.name, exc))
+        unknown = set(names or ()) - {name for _, name, _ in found}
+        if unknown:
+            raise errors.ConfigError(f"no chain named {', '.join(sorted(unknown))} in {state_dir}")
+        if not found:
+            out.print("Nothing to resume: every chain is done.", markup=False)
+            return 0
+        failures = 0
+        for _, name, plan in found:
+            if isinstance(plan, errors.ChainerError):
+                failures += 1
+                err.print(f"{name}: its storyboard cannot be used: {plan}", markup=False)
+        by_profile: dict[str, list[tuple[Path, Plan]]] = {}
+        for path, _, plan in found:
+            if isinstance(plan, Plan):
+                by_profile.setdefault(plan.provider.name, []).append((path, plan))
+        for group in by_profile.values():
+            async with Session.open(
+                state_dir=state_dir,
+                archive_dir=archive_dir,
+                base_url=base_url,
+                path_prefix=path_prefix,
+                profile=group[0][1].provider,
+                sim_config=SimConfig(time_scale=sim_time_scale),
+            ) as session:
+                for path, plan in group:
+                    if path.resolve() != session.journal.path.resolve():
+                        failures += 1
+                        err.print(
+                            f"{plan.chain}: started with the provider of {path.name}, but the credentials "
+                            f"set now reach {session.provider.name}; set that provider's credentials",
+                            markup=False,
+                        )
+                        continue
+                    try:
+                        view = Progress([plan], "plain", out)
+                        result = await session.run(plan, on_event=view.on_event, retry_failed=retry_failed)
+                        out.print(f"Done: {result.output}", markup=False)
+                    except (
+                        errors.TaskFailed,
+                        errors.JournalError,
+                        errors.SubmitUnknown,
+                        errors.BudgetExceeded,
+                    ) as exc:
+                        failures += 1
+                        err.print(f"{plan.chain}: {exc}", markup=False)
+        return 1 if failures else 0
 
     try:
         code = anyio.run(main)

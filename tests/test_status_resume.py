@@ -74,3 +74,39 @@ def test_resume_finishes_unfinished_chains_from_another_directory(sim: Simulator
     assert len(sim.state.creates) == 4  # 3 first time (the last failed), 1 retry
     code, output = cli(sim, "resume", "--state-dir", str(workdir / ".chainer"))
     assert code == 0 and "Nothing to resume" in output
+
+
+def test_resume_finds_chains_of_any_profile_offline(tmp_path: Path) -> None:
+    import subprocess
+
+    from helpers import CHAINER
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("KLING_", "CHAINER_"))}
+    env["CHAINER_PROVIDERS"] = str(tmp_path / "none.toml")
+    (tmp_path / "c.yaml").write_text(
+        textwrap.dedent(STORYBOARD)
+        .format(name="comet", second="two")
+        .replace("name: comet", "name: comet\nprovider: cometapi")
+    )
+    killed = subprocess.run(
+        [CHAINER, "run", "c.yaml", "--sim-time-scale", "0.0005"],
+        cwd=tmp_path,
+        env={**env, "CHAINER_FAILPOINT": "after-post@1"},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert killed.returncode == -9
+    assert (tmp_path / ".chainer" / "journal-simulator-cometapi.sqlite").is_file()
+    done = subprocess.run(
+        [CHAINER, "resume", "--sim-time-scale", "0.0005"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "Done:" in done.stdout and (tmp_path / "comet.mp4").is_file()
+    log = (tmp_path / ".chainer" / "simulator" / "state.jsonl").read_text()
+    assert log.count('"e":"task"') == 3, "every step created exactly once across the kill"
