@@ -29,6 +29,7 @@ from pydantic import BaseModel
 
 from . import media, rules
 from .errors import DownloadError, MediaError, UrlExpired, VerificationFailed
+from .journal import Journal
 
 DURATION_TOLERANCE_S = 0.2
 CHUNK = 1 << 20
@@ -302,3 +303,58 @@ def publish(src: Path, dest: Path) -> None:
         os.fsync(fout.fileno())
     os.replace(tmp, dest)
     fsync_dir(dest.parent)
+
+
+def time_left(created_ms: int | None, *, now: dt.datetime | None = None) -> dt.timedelta | None:
+    """How long until the provider deletes a video created at `created_ms` (negative: gone)."""
+    expiry = expires_at(created_ms)
+    if expiry is None:
+        return None
+    return expiry - (now or dt.datetime.now(dt.UTC))
+
+
+def write_chain_manifest(journal: Journal, chain_name: str, folder: Path) -> Path:
+    """The chain's manifest.json, rebuilt from the journal."""
+    chain = journal.chain(chain_name)
+    assert chain is not None
+    rows = journal.steps(chain.name)
+    steps = [
+        ManifestStep(
+            index=r.idx,
+            kind=r.kind,
+            state=r.state,
+            attempt=r.attempt,
+            prompt=r.prompt,
+            task_id=r.task_id,
+            external_task_id=r.external_task_id,
+            video_id=r.video_id,
+            url=public_url(r.video_url),
+            reported_duration=r.duration,
+            probed_duration=r.probed_duration,
+            units=r.units,
+            file=Path(r.file).name if r.file else None,
+            sha256=r.sha256,
+            size=r.size,
+            created_at=(
+                dt.datetime.fromtimestamp(r.remote_created_ms / 1000, dt.UTC) if r.remote_created_ms else None
+            ),
+            expires_at=expires_at(r.remote_created_ms),
+        )
+        for r in rows
+    ]
+    last = next((r for r in reversed(rows) if r.file), None)
+    return write_manifest(
+        folder,
+        Manifest(
+            chain=chain.name,
+            storyboard=chain.storyboard,
+            storyboard_sha256=chain.storyboard_sha,
+            provider=chain.provider,
+            model=chain.model,
+            mode=chain.mode,
+            output=chain.output,
+            final_video=Path(last.file).name if last and last.file else None,
+            steps=steps,
+            written_at=dt.datetime.now(dt.UTC),
+        ),
+    )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import sys
 import time
@@ -14,7 +15,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from . import errors, profiles
+from . import archive, errors, profiles
 from .journal import Journal
 from .plan import Plan
 from .progress import Mode, Progress, summary_table, write_summary
@@ -22,6 +23,9 @@ from .provider.client import KlingClient
 from .session import EMBEDDED_TIME_SCALE, Session, load_plan
 from .simulator import SimConfig, serve_forever
 from .storyboard import json_schema as storyboard_schema
+
+#: `chainer status` warns about results not archived this close to their deletion.
+WARN_DAYS = 7
 
 app = typer.Typer(
     name="chainer",
@@ -279,7 +283,10 @@ def status(
             with Journal(path) as journal:
                 for chain in journal.chains():
                     s = journal.summary(chain.name)
-                    attention += s.state in ("failed", "needs attention")
+                    expiry = _expiry_note(journal, chain.name)
+                    attention += s.state in ("failed", "needs attention") or bool(expiry)
+                    if expiry:
+                        s = dataclasses.replace(s, attention=f"{s.attention}; {expiry}".strip("; "))
                     table.add_row(
                         chain.name,
                         chain.provider,
@@ -294,6 +301,102 @@ def status(
     out.print(table)
     if attention:
         raise typer.Exit(1)
+
+
+@app.command("archive")
+def archive_command(
+    names: Annotated[list[str] | None, typer.Argument(help="Chains to archive (default: all).")] = None,
+    base_url: Annotated[
+        str | None, typer.Option("--base-url", help="Provider base URL; overrides KLING_BASE_URL.")
+    ] = None,
+    path_prefix: Annotated[
+        str | None,
+        typer.Option("--path-prefix", help="Path prefix in front of /v1/...; overrides KLING_PATH_PREFIX."),
+    ] = None,
+    state_dir: Annotated[Path, typer.Option("--state-dir", help="Folder holding the journals.")] = Path(
+        ".chainer"
+    ),
+    archive_dir: Annotated[Path, typer.Option("--archive-dir", help="Folder of the archive.")] = Path(
+        "archive"
+    ),
+    sim_time_scale: Annotated[
+        float,
+        typer.Option(
+            "--sim-time-scale", min=0.0001, help="Offline simulator only: task time as a fraction of Kling's."
+        ),
+    ] = EMBEDDED_TIME_SCALE,
+) -> None:
+    """Download every result not safely archived yet (asking for fresh urls); exit 1 if any could not be."""
+
+    async def main() -> int:
+        journals = sorted(state_dir.glob("journal-*.sqlite"))
+        if not journals:
+            out.print(f"No journal in {state_dir}: nothing to archive.", markup=False)
+            return 0
+        bad = 0
+        saved = 0
+        for path in journals:
+            with Journal(path) as journal:
+                chains = journal.chains()
+            if not chains:
+                continue
+            provider_name = chains[0].provider.removeprefix("simulator").removeprefix("-") or "kling"
+            async with Session.open(
+                state_dir=state_dir,
+                archive_dir=archive_dir,
+                base_url=base_url,
+                path_prefix=path_prefix,
+                profile=profiles.get(provider_name),
+                sim_config=SimConfig(time_scale=sim_time_scale),
+            ) as session:
+                if session.journal.path.resolve() != path.resolve():
+                    err.print(
+                        f"{path.name}: its chains were made with another provider than the credentials "
+                        f"set now reach ({session.provider.name}); set that provider's credentials",
+                        markup=False,
+                    )
+                    bad += 1
+                    continue
+                for chain, step, outcome in await session.archive_pending(names):
+                    if outcome == "saved":
+                        saved += 1
+                        out.print(f"{chain} step {step}: saved", markup=False)
+                    else:
+                        bad += 1
+                        err.print(f"{chain} step {step}: {outcome}", markup=False)
+        out.print(f"{saved} result(s) saved; {bad} problem(s).", markup=False)
+        return 1 if bad else 0
+
+    try:
+        code = anyio.run(main)
+    except errors.ChainerError as exc:
+        raise _fail(exc) from None
+    if code:
+        raise typer.Exit(code)
+
+
+def _expiry_note(journal: Journal, name: str) -> str:
+    """A warning for results not archived yet: when the provider deletes them (or did)."""
+    notes = []
+    for row in journal.steps(name):
+        if row.state != "succeeded" or row.kind == "existing":
+            continue
+        left = archive.time_left(row.remote_created_ms)
+        if left is None:
+            continue
+        if left.total_seconds() < 0:
+            notes.append(
+                f"step {row.idx}: not archived and deleted by the provider on "
+                f"{archive.expires_at(row.remote_created_ms):%Y-%m-%d}"
+            )
+        elif left.days < WARN_DAYS:
+            notes.append(
+                f"step {row.idx}: not archived, deleted in {left.days} d {left.seconds // 3600} h; "
+                "run `chainer archive`"
+            )
+        else:
+            notes.append(f"step {row.idx}: not archived yet ({left.days} days left)")
+    return "; ".join(notes)
 
 
 @app.command()

@@ -27,7 +27,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal, assert_never
+from typing import Literal, assert_never, cast
 
 import anyio
 import httpx
@@ -509,92 +509,57 @@ class ChainRunner:
         return rules.EXPECTED_SECONDS[kind] * self.ctx.client.config.time_scale
 
     async def _download(self, step: Step, row: StepRow) -> StepRow:
-        """Archive the step's result; a dead url is replaced by querying the task again."""
-        assert row.video_id is not None and row.task_id is not None
-        dest = self.folder / archive.result_name(step.index, row.video_id)
-        kind, task_id = _task_kind(step), row.task_id
-        url = row.video_url
-
-        async def attempt() -> archive.Downloaded:
-            nonlocal url
-            if url is None:
-                task = await self.ctx.client.get_task(kind, task_id)
-                url = task.video.url if task.video else None
-                if url is None:
-                    raise errors.VerificationFailed(f"task {task_id} no longer offers its video")
-            try:
-                return await archive.download(
-                    self.ctx.http,
-                    url,
-                    dest,
-                    reported_duration=row.duration,
-                    progress=lambda done: failpoints.hit("mid-download", step.index),
-                )
-            except errors.UrlExpired:
-                url = None  # the next attempt asks the provider for a fresh signed url
-                raise
-
-        self._emit(step.index, "downloading", dest.name)
-        got = await retrying(attempt, on=download_backoff, deadline_s=READ_DEADLINE_S, wait_initial=0.5)
-        failpoints.hit("after-download", step.index)
-        row = self.ctx.journal.transition(
-            row,
-            "downloaded",
-            file=str(got.path),
-            sha256=got.sha256,
-            size=got.size,
-            probed_duration=got.probed_duration,
-        )
-        self._emit(step.index, "downloaded", dest.name, row.duration)
+        """Archive the step's result and commit it."""
+        self._emit(step.index, "downloading", archive.result_name(step.index, row.video_id or ""))
+        row = await download_result(self.ctx, self.folder, row)
+        self._emit(step.index, "downloaded", Path(row.file or "").name, row.duration)
         return row
 
     def _write_manifest(self) -> None:
-        journal = self.ctx.journal
-        chain = journal.chain(self.plan.chain)
-        assert chain is not None
-        rows = journal.steps(chain.name)
-        steps = [
-            archive.ManifestStep(
-                index=r.idx,
-                kind=r.kind,
-                state=r.state,
-                attempt=r.attempt,
-                prompt=r.prompt,
-                task_id=r.task_id,
-                external_task_id=r.external_task_id,
-                video_id=r.video_id,
-                url=archive.public_url(r.video_url),
-                reported_duration=r.duration,
-                probed_duration=r.probed_duration,
-                units=r.units,
-                file=Path(r.file).name if r.file else None,
-                sha256=r.sha256,
-                size=r.size,
-                created_at=(
-                    dt.datetime.fromtimestamp(r.remote_created_ms / 1000, dt.UTC)
-                    if r.remote_created_ms
-                    else None
-                ),
-                expires_at=archive.expires_at(r.remote_created_ms),
+        archive.write_chain_manifest(self.ctx.journal, self.plan.chain, self.folder)
+
+
+async def download_result(ctx: RunContext, folder: Path, row: StepRow) -> StepRow:
+    """Download, verify and commit the result of a `succeeded` step into `folder`.
+
+    A dead signed url is replaced by querying the task again; a task the provider no
+    longer knows (deleted after 30 days) raises the provider's 1203 as it is.
+    """
+    assert row.video_id is not None and row.task_id is not None and row.kind != "existing"
+    dest = folder / archive.result_name(row.idx, row.video_id)
+    kind = cast(rules.TaskKind, row.kind)
+    task_id = row.task_id
+    url = row.video_url
+
+    async def attempt() -> archive.Downloaded:
+        nonlocal url
+        if url is None:
+            task = await ctx.client.get_task(kind, task_id)
+            url = task.video.url if task.video else None
+            if url is None:
+                raise errors.VerificationFailed(f"task {task_id} no longer offers its video")
+        try:
+            return await archive.download(
+                ctx.http,
+                url,
+                dest,
+                reported_duration=row.duration,
+                progress=lambda done: failpoints.hit("mid-download", row.idx),
             )
-            for r in rows
-        ]
-        last = next((r for r in reversed(rows) if r.file), None)
-        archive.write_manifest(
-            self.folder,
-            archive.Manifest(
-                chain=chain.name,
-                storyboard=chain.storyboard,
-                storyboard_sha256=chain.storyboard_sha,
-                provider=chain.provider,
-                model=chain.model,
-                mode=chain.mode,
-                output=chain.output,
-                final_video=Path(last.file).name if last and last.file else None,
-                steps=steps,
-                written_at=dt.datetime.now(dt.UTC),
-            ),
-        )
+        except errors.UrlExpired:
+            url = None  # the next attempt asks the provider for a fresh signed url
+            raise
+
+    got = await retrying(attempt, on=download_backoff, deadline_s=READ_DEADLINE_S, wait_initial=0.5)
+    failpoints.hit("after-download", row.idx)
+    return ctx.journal.transition(
+        row,
+        "downloaded",
+        file=str(got.path),
+        sha256=got.sha256,
+        size=got.size,
+        probed_duration=got.probed_duration,
+    )
 
 
 def _task_kind(step: Step) -> rules.TaskKind:

@@ -22,7 +22,7 @@ import anyio.abc
 import httpx
 from pydantic import SecretStr
 
-from . import errors, storyboard
+from . import archive, errors, storyboard
 from . import plan as plan_mod
 from .errors import ConfigError
 from .journal import Journal
@@ -30,7 +30,7 @@ from .polling import PollPolicy
 from .profiles import BUILTIN, Profile, from_environment
 from .provider.client import DEFAULT_TIMEOUT, KlingClient
 from .provider.config import ProviderConfig
-from .runner import ChainResult, ChainRunner, Event, RunContext
+from .runner import ChainResult, ChainRunner, Event, RunContext, download_result
 from .scheduler import Scheduler
 from .simulator import SimConfig, Simulator
 
@@ -152,7 +152,15 @@ class Session:
         a create whose answer was lost at a provider that cannot be asked (after the user
         checked that no task was made).
         """
-        ctx = RunContext(
+        ctx = self.context(on_event)
+        runner = ChainRunner(
+            plan, ctx, retry_failed=retry_failed, max_units=max_units, resend_unknown=resend_unknown
+        )
+        return await runner.run()
+
+    def context(self, on_event: Callable[[Event], None] | None = None) -> RunContext:
+        """What a runner (or the archiver) needs from this session."""
+        return RunContext(
             client=self.client,
             journal=self.journal,
             http=self.http,
@@ -161,10 +169,47 @@ class Session:
             scheduler=self.scheduler,
             on_event=on_event or (lambda event: None),
         )
-        runner = ChainRunner(
-            plan, ctx, retry_failed=retry_failed, max_units=max_units, resend_unknown=resend_unknown
-        )
-        return await runner.run()
+
+    async def archive_pending(self, names: list[str] | None = None) -> list[tuple[str, int, str]]:
+        """Download every result of this journal's chains that is not safely archived yet.
+
+        Returns (chain, step, outcome) for each result looked at: "saved", or why not.
+        """
+        outcomes = []
+        ctx = self.context()
+        for chain in self.journal.chains():
+            if names and chain.name not in names:
+                continue
+            folder = self.archive_dir / chain.name
+            touched = False
+            for row in self.journal.steps(chain.name):
+                if row.kind == "existing":
+                    continue
+                if (
+                    row.state == "downloaded"
+                    and archive.check_file(row.file, row.size, row.sha256) is not None
+                ):
+                    row = self.journal.transition(row, "succeeded", "archived file missing or changed")
+                if row.state != "succeeded":
+                    continue
+                self.journal.lock_chain(chain.name)
+                touched = True
+                left = archive.time_left(row.remote_created_ms)
+                try:
+                    await download_result(ctx, folder, row)
+                    outcomes.append((chain.name, row.idx, "saved"))
+                except errors.ChainerError as exc:
+                    gone = left is not None and left.total_seconds() < 0
+                    deleted = archive.expires_at(row.remote_created_ms)
+                    why = (
+                        f"LOST: deleted by the provider on {deleted:%Y-%m-%d} (30 days on): {exc}"
+                        if gone
+                        else f"not saved: {exc}"
+                    )
+                    outcomes.append((chain.name, row.idx, why))
+            if touched:
+                archive.write_chain_manifest(self.journal, chain.name, folder)
+        return outcomes
 
     async def run_many(
         self,
