@@ -13,6 +13,7 @@ Layout: `<archive>/<chain>/<step>-<video_id>.mp4` and `<archive>/<chain>/manifes
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import datetime as dt
 import hashlib
@@ -105,6 +106,17 @@ async def download(
         raise DownloadError(f"the download was interrupted at byte {_size(part)}: {exc!r}") from exc
     if total is not None and size != total:
         raise DownloadError(f"the download ended at byte {size} of {total}")
+    stated = _stated_digest(meta)
+    if stated is not None:
+        algorithm, want = stated
+        got = digest.hexdigest() if algorithm == "sha256" else _file_digest(part, algorithm)
+        if got != want:
+            # Bytes changed on the way: keep them aside for a look, fetch again from zero.
+            os.replace(part, dest.with_name(dest.name + ".rejected"))
+            _sidecar(part).unlink(missing_ok=True)
+            raise DownloadError(
+                f"{dest.name}: the bytes received do not match the provider's {algorithm} digest"
+            )
     try:
         info = await anyio.to_thread.run_sync(media.probe, part)
     except MediaError as exc:
@@ -117,6 +129,13 @@ async def download(
         problems.append(f"expected H.264 in MP4, got {info.video_codec} in {info.format_name}")
     if reported_duration is not None and abs(info.duration - reported_duration) > DURATION_TOLERANCE_S:
         problems.append(f"it lasts {info.duration:.3f} s but the provider reported {reported_duration:g} s")
+    decode = await anyio.to_thread.run_sync(media.decode_errors, part)
+    if decode:
+        if stated is None:  # no digest to tell transport damage from a broken original: fetch again
+            os.replace(part, dest.with_name(dest.name + ".rejected"))
+            _sidecar(part).unlink(missing_ok=True)
+            raise DownloadError(f"{dest.name} does not decode cleanly ({decode[0]}); fetching it again")
+        problems.append(f"it does not decode cleanly: {decode[0]}")
     if problems:
         _reject(part, dest)
         raise VerificationFailed(
@@ -140,7 +159,7 @@ async def _receive(
     if offset:
         _hash_file(part, digest, limit=offset)  # the hash covers the bytes we already have
     validator = response.headers.get("ETag") or response.headers.get("Last-Modified")
-    meta.write_text(json.dumps({"validator": validator}))
+    meta.write_text(json.dumps({"validator": validator, "digest": _announced_digest(response)}))
     with part.open("r+b" if offset else "wb") as f:
         f.seek(offset)
         f.truncate()
@@ -153,6 +172,35 @@ async def _receive(
         f.flush()
         os.fsync(f.fileno())
         return f.tell()
+
+
+def _announced_digest(response: httpx.Response) -> list[str] | None:
+    """The whole file's digest as the server states it: RFC 9530 Repr-Digest (any answer) or
+    Content-MD5 (a 200 only, where the body is the whole file)."""
+    for item in response.headers.get("Repr-Digest", "").split(","):
+        name, _, value = item.strip().partition("=")
+        if name.lower() == "sha-256" and value.startswith(":") and value.endswith(":"):
+            with contextlib.suppress(ValueError):
+                return ["sha256", base64.b64decode(value.strip(":")).hex()]
+    md5 = response.headers.get("Content-MD5")
+    if md5 and response.status_code == 200:
+        with contextlib.suppress(ValueError):
+            return ["md5", base64.b64decode(md5).hex()]
+    return None
+
+
+def _stated_digest(meta: Path) -> tuple[str, str] | None:
+    try:
+        stated = json.loads(meta.read_text()).get("digest")
+    except (OSError, ValueError):
+        return None
+    return (stated[0], stated[1]) if isinstance(stated, list) and len(stated) == 2 else None
+
+
+def _file_digest(path: Path, algorithm: str) -> str:
+    h = hashlib.new(algorithm)
+    _hash_file(path, h)
+    return h.hexdigest()
 
 
 def _hash_file(path: Path, digest: hashlib._Hash, *, limit: int | None = None) -> None:

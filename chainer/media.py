@@ -209,3 +209,18 @@ def watermark(src: str | os.PathLike[str], dest: str | os.PathLike[str]) -> None
         .output(str(dest), **H264_OUTPUT)
     )
     _run(stream.overwrite_output(), "watermark a video")
+
+
+def decode_errors(path: str | os.PathLike[str]) -> list[str]:
+    """Decode every frame of `path` and return what ffmpeg complained about (empty: clean).
+
+    Size and container checks cannot see a corrupted byte inside the picture data; a
+    full decode can, in most places (a flip in padding or metadata may still pass).
+    """
+    stream = ffmpeg.input(str(path)).output("-", format="null")
+    cmd = [tools().ffmpeg, *ffmpeg.get_args(stream.global_args("-hide_banner", "-nostdin", "-v", "error"))]
+    proc = subprocess.run(cmd, capture_output=True, text=True, errors="replace")
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    if proc.returncode != 0 and not lines:
+        lines = [f"ffmpeg exited with {proc.returncode}"]
+    return lines

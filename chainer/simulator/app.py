@@ -7,6 +7,8 @@ The admin routes under `/_sim/` exist only when `admin=True` (tests and `chainer
 
 from __future__ import annotations
 
+import base64
+import functools
 import hashlib
 import json
 import math
@@ -60,7 +62,21 @@ async def _before(state: SimState, request: Request, endpoint: str) -> None:
         raise SimError(5000, "internal server error (injected)")
 
 
-def _streamed(path: Path, *, truncate: bool, rate: float) -> Response:
+@functools.lru_cache(maxsize=1024)
+def _sha256_cached(path: str, mtime_ns: int, size: int) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return base64.b64encode(h.digest()).decode()
+
+
+def _sha256_b64(path: Path) -> str:
+    stat = path.stat()
+    return _sha256_cached(str(path), stat.st_mtime_ns, stat.st_size)
+
+
+def _streamed(path: Path, *, truncate: bool, rate: float, extra: dict[str, str]) -> Response:
     """A whole-file answer that can be slow, or can stop half-way after promising it all."""
     size = path.stat().st_size
     stop_at = size // 2 if truncate else size
@@ -88,6 +104,7 @@ def _streamed(path: Path, *, truncate: bool, rate: float) -> Response:
         "Accept-Ranges": "bytes",
         "ETag": f'"{etag}"',
         "Last-Modified": formatdate(stat.st_mtime, usegmt=True),
+        **extra,
     }
     return StreamingResponse(body(), media_type="video/mp4", headers=headers)
 
@@ -211,11 +228,14 @@ def build_app(state: SimState, *, admin: bool = False) -> Starlette:
             count(request, "files", 404)
             return Response("404 Not Found\n", status_code=404)
         count(request, "files", 200)
+        digest = {"Repr-Digest": f"sha-256=:{_sha256_b64(path)}:"}  # RFC 9530, as object stores send
         if "range" not in request.headers:
             truncate = state.fault(state.config.truncate_download_rate)
             if truncate or state.config.download_bytes_per_s:
-                return _streamed(path, truncate=truncate, rate=state.config.download_bytes_per_s)
-        return FileResponse(path, media_type="video/mp4")
+                return _streamed(
+                    path, truncate=truncate, rate=state.config.download_bytes_per_s, extra=digest
+                )
+        return FileResponse(path, media_type="video/mp4", headers=digest)
 
     async def admin_creates(request: Request) -> Response:
         with state.lock:

@@ -1,0 +1,177 @@
+"""Download fault matrix: every case ends with the exact original bytes at the final path,
+or a typed error and nothing at the final path. Never a corrupt file where users look."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import anyio
+import httpx
+import pytest
+
+from chainer import archive, errors
+from chainer.retry import download_backoff, retrying
+from chainer.simulator.video import Canvas, Scene, render
+
+
+@pytest.fixture(scope="module")
+def original(tmp_path_factory: pytest.TempPathFactory) -> bytes:
+    path = tmp_path_factory.mktemp("orig") / "v.mp4"
+    render(
+        path, scene=Scene(seed=5), canvas=Canvas(160, 96, 24), frames=240, segment=0, prompt="fault matrix"
+    )
+    return path.read_bytes()
+
+
+class Server:
+    """Serves `data` with Range/If-Range, misbehaving on purpose as `mode` says."""
+
+    def __init__(self, data: bytes, mode: str, *, digest: bool = True):
+        self.data, self.mode, self.digest, self.requests = data, mode, digest, 0
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args: object) -> None:
+                pass
+
+            def do_GET(self) -> None:
+                server.requests += 1
+                server.answer(self, server.requests)
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v.mp4?sig=x"
+
+    def answer(self, h: BaseHTTPRequestHandler, n: int) -> None:
+        data, size, mode = self.data, len(self.data), self.mode
+        etag = '"v2"' if mode == "etag-change" and n > 1 else '"v1"'
+        if mode == "expired":
+            h.send_response(403)
+            h.end_headers()
+            return
+        cut = {"cut@0": 0, "cut@1": 1, "cut@mid": size // 2, "cut@size-1": size - 1}.get(mode)
+        if n == 1 and mode in ("ignore-range", "etag-change", "wrong-content-range"):
+            cut = size // 2
+        start = 0
+        rng, if_range = h.headers.get("Range"), h.headers.get("If-Range")
+        status = 200
+        if rng and mode != "ignore-range" and (if_range is None or if_range == etag):
+            start = int(rng.removeprefix("bytes=").split("-")[0])
+            status = 206
+        body = data[start:]
+        if (
+            mode in ("flip", "flip-no-digest", "always-flip")
+            and (n == 1 or mode == "always-flip")
+            and start == 0
+        ):
+            flipped = bytearray(body)
+            flipped[size // 2] ^= 0xFF
+            body = bytes(flipped)
+        if mode == "short" and n == 1:
+            body = body[:-100]
+        h.send_response(status)
+        h.send_header("Content-Type", "video/mp4")
+        h.send_header("ETag", etag)
+        h.send_header("Content-Length", str(len(body)))
+        if status == 206:
+            sent_start = start + 10 if mode == "wrong-content-range" and n == 2 else start
+            h.send_header("Content-Range", f"bytes {sent_start}-{size - 1}/{size}")
+        if self.digest:
+            h.send_header(
+                "Repr-Digest", f"sha-256=:{base64.b64encode(hashlib.sha256(data).digest()).decode()}:"
+            )
+        h.end_headers()
+        if n == 1 and cut is not None:
+            h.wfile.write(body[:cut])
+            h.wfile.flush()
+            h.close_connection = True
+            h.connection.shutdown(2)
+            return
+        h.wfile.write(body)
+
+    def close(self) -> None:
+        self.httpd.shutdown()
+
+
+@pytest.fixture
+def serve(original: bytes) -> Iterator[object]:
+    servers: list[Server] = []
+
+    def make(mode: str, digest: bool = True) -> Server:
+        servers.append(Server(original, mode, digest=digest))
+        return servers[-1]
+
+    yield make
+    for s in servers:
+        s.close()
+
+
+def fetch(url: str, dest: Path) -> archive.Downloaded:
+    async def main() -> archive.Downloaded:
+        async with httpx.AsyncClient() as http:
+            return await retrying(
+                lambda: archive.download(http, url, dest, reported_duration=10.0),
+                on=download_backoff,
+                deadline_s=60,
+            )
+
+    return anyio.run(main)
+
+
+@pytest.mark.parametrize(
+    "mode,digest",
+    [
+        ("cut@0", True),
+        ("cut@1", True),
+        ("cut@mid", True),
+        ("cut@size-1", True),
+        ("ignore-range", True),
+        ("etag-change", True),
+        ("wrong-content-range", True),
+        ("short", True),
+        ("flip", True),
+        ("flip-no-digest", False),
+    ],
+)
+def test_recoverable_faults_end_with_the_exact_file(
+    serve, original: bytes, tmp_path: Path, mode: str, digest: bool
+) -> None:  # type: ignore[no-untyped-def]
+    server = serve(mode, digest)
+    dest = tmp_path / "out.mp4"
+    got = fetch(server.url, dest)
+    assert dest.read_bytes() == original, f"{mode}: a corrupt file at the final path"
+    assert got.sha256 == hashlib.sha256(original).hexdigest() and got.size == len(original)
+    assert server.requests >= 2, "the fault happened and was recovered from"
+    assert not dest.with_name("out.mp4.part").exists()
+
+
+@pytest.mark.parametrize(
+    "mode,error", [("expired", errors.UrlExpired), ("always-flip", errors.DownloadError)]
+)
+def test_unrecoverable_faults_end_with_a_typed_error(serve, tmp_path: Path, mode: str, error: type) -> None:  # type: ignore[no-untyped-def]
+    server = serve(mode)
+    dest = tmp_path / "out.mp4"
+    with pytest.raises(error):
+        fetch(server.url, dest)
+    assert not dest.exists(), "nothing at the final path"
+
+
+def test_a_file_that_is_not_the_reported_video_is_kept_aside(serve, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    server = serve("cut@mid")
+
+    async def main() -> None:
+        async with httpx.AsyncClient() as http:
+            await retrying(
+                lambda: archive.download(http, server.url, tmp_path / "x.mp4", reported_duration=60.0),
+                on=download_backoff,
+                deadline_s=60,
+            )
+
+    with pytest.raises(errors.VerificationFailed, match="provider reported 60"):
+        anyio.run(main)
+    assert not (tmp_path / "x.mp4").exists() and (tmp_path / "x.mp4.rejected").exists()
