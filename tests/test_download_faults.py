@@ -184,3 +184,63 @@ def test_a_file_that_is_not_the_reported_video_is_kept_aside(serve, tmp_path: Pa
     with pytest.raises(errors.VerificationFailed, match="provider reported 60"):
         anyio.run(main)
     assert not (tmp_path / "x.mp4").exists() and (tmp_path / "x.mp4.rejected").exists()
+
+
+def test_a_200_mb_download_keeps_memory_small(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    from chainer import media
+
+    big = tmp_path / "big.mp4"
+    subprocess.run(
+        [
+            media.tools().ffmpeg,
+            "-v",
+            "error",
+            "-y",
+            "-f",
+            "lavfi",
+            "-i",
+            "testsrc2=size=1280x720:rate=30",
+            "-t",
+            "100",
+            "-c:v",
+            "libx264",
+            "-preset",
+            "ultrafast",
+            "-crf",
+            "0",
+            "-pix_fmt",
+            "yuv420p",
+            str(big),
+        ],
+        check=True,
+    )
+    data = big.read_bytes()
+    assert len(data) > 190_000_000
+    client = tmp_path / "client.py"
+    client.write_text(
+        "import sys, anyio, httpx\nfrom pathlib import Path\nfrom chainer import archive\n"
+        "async def main():\n    async with httpx.AsyncClient() as http:\n"
+        "        got = await archive.download(http, sys.argv[1], Path(sys.argv[2]), reported_duration=100.0)\n"
+        "    # VmHWM belongs to this process image (ru_maxrss would count the forking parent's pages)\n"
+        "    hwm = [l for l in open('/proc/self/status') if l.startswith('VmHWM')][0].split()[1]\n"
+        "    print(got.size, int(hwm) // 1024)\n"
+        "anyio.run(main)\n"
+    )
+    server = Server(data, "plain")
+    try:
+        proc = subprocess.run(
+            [sys.executable, str(client), server.url, str(tmp_path / "out.mp4")],
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+    finally:
+        server.close()
+    assert proc.returncode == 0, proc.stderr
+    size, peak_mb = map(int, proc.stdout.split())
+    print(f"\ndownloaded {size / 1e6:.0f} MB with a peak of {peak_mb} MB resident")
+    assert size == len(data)
+    assert peak_mb < 100
