@@ -265,10 +265,14 @@ def check_file(path: str | None, size: int | None, sha256: str | None) -> str | 
     return None
 
 
+def safe_id(video_id: str) -> str:
+    """A provider's id as a file-name part (nothing but letters, digits, - _ .)."""
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in video_id)
+
+
 def result_name(idx: int, video_id: str) -> str:
     """The archive file name of step `idx`'s result."""
-    safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in video_id)
-    return f"{idx:03d}-{safe}.mp4"
+    return f"{idx:03d}-{safe_id(video_id)}.mp4"
 
 
 def public_url(url: str | None) -> str | None:
@@ -406,3 +410,54 @@ def write_chain_manifest(journal: Journal, chain_name: str, folder: Path) -> Pat
             written_at=dt.datetime.now(dt.UTC),
         ),
     )
+
+
+class AccountVideo(BaseModel):
+    """A video found by the account sweep (made by chainer or not)."""
+
+    kind: str
+    task_id: str
+    video_id: str
+    prompt: str | None
+    reported_duration: float | None
+    probed_duration: float
+    units: float | None
+    file: str
+    sha256: str
+    size: int
+    created_at: dt.datetime | None
+    expires_at: dt.datetime | None
+    archived_at: dt.datetime
+
+
+class AccountManifest(BaseModel):
+    """`<archive>/_account/manifest.json`: what the sweep saved from the account."""
+
+    manifest_version: Literal[1] = 1
+    provider: str
+    videos: list[AccountVideo]
+
+
+ACCOUNT_FOLDER = "_account"
+
+
+def read_account_manifest(folder: Path, provider: str) -> AccountManifest:
+    path = folder / "manifest.json"
+    if not path.exists():
+        return AccountManifest(provider=provider, videos=[])
+    try:
+        return AccountManifest.model_validate_json(path.read_text())
+    except ValueError as exc:
+        raise DownloadError(f"{path} is not a readable account manifest ({exc}); move it aside") from exc
+
+
+def write_account_manifest(folder: Path, manifest: AccountManifest) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    target, tmp = folder / "manifest.json", folder / ".manifest.json.tmp"
+    with tmp.open("w") as f:
+        f.write(manifest.model_dump_json(indent=2) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, target)
+    fsync_dir(folder)
+    return target

@@ -319,6 +319,14 @@ def archive_command(
     archive_dir: Annotated[Path, typer.Option("--archive-dir", help="Folder of the archive.")] = Path(
         "archive"
     ),
+    account: Annotated[
+        bool,
+        typer.Option(
+            "--account",
+            help="Also walk the provider's task lists and archive every succeeded video of the account "
+            "that the archive lacks, including ones chainer did not make (into ARCHIVE_DIR/_account).",
+        ),
+    ] = False,
     sim_time_scale: Annotated[
         float,
         typer.Option(
@@ -364,6 +372,21 @@ def archive_command(
                     else:
                         bad += 1
                         err.print(f"{chain} step {step}: {outcome}", markup=False)
+        if account:
+            async with Session.open(
+                state_dir=state_dir,
+                archive_dir=archive_dir,
+                base_url=base_url,
+                path_prefix=path_prefix,
+                sim_config=SimConfig(time_scale=sim_time_scale),
+            ) as session:
+                for video_id, outcome in await session.sweep_account():
+                    if outcome == "saved":
+                        saved += 1
+                        out.print(f"account video {video_id}: saved", markup=False)
+                    else:
+                        bad += 1
+                        err.print(f"account video {video_id}: {outcome}", markup=False)
         out.print(f"{saved} result(s) saved; {bad} problem(s).", markup=False)
         return 1 if bad else 0
 

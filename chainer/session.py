@@ -10,6 +10,8 @@ offline simulator in-process on a free loopback port: no credits are spent.
 
 from __future__ import annotations
 
+import datetime as dt
+import functools
 import os
 from collections.abc import AsyncIterator, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
@@ -22,7 +24,7 @@ import anyio.abc
 import httpx
 from pydantic import SecretStr
 
-from . import archive, errors, storyboard
+from . import archive, errors, rules, storyboard
 from . import plan as plan_mod
 from .errors import ConfigError
 from .journal import Journal
@@ -30,10 +32,15 @@ from .polling import PollPolicy
 from .profiles import BUILTIN, Profile, from_environment
 from .provider.client import DEFAULT_TIMEOUT, KlingClient
 from .provider.config import ProviderConfig
-from .runner import ChainResult, ChainRunner, Event, RunContext, download_result
+from .provider.wire import Task
+from .retry import download_backoff, read_backoff, retrying
+from .runner import READ_DEADLINE_S, ChainResult, ChainRunner, Event, RunContext, download_result
 from .scheduler import Scheduler
 from .simulator import SimConfig, Simulator
 
+#: The account sweep reads the task lists this many tasks a page (Kling's maximum), this many pages.
+SWEEP_PAGE_SIZE = 500
+SWEEP_MAX_PAGES = 1000
 #: Tasks in flight at once when neither the command line nor the profile says otherwise.
 DEFAULT_CONCURRENCY = 5
 #: The embedded simulator runs tasks this many times faster than Kling (minutes become seconds).
@@ -210,6 +217,80 @@ class Session:
             if touched:
                 archive.write_chain_manifest(self.journal, chain.name, folder)
         return outcomes
+
+    async def sweep_account(self) -> list[tuple[str, str]]:
+        """Archive every succeeded video on the account that the archive does not hold yet.
+
+        Walks the task lists of text2video, image2video and video-extend page by page;
+        videos of chainer's chains and earlier sweeps are skipped. Returns (video, outcome).
+        """
+        folder = self.archive_dir / archive.ACCOUNT_FOLDER
+        manifest = archive.read_account_manifest(folder, self.provider.name)
+        known = {v.video_id for v in manifest.videos}
+        for chain in self.journal.chains():
+            known |= {
+                r.video_id for r in self.journal.steps(chain.name) if r.video_id and r.state == "downloaded"
+            }
+        outcomes: list[tuple[str, str]] = []
+        for kind in rules.TASK_KINDS:
+            for page in range(1, SWEEP_MAX_PAGES + 1):
+                tasks = await retrying(
+                    functools.partial(self.client.list_tasks, kind, page=page, page_size=SWEEP_PAGE_SIZE),
+                    on=read_backoff,
+                    deadline_s=READ_DEADLINE_S,
+                )
+                for task in tasks:
+                    video = task.video
+                    if task.task_status != "succeed" or video is None or video.id in known:
+                        continue
+                    dest = folder / f"{kind}-{archive.safe_id(task.task_id)}-{archive.safe_id(video.id)}.mp4"
+                    try:
+                        got = await retrying(
+                            functools.partial(self._fetch_for_sweep, kind, task, dest),
+                            on=download_backoff,
+                            deadline_s=READ_DEADLINE_S,
+                        )
+                    except errors.ChainerError as exc:
+                        outcomes.append((video.id, f"not saved: {exc}"))
+                        continue
+                    manifest.videos.append(
+                        archive.AccountVideo(
+                            kind=kind,
+                            task_id=task.task_id,
+                            video_id=video.id,
+                            prompt=None,
+                            reported_duration=video.seconds,
+                            probed_duration=got.probed_duration,
+                            units=task.units,
+                            file=dest.name,
+                            sha256=got.sha256,
+                            size=got.size,
+                            created_at=dt.datetime.fromtimestamp(task.created_at / 1000, dt.UTC)
+                            if task.created_at
+                            else None,
+                            expires_at=archive.expires_at(task.created_at),
+                            archived_at=dt.datetime.now(dt.UTC),
+                        )
+                    )
+                    archive.write_account_manifest(folder, manifest)
+                    known.add(video.id)
+                    outcomes.append((video.id, "saved"))
+                if len(tasks) < SWEEP_PAGE_SIZE:
+                    break
+        return outcomes
+
+    async def _fetch_for_sweep(self, kind: rules.TaskKind, task: Task, dest: Path) -> archive.Downloaded:
+        try:
+            assert task.video is not None
+            return await archive.download(
+                self.http, task.video.url, dest, reported_duration=task.video.seconds
+            )
+        except errors.UrlExpired:
+            fresh = await self.client.get_task(kind, task.task_id)
+            if fresh.video is None:
+                raise
+            task.task_result = fresh.task_result
+            raise
 
     async def run_many(
         self,

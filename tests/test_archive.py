@@ -78,3 +78,46 @@ def test_expiry_is_warned_archived_in_time_and_losses_are_reported(sim_factory, 
     assert code == 1
     assert "late step 0: LOST: deleted by the provider on" in output and "1203" in output
     assert not list((tmp_path / "archive" / "late").glob("*.mp4")), "nothing half-written at a final path"
+
+
+def test_account_sweep_saves_videos_chainer_did_not_make(sim_factory, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    import json
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from test_sim_conformance import Api
+
+    sim = sim_factory()
+    api = Api(sim, "official")
+    outside = [api.video({"prompt": f"made elsewhere {n}"}) for n in range(2)]
+    ext = api.create("video-extend", api.extend_body(outside[0]))[1]["data"]["task_id"]
+    api.done("video-extend", ext)
+    storyboard(tmp_path, "mine")  # a chain of chainer's own: its videos must not be swept twice
+    assert (
+        CliRunner()
+        .invoke(
+            app,
+            [
+                "run",
+                str(tmp_path / "mine.yaml"),
+                "--state-dir",
+                str(tmp_path / ".chainer"),
+                "--archive-dir",
+                str(tmp_path / "archive"),
+            ],
+            env=provider_env(sim),
+        )
+        .exit_code
+        == 0
+    )
+    code, output = cli(sim, tmp_path, "archive", "--account")
+    assert code == 0, output
+    manifest = json.loads((tmp_path / "archive" / "_account" / "manifest.json").read_text())
+    swept = {v["video_id"] for v in manifest["videos"]}
+    expected = {t["task_result"]["videos"][0]["id"] for t in outside} | {sim.state.tasks[ext].video_id}
+    assert swept == expected
+    for v in manifest["videos"]:
+        assert (tmp_path / "archive" / "_account" / v["file"]).stat().st_size == v["size"]
+        assert v["expires_at"] and v["sha256"]
+    again = cli(sim, tmp_path, "archive", "--account")
+    assert again[0] == 0 and "0 result(s) saved" in again[1], "a second sweep finds nothing new"
