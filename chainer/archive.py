@@ -304,6 +304,8 @@ class ManifestStep(BaseModel):
     size: int | None
     created_at: dt.datetime | None
     expires_at: dt.datetime | None
+    #: When the file was deleted on purpose (keep: final); its sha256 and size stay on record.
+    pruned_at: dt.datetime | None = None
 
 
 class Manifest(BaseModel):
@@ -384,17 +386,18 @@ def write_chain_manifest(journal: Journal, chain_name: str, folder: Path) -> Pat
             reported_duration=r.duration,
             probed_duration=r.probed_duration,
             units=r.units,
-            file=Path(r.file).name if r.file else None,
+            file=Path(r.file).name if r.file and not r.pruned_at else None,
             sha256=r.sha256,
             size=r.size,
             created_at=(
                 dt.datetime.fromtimestamp(r.remote_created_ms / 1000, dt.UTC) if r.remote_created_ms else None
             ),
             expires_at=expires_at(r.remote_created_ms),
+            pruned_at=dt.datetime.fromtimestamp(r.pruned_at, dt.UTC) if r.pruned_at else None,
         )
         for r in rows
     ]
-    last = next((r for r in reversed(rows) if r.file), None)
+    last = next((r for r in reversed(rows) if r.file and not r.pruned_at), None)
     return write_manifest(
         folder,
         Manifest(

@@ -7,7 +7,7 @@ import json
 import sys
 import time
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 import anyio
 import stamina.instrumentation
@@ -124,6 +124,14 @@ def run(
             "(overrides the storyboard's max_units).",
         ),
     ] = None,
+    keep: Annotated[
+        str | None,
+        typer.Option(
+            "--keep",
+            help="all: archive every intermediate result; final: only the final video, once verified "
+            "(overrides the storyboard's archive.keep).",
+        ),
+    ] = None,
     json_events: Annotated[
         bool, typer.Option("--json", help="Print one JSON object per event (for scripts) instead of text.")
     ] = False,
@@ -163,6 +171,12 @@ def run(
     for p in plans:
         for warning in p.warnings:
             err.print(f"warning: {warning}", markup=False)
+    if keep not in (None, "all", "final"):
+        err.print(f"--keep {keep!r}: expected all or final", markup=False)
+        raise typer.Exit(2)
+    keep_mode: Literal["all", "final"] | None = (
+        "final" if keep == "final" else "all" if keep == "all" else None
+    )
     mode: Mode = "json" if json_events else "quiet" if quiet else "live" if out.is_terminal else "plain"
     talk = err if mode in ("json", "quiet") else out
 
@@ -195,6 +209,7 @@ def run(
                             retry_failed=retry_failed,
                             max_units=max_units,
                             resend_unknown=resend_unknown,
+                            keep=keep_mode,
                         )
                     ]
                 else:
@@ -204,6 +219,7 @@ def run(
                         retry_failed=retry_failed,
                         max_units=max_units,
                         resend_unknown=resend_unknown,
+                        keep=keep_mode,
                     )
             write_summary(
                 summary or state_dir / "last-run.json",

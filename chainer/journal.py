@@ -58,7 +58,7 @@ TRANSITIONS: dict[StepState, tuple[StepState, ...]] = {
     "skipped": (),
 }
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 #: Version 1, as first released. A new journal is this plus every migration, in order,
 #: so the upgrade path is the path every journal takes.
@@ -120,6 +120,10 @@ MIGRATIONS: dict[int, tuple[str, ...]] = {
         # the chain's credit budget, if the storyboard or the command line set one
         "ALTER TABLE chains ADD COLUMN max_units REAL",
     ),
+    2: (
+        # an intermediate result deleted on purpose (keep: final) after the final one was verified
+        "ALTER TABLE steps ADD COLUMN pruned_at REAL",
+    ),
 }
 
 _STEP_FIELDS = (
@@ -163,6 +167,7 @@ class StepRow:
     error: str | None
     submitted_at: float | None
     finished_at: float | None
+    pruned_at: float | None
 
 
 @dataclass(frozen=True)
@@ -420,6 +425,20 @@ class Journal:
     def _row(row: sqlite3.Row) -> StepRow:
         data = {k: row[k] for k in row.keys() if k != "updated_at"}  # noqa: SIM118 (sqlite3.Row)
         return StepRow(**data)
+
+    def mark_pruned(self, step: StepRow) -> StepRow:
+        """Record that `step`'s archived file was deleted on purpose (keep: final)."""
+        now = time.time()
+        with self.transaction() as db:
+            db.execute(
+                "UPDATE steps SET pruned_at = ?, updated_at = ? WHERE chain = ? AND idx = ? AND attempt = ?",
+                (now, now, step.chain, step.idx, step.attempt),
+            )
+            db.execute(
+                "INSERT INTO events (chain, idx, attempt, state, detail, at) VALUES (?,?,?,?,?,?)",
+                (step.chain, step.idx, step.attempt, "pruned", json.dumps(step.file), now),
+            )
+        return self.step(step.chain, step.idx)
 
     def intent_time(self, step: StepRow) -> float | None:
         """When `step`'s current attempt first committed submit_intent (wall clock)."""

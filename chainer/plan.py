@@ -63,6 +63,7 @@ class Plan:
     output: Path
     max_units: float | None = None
     target_duration: float | None = None
+    keep: Literal["all", "final"] = "all"
     warnings: list[Problem] = field(default_factory=list)
 
     @property
@@ -328,5 +329,6 @@ def build(loaded: Loaded, *, output: Path | None = None) -> Plan:
         output=output or Path(sb.output or f"out/{sb.name}.mp4"),
         max_units=sb.max_units,
         target_duration=sb.target_duration,
+        keep=sb.archive.keep,
         warnings=sorted(check.warnings, key=lambda p: (p.line, p.column)),
     )

@@ -103,8 +103,11 @@ class ChainRunner:
         retry_failed: bool = False,
         max_units: float | None = None,
         resend_unknown: bool = False,
+        keep: Literal["all", "final"] | None = None,
     ):
         self.plan = plan
+        #: The command line's retention wins over the storyboard's.
+        self.keep = keep
         self.ctx = ctx
         self.folder = ctx.archive_dir / plan.chain
         self.retry_failed = retry_failed
@@ -161,6 +164,8 @@ class ChainRunner:
             self._write_manifest()
         assert parent is not None and parent.file is not None
         archive.publish(Path(parent.file), self.plan.output)
+        if (self.keep or self.plan.keep) == "final":
+            self._prune(keep=parent)
         journal.set_chain_state(chain.name, "done")
         self._emit(parent.idx, "done", f"wrote {self.plan.output}", parent.duration)
         return ChainResult(
@@ -180,6 +185,17 @@ class ChainRunner:
                 f"the video is {parent.duration:g} s, target_duration {self.plan.target_duration:g} s reached"
             )
         return rules.extension_refusal(self.plan.model, parent.duration)
+
+    def _prune(self, *, keep: StepRow) -> None:
+        """Delete the intermediate results (each is a prefix of the final video) once the
+        final one is archived and verified; the journal and manifest remember them."""
+        for row in self.ctx.journal.steps(self.plan.chain):
+            if row.idx == keep.idx or row.state != "downloaded" or row.pruned_at or not row.file:
+                continue
+            Path(row.file).unlink(missing_ok=True)
+            self.ctx.journal.mark_pruned(row)
+        archive.fsync_dir(self.folder)
+        self._write_manifest()
 
     def units_spent(self) -> float:
         """Units the provider reported for this chain's tasks (every attempt counts)."""
@@ -235,6 +251,8 @@ class ChainRunner:
                         return row
                     row = await self._download(step, row)
                 case "downloaded":
+                    if row.pruned_at is not None:  # deleted on purpose (keep: final)
+                        return row
                     problem = archive.check_file(row.file, row.size, row.sha256)
                     if problem is None:
                         return row

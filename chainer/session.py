@@ -151,6 +151,7 @@ class Session:
         retry_failed: bool = False,
         max_units: float | None = None,
         resend_unknown: bool = False,
+        keep: Literal["all", "final"] | None = None,
     ) -> ChainResult:
         """Run (or resume) one chain to its finished video.
 
@@ -161,7 +162,12 @@ class Session:
         """
         ctx = self.context(on_event)
         runner = ChainRunner(
-            plan, ctx, retry_failed=retry_failed, max_units=max_units, resend_unknown=resend_unknown
+            plan,
+            ctx,
+            retry_failed=retry_failed,
+            max_units=max_units,
+            resend_unknown=resend_unknown,
+            keep=keep,
         )
         return await runner.run()
 
@@ -194,6 +200,7 @@ class Session:
                     continue
                 if (
                     row.state == "downloaded"
+                    and row.pruned_at is None
                     and archive.check_file(row.file, row.size, row.sha256) is not None
                 ):
                     row = self.journal.transition(row, "succeeded", "archived file missing or changed")
@@ -300,6 +307,7 @@ class Session:
         retry_failed: bool = False,
         max_units: float | None = None,
         resend_unknown: bool = False,
+        keep: Literal["all", "final"] | None = None,
     ) -> list[ChainResult]:
         """Run (or resume) many chains at once under the account's concurrency limit.
 
@@ -332,6 +340,7 @@ class Session:
                     retry_failed=retry_failed,
                     max_units=max_units,
                     resend_unknown=resend_unknown,
+                    keep=keep,
                 )
             except (errors.AuthError, errors.AccountError) as exc:
                 fatal.append(exc)

@@ -126,6 +126,13 @@ class Defaults(_Strict):
     cfg_scale: CfgScale = None
 
 
+class ArchiveOptions(_Strict):
+    """What the archive keeps of a chain once its final video is verified."""
+
+    #: all: every intermediate result (each is the whole video so far); final: only the last.
+    keep: Literal["all", "final"] = "all"
+
+
 class Storyboard(_Strict):
     """A whole chain: one start and the segments that extend it, in order."""
 
@@ -138,6 +145,7 @@ class Storyboard(_Strict):
     #: Keep extending (repeating the last segment's prompt) until the video is this long.
     target_duration: Annotated[float, Field(gt=0)] | None = None
     output: str | None = None
+    archive: ArchiveOptions = Field(default_factory=ArchiveOptions)
     #: Stop submitting once the chain's spent units plus the next task's estimate would pass this.
     max_units: Annotated[float, Field(gt=0)] | None = None
 

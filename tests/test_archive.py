@@ -121,3 +121,36 @@ def test_account_sweep_saves_videos_chainer_did_not_make(sim_factory, tmp_path: 
         assert v["expires_at"] and v["sha256"]
     again = cli(sim, tmp_path, "archive", "--account")
     assert again[0] == 0 and "0 result(s) saved" in again[1], "a second sweep finds nothing new"
+
+
+def test_keep_final_prunes_intermediate_results_and_never_refetches_them(sim, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    import json
+
+    path = tmp_path / "lean.yaml"
+    path.write_text(
+        "name: lean\nstart: {text2video: {prompt: p}}\nsegments: [{prompt: a}, {prompt: b}]\n"
+        "archive: {keep: final}\noutput: lean.mp4\n"
+    )
+    args = [
+        "run",
+        str(path),
+        "--state-dir",
+        str(tmp_path / ".chainer"),
+        "--archive-dir",
+        str(tmp_path / "archive"),
+    ]
+    assert CliRunner().invoke(app, args, env=provider_env(sim)).exit_code == 0
+    folder = tmp_path / "archive" / "lean"
+    kept = sorted(folder.glob("*.mp4"))
+    assert [p.name[:3] for p in kept] == ["002"], "only the final video stays"
+    manifest = json.loads((folder / "manifest.json").read_text())
+    assert [s["pruned_at"] is not None for s in manifest["steps"]] == [True, True, False]
+    assert all(s["sha256"] for s in manifest["steps"]), "what was pruned stays described"
+    assert manifest["final_video"] == kept[0].name
+    requests = sum(sim.state.requests.values())
+    assert CliRunner().invoke(app, args, env=provider_env(sim)).exit_code == 0
+    assert cli(sim, tmp_path, "archive")[0] == 0
+    assert sum(sim.state.requests.values()) == requests, (
+        "pruned results are neither re-created nor re-fetched"
+    )
+    assert sorted(folder.glob("*.mp4")) == kept
