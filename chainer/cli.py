@@ -27,6 +27,34 @@ from .storyboard import json_schema as storyboard_schema
 #: `chainer status` warns about results not archived this close to their deletion.
 WARN_DAYS = 7
 
+# ---- options several commands share (one definition each)
+BaseUrl = Annotated[
+    str | None,
+    typer.Option("--base-url", help="Provider base URL; overrides KLING_BASE_URL and the profile."),
+]
+PathPrefix = Annotated[
+    str | None,
+    typer.Option(
+        "--path-prefix",
+        help="Path prefix in front of /v1/... (proxies often use /kling); overrides KLING_PATH_PREFIX.",
+    ),
+]
+StateDir = Annotated[
+    Path, typer.Option("--state-dir", help="Folder for the journals (and the offline simulator's files).")
+]
+ArchiveDir = Annotated[
+    Path,
+    typer.Option("--archive-dir", help="Folder where every result is archived, one sub-folder per chain."),
+]
+SimTimeScale = Annotated[
+    float,
+    typer.Option(
+        "--sim-time-scale",
+        min=0.0001,
+        help="Offline simulator only: task time as a fraction of Kling's real minutes.",
+    ),
+]
+
 app = typer.Typer(
     name="chainer",
     help=(
@@ -72,25 +100,10 @@ def run(
             "out/<name>.mp4).",
         ),
     ] = None,
-    base_url: Annotated[
-        str | None, typer.Option("--base-url", help="Provider base URL; overrides KLING_BASE_URL.")
-    ] = None,
-    path_prefix: Annotated[
-        str | None,
-        typer.Option(
-            "--path-prefix",
-            help="Path prefix in front of /v1/... (proxies often use /kling); overrides KLING_PATH_PREFIX.",
-        ),
-    ] = None,
-    state_dir: Annotated[
-        Path, typer.Option("--state-dir", help="Folder for the journal (and the offline simulator's files).")
-    ] = Path(".chainer"),
-    archive_dir: Annotated[
-        Path,
-        typer.Option(
-            "--archive-dir", help="Folder where every result is archived, one sub-folder per chain."
-        ),
-    ] = Path("archive"),
+    base_url: BaseUrl = None,
+    path_prefix: PathPrefix = None,
+    state_dir: StateDir = Path(".chainer"),
+    archive_dir: ArchiveDir = Path("archive"),
     concurrency: Annotated[
         int | None,
         typer.Option(
@@ -145,14 +158,7 @@ def run(
             "--summary", help="Where to write the run's JSON summary (default: STATE_DIR/last-run.json)."
         ),
     ] = None,
-    sim_time_scale: Annotated[
-        float,
-        typer.Option(
-            "--sim-time-scale",
-            min=0.0001,
-            help="Offline simulator only: task time as a fraction of Kling's real minutes.",
-        ),
-    ] = EMBEDDED_TIME_SCALE,
+    sim_time_scale: SimTimeScale = EMBEDDED_TIME_SCALE,
 ) -> None:
     """Run storyboards to finished videos (many at once share the account), resuming interrupted ones."""
     try:
@@ -282,9 +288,7 @@ def _load_all(paths: list[Path], *, output: Path | None) -> list[Plan]:
 
 @app.command()
 def status(
-    state_dir: Annotated[Path, typer.Option("--state-dir", help="Folder holding the journals.")] = Path(
-        ".chainer"
-    ),
+    state_dir: StateDir = Path(".chainer"),
 ) -> None:
     """List every chain in the journals: state, steps done, length so far, units spent, attention."""
     journals = sorted(state_dir.glob("journal-*.sqlite"))
@@ -322,19 +326,10 @@ def status(
 @app.command("archive")
 def archive_command(
     names: Annotated[list[str] | None, typer.Argument(help="Chains to archive (default: all).")] = None,
-    base_url: Annotated[
-        str | None, typer.Option("--base-url", help="Provider base URL; overrides KLING_BASE_URL.")
-    ] = None,
-    path_prefix: Annotated[
-        str | None,
-        typer.Option("--path-prefix", help="Path prefix in front of /v1/...; overrides KLING_PATH_PREFIX."),
-    ] = None,
-    state_dir: Annotated[Path, typer.Option("--state-dir", help="Folder holding the journals.")] = Path(
-        ".chainer"
-    ),
-    archive_dir: Annotated[Path, typer.Option("--archive-dir", help="Folder of the archive.")] = Path(
-        "archive"
-    ),
+    base_url: BaseUrl = None,
+    path_prefix: PathPrefix = None,
+    state_dir: StateDir = Path(".chainer"),
+    archive_dir: ArchiveDir = Path("archive"),
     account: Annotated[
         bool,
         typer.Option(
@@ -343,12 +338,7 @@ def archive_command(
             "that the archive lacks, including ones chainer did not make (into ARCHIVE_DIR/_account).",
         ),
     ] = False,
-    sim_time_scale: Annotated[
-        float,
-        typer.Option(
-            "--sim-time-scale", min=0.0001, help="Offline simulator only: task time as a fraction of Kling's."
-        ),
-    ] = EMBEDDED_TIME_SCALE,
+    sim_time_scale: SimTimeScale = EMBEDDED_TIME_SCALE,
 ) -> None:
     """Download every result not safely archived yet (asking for fresh urls); exit 1 if any could not be."""
 
@@ -443,28 +433,14 @@ def resume(
     names: Annotated[
         list[str] | None, typer.Argument(help="Chains to resume (default: every unfinished one).")
     ] = None,
-    base_url: Annotated[
-        str | None, typer.Option("--base-url", help="Provider base URL; overrides KLING_BASE_URL.")
-    ] = None,
-    path_prefix: Annotated[
-        str | None,
-        typer.Option("--path-prefix", help="Path prefix in front of /v1/...; overrides KLING_PATH_PREFIX."),
-    ] = None,
-    state_dir: Annotated[Path, typer.Option("--state-dir", help="Folder holding the journal.")] = Path(
-        ".chainer"
-    ),
-    archive_dir: Annotated[Path, typer.Option("--archive-dir", help="Folder of the archive.")] = Path(
-        "archive"
-    ),
+    base_url: BaseUrl = None,
+    path_prefix: PathPrefix = None,
+    state_dir: StateDir = Path(".chainer"),
+    archive_dir: ArchiveDir = Path("archive"),
     retry_failed: Annotated[
         bool, typer.Option("--retry-failed", help="Give failed steps a new attempt (charged again).")
     ] = False,
-    sim_time_scale: Annotated[
-        float,
-        typer.Option(
-            "--sim-time-scale", min=0.0001, help="Offline simulator only: task time as a fraction of Kling's."
-        ),
-    ] = EMBEDDED_TIME_SCALE,
+    sim_time_scale: SimTimeScale = EMBEDDED_TIME_SCALE,
 ) -> None:
     """Resume unfinished chains from the journal, each from its recorded storyboard."""
 
