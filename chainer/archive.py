@@ -29,7 +29,7 @@ import httpx
 from pydantic import BaseModel
 
 from . import media, rules
-from .errors import DownloadError, MediaError, UrlExpired, VerificationFailed
+from .errors import ConfigError, DownloadError, MediaError, UrlExpired, VerificationFailed
 from .journal import Journal
 
 DURATION_TOLERANCE_S = 0.2
@@ -464,3 +464,48 @@ def write_account_manifest(folder: Path, manifest: AccountManifest) -> Path:
     os.replace(tmp, target)
     fsync_dir(folder)
     return target
+
+
+class Mirror:
+    """A copy of the archive at an fsspec URL (`s3://bucket/prefix`, `gs://...`, ...).
+
+    The local archive stays the place where files are verified; a chain's folder is
+    synced here after each step, object by object, and each object's size is checked
+    after it is written. Needs the `remote` extra (fsspec, plus s3fs for S3).
+    """
+
+    def __init__(self, url: str):
+        try:
+            import fsspec
+        except ImportError as exc:  # pragma: no cover - the dev install has it
+            raise ConfigError("archiving to a URL needs fsspec: pip install 'chainer[remote]'") from exc
+        try:
+            self.fs, self.root = fsspec.core.url_to_fs(url)
+        except (ImportError, ValueError) as exc:
+            raise ConfigError(f"cannot use {url!r} as an archive: {exc}") from exc
+        self.url = url.rstrip("/")
+
+    def sync(self, folder: Path) -> list[str]:
+        """Upload what `folder` holds that the mirror lacks or holds at another size; return the names."""
+        remote_dir = f"{self.root.rstrip('/')}/{folder.name}"
+        try:
+            existing = {Path(i["name"]).name: i.get("size") for i in self.fs.ls(remote_dir, detail=True)}
+        except FileNotFoundError:
+            existing = {}
+        sent = []
+        for local in sorted(folder.iterdir()):
+            if not local.is_file() or not (local.suffix == ".mp4" or local.name == "manifest.json"):
+                continue  # .part, .rejected and temporary files stay local
+            size = local.stat().st_size
+            if existing.get(local.name) == size and local.name != "manifest.json":
+                continue
+            target = f"{remote_dir}/{local.name}"
+            try:
+                self.fs.put_file(str(local), target)
+                stored = self.fs.info(target).get("size")
+            except OSError as exc:
+                raise DownloadError(f"could not copy {local.name} to {self.url}: {exc}") from exc
+            if stored != size:
+                raise DownloadError(f"{self.url}/{folder.name}/{local.name} holds {stored} bytes, not {size}")
+            sent.append(local.name)
+        return sent

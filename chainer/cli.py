@@ -46,6 +46,14 @@ ArchiveDir = Annotated[
     Path,
     typer.Option("--archive-dir", help="Folder where every result is archived, one sub-folder per chain."),
 ]
+ArchiveUrl = Annotated[
+    str | None,
+    typer.Option(
+        "--archive-url",
+        envvar="CHAINER_ARCHIVE_URL",
+        help="Also keep the archive at this fsspec URL (e.g. s3://bucket/prefix), synced after every step.",
+    ),
+]
 SimTimeScale = Annotated[
     float,
     typer.Option(
@@ -104,6 +112,7 @@ def run(
     path_prefix: PathPrefix = None,
     state_dir: StateDir = Path(".chainer"),
     archive_dir: ArchiveDir = Path("archive"),
+    archive_url: ArchiveUrl = None,
     concurrency: Annotated[
         int | None,
         typer.Option(
@@ -190,6 +199,7 @@ def run(
         async with Session.open(
             state_dir=state_dir,
             archive_dir=archive_dir,
+            archive_url=archive_url,
             base_url=base_url,
             path_prefix=path_prefix,
             sim_config=SimConfig(time_scale=sim_time_scale),
@@ -330,6 +340,7 @@ def archive_command(
     path_prefix: PathPrefix = None,
     state_dir: StateDir = Path(".chainer"),
     archive_dir: ArchiveDir = Path("archive"),
+    archive_url: ArchiveUrl = None,
     account: Annotated[
         bool,
         typer.Option(
@@ -358,6 +369,7 @@ def archive_command(
             async with Session.open(
                 state_dir=state_dir,
                 archive_dir=archive_dir,
+                archive_url=archive_url,
                 base_url=base_url,
                 path_prefix=path_prefix,
                 profile=profiles.get(provider_name),
@@ -382,6 +394,7 @@ def archive_command(
             async with Session.open(
                 state_dir=state_dir,
                 archive_dir=archive_dir,
+                archive_url=archive_url,
                 base_url=base_url,
                 path_prefix=path_prefix,
                 sim_config=SimConfig(time_scale=sim_time_scale),
@@ -437,6 +450,7 @@ def resume(
     path_prefix: PathPrefix = None,
     state_dir: StateDir = Path(".chainer"),
     archive_dir: ArchiveDir = Path("archive"),
+    archive_url: ArchiveUrl = None,
     retry_failed: Annotated[
         bool, typer.Option("--retry-failed", help="Give failed steps a new attempt (charged again).")
     ] = False,
@@ -475,6 +489,7 @@ def resume(
             async with Session.open(
                 state_dir=state_dir,
                 archive_dir=archive_dir,
+                archive_url=archive_url,
                 base_url=base_url,
                 path_prefix=path_prefix,
                 profile=group[0][1].provider,

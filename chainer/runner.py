@@ -90,6 +90,8 @@ class RunContext:
     scheduler: Scheduler = field(default_factory=lambda: Scheduler(5))
     on_event: Callable[[Event], None] = lambda event: None
     rng: random.Random = field(default_factory=random.Random)
+    #: A copy of the archive at an fsspec URL, synced after every step.
+    mirror: archive.Mirror | None = None
 
 
 class ChainRunner:
@@ -161,11 +163,11 @@ class ChainRunner:
                 self._emit(step.index, "retrying", f"attempt {row.attempt} after: {row.error or 'failure'}")
             row = await self._advance(step, row, parent)
             parent = row
-            self._write_manifest()
+            await self._write_manifest()
         assert parent is not None and parent.file is not None
         archive.publish(Path(parent.file), self.plan.output)
         if (self.keep or self.plan.keep) == "final":
-            self._prune(keep=parent)
+            await self._prune(keep=parent)
         journal.set_chain_state(chain.name, "done")
         self._emit(parent.idx, "done", f"wrote {self.plan.output}", parent.duration)
         return ChainResult(
@@ -186,7 +188,7 @@ class ChainRunner:
             )
         return rules.extension_refusal(self.plan.model, parent.duration)
 
-    def _prune(self, *, keep: StepRow) -> None:
+    async def _prune(self, *, keep: StepRow) -> None:
         """Delete the intermediate results (each is a prefix of the final video) once the
         final one is archived and verified; the journal and manifest remember them."""
         for row in self.ctx.journal.steps(self.plan.chain):
@@ -195,7 +197,7 @@ class ChainRunner:
             Path(row.file).unlink(missing_ok=True)
             self.ctx.journal.mark_pruned(row)
         archive.fsync_dir(self.folder)
-        self._write_manifest()
+        await self._write_manifest()
 
     def units_spent(self) -> float:
         """Units the provider reported for this chain's tasks (every attempt counts)."""
@@ -533,8 +535,20 @@ class ChainRunner:
         self._emit(step.index, "downloaded", Path(row.file or "").name, row.duration)
         return row
 
-    def _write_manifest(self) -> None:
+    async def _write_manifest(self) -> None:
+        """Rewrite the chain's manifest, then bring the mirror (if any) up to date."""
         archive.write_chain_manifest(self.ctx.journal, self.plan.chain, self.folder)
+        await sync_mirror(self.ctx, self.folder)
+
+
+async def sync_mirror(ctx: RunContext, folder: Path) -> None:
+    """Copy `folder` to the archive mirror, if one is configured (retried like a download)."""
+    mirror = ctx.mirror
+    if mirror is None or not folder.is_dir():
+        return
+    await retrying(
+        lambda: anyio.to_thread.run_sync(mirror.sync, folder), on=download_backoff, deadline_s=READ_DEADLINE_S
+    )
 
 
 async def download_result(ctx: RunContext, folder: Path, row: StepRow) -> StepRow:

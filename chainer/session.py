@@ -34,7 +34,7 @@ from .provider.client import DEFAULT_TIMEOUT, KlingClient
 from .provider.config import ProviderConfig
 from .provider.wire import Task
 from .retry import download_backoff, read_backoff, retrying
-from .runner import READ_DEADLINE_S, ChainResult, ChainRunner, Event, RunContext, download_result
+from .runner import READ_DEADLINE_S, ChainResult, ChainRunner, Event, RunContext, download_result, sync_mirror
 from .scheduler import Scheduler
 from .simulator import SimConfig, Simulator
 
@@ -104,6 +104,7 @@ class Session:
     poll: PollPolicy
     scheduler: Scheduler
     simulator: Simulator | None = None
+    mirror: archive.Mirror | None = None
 
     @classmethod
     @asynccontextmanager
@@ -118,6 +119,7 @@ class Session:
         sim_config: SimConfig | None = None,
         concurrency: int | None = None,
         profile: Profile | None = None,
+        archive_url: str | None = None,
     ) -> AsyncIterator[Session]:
         """Resolve the provider (flags, environment, else the embedded simulator) and open everything.
 
@@ -141,7 +143,10 @@ class Session:
             poll = PollPolicy().scaled(provider.time_scale)
             # Absolute, so a chain resumed from another working directory finds its files.
             scheduler = Scheduler(concurrency or provider.concurrency or DEFAULT_CONCURRENCY)
-            yield cls(provider, journal, client, http, Path(archive_dir).resolve(), poll, scheduler, sim)
+            mirror = archive.Mirror(archive_url) if archive_url else None
+            yield cls(
+                provider, journal, client, http, Path(archive_dir).resolve(), poll, scheduler, sim, mirror
+            )
 
     async def run(
         self,
@@ -181,6 +186,7 @@ class Session:
             poll=self.poll,
             scheduler=self.scheduler,
             on_event=on_event or (lambda event: None),
+            mirror=self.mirror,
         )
 
     async def archive_pending(self, names: list[str] | None = None) -> list[tuple[str, int, str]]:
@@ -223,6 +229,7 @@ class Session:
                     outcomes.append((chain.name, row.idx, why))
             if touched:
                 archive.write_chain_manifest(self.journal, chain.name, folder)
+            await sync_mirror(ctx, folder)
         return outcomes
 
     async def sweep_account(self) -> list[tuple[str, str]]:

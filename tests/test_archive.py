@@ -154,3 +154,55 @@ def test_keep_final_prunes_intermediate_results_and_never_refetches_them(sim, tm
         "pruned results are neither re-created nor re-fetched"
     )
     assert sorted(folder.glob("*.mp4")) == kept
+
+
+def test_archive_mirrored_to_s3_on_a_loopback_server(sim, tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    import hashlib
+
+    import boto3
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    try:
+        host, port = server.get_host_and_port()
+        s3_env = {
+            "AWS_ACCESS_KEY_ID": "test",
+            "AWS_SECRET_ACCESS_KEY": "test",
+            "AWS_DEFAULT_REGION": "us-east-1",
+            "AWS_ENDPOINT_URL": f"http://{host}:{port}",
+        }
+        for key, value in s3_env.items():
+            monkeypatch.setenv(key, value)
+        s3 = boto3.client("s3")
+        s3.create_bucket(Bucket="videos")
+        storyboard(tmp_path, "mirrored")
+        result = CliRunner().invoke(
+            app,
+            [
+                "run",
+                str(tmp_path / "mirrored.yaml"),
+                "--state-dir",
+                str(tmp_path / ".chainer"),
+                "--archive-dir",
+                str(tmp_path / "archive"),
+                "--archive-url",
+                "s3://videos/studio",
+            ],
+            env={**provider_env(sim), **s3_env},
+        )
+        assert result.exit_code == 0, result.output
+        local = tmp_path / "archive" / "mirrored"
+        listed = s3.list_objects_v2(Bucket="videos", Prefix="studio/mirrored/")["Contents"]
+        remote = {o["Key"].rsplit("/", 1)[1]: o["Size"] for o in listed}
+        expected = {
+            p.name: p.stat().st_size
+            for p in local.iterdir()
+            if p.suffix == ".mp4" or p.name == "manifest.json"
+        }
+        assert remote == expected and len(expected) == 3
+        final = sorted(p for p in local.glob("*.mp4"))[-1]
+        body = s3.get_object(Bucket="videos", Key=f"studio/mirrored/{final.name}")["Body"].read()
+        assert hashlib.sha256(body).hexdigest() == hashlib.sha256(final.read_bytes()).hexdigest()
+    finally:
+        server.stop()
