@@ -492,6 +492,10 @@ class Mirror:
             existing = {Path(i["name"]).name: i.get("size") for i in self.fs.ls(remote_dir, detail=True)}
         except FileNotFoundError:
             existing = {}
+            try:
+                self.fs.makedirs(remote_dir, exist_ok=True)  # filesystems need it; object stores ignore it
+            except OSError as exc:
+                raise DownloadError(f"cannot create {self.url}/{folder.name}: {exc}") from exc
         sent = []
         for local in sorted(folder.iterdir()):
             if not local.is_file() or not (local.suffix == ".mp4" or local.name == "manifest.json"):
