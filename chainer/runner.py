@@ -45,6 +45,8 @@ from .scheduler import Scheduler
 READ_DEADLINE_S = 600.0
 #: How long a create keeps retrying 1302/1303 and unsent requests before giving up.
 CREATE_DEADLINE_S = 3600.0
+#: Downloads running at once in one run (each streams; the limit spares bandwidth and disk).
+DOWNLOADS_AT_ONCE = 4
 #: Lookup rounds after an ambiguous create before asking the user to check by hand.
 RECONCILE_ROUNDS = 3
 #: A list scan looks at tasks created from this long before the create was first tried.
@@ -92,6 +94,8 @@ class RunContext:
     rng: random.Random = field(default_factory=random.Random)
     #: A copy of the archive at an fsspec URL, synced after every step.
     mirror: archive.Mirror | None = None
+    #: Downloads at once across all chains of a run.
+    downloads: anyio.CapacityLimiter = field(default_factory=lambda: anyio.CapacityLimiter(DOWNLOADS_AT_ONCE))
 
 
 class ChainRunner:
@@ -582,7 +586,8 @@ async def download_result(ctx: RunContext, folder: Path, row: StepRow) -> StepRo
             url = None  # the next attempt asks the provider for a fresh signed url
             raise
 
-    got = await retrying(attempt, on=download_backoff, deadline_s=READ_DEADLINE_S, wait_initial=0.5)
+    async with ctx.downloads:
+        got = await retrying(attempt, on=download_backoff, deadline_s=READ_DEADLINE_S, wait_initial=0.5)
     failpoints.hit("after-download", row.idx)
     return ctx.journal.transition(
         row,

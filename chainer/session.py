@@ -15,7 +15,7 @@ import functools
 import os
 from collections.abc import AsyncIterator, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
@@ -34,7 +34,16 @@ from .provider.client import DEFAULT_TIMEOUT, KlingClient
 from .provider.config import ProviderConfig
 from .provider.wire import Task
 from .retry import download_backoff, read_backoff, retrying
-from .runner import READ_DEADLINE_S, ChainResult, ChainRunner, Event, RunContext, download_result, sync_mirror
+from .runner import (
+    DOWNLOADS_AT_ONCE,
+    READ_DEADLINE_S,
+    ChainResult,
+    ChainRunner,
+    Event,
+    RunContext,
+    download_result,
+    sync_mirror,
+)
 from .scheduler import Scheduler
 from .simulator import SimConfig, Simulator
 
@@ -105,6 +114,7 @@ class Session:
     scheduler: Scheduler
     simulator: Simulator | None = None
     mirror: archive.Mirror | None = None
+    downloads: anyio.CapacityLimiter = field(default_factory=lambda: anyio.CapacityLimiter(DOWNLOADS_AT_ONCE))
 
     @classmethod
     @asynccontextmanager
@@ -187,6 +197,7 @@ class Session:
             scheduler=self.scheduler,
             on_event=on_event or (lambda event: None),
             mirror=self.mirror,
+            downloads=self.downloads,
         )
 
     async def archive_pending(self, names: list[str] | None = None) -> list[tuple[str, int, str]]:

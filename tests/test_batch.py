@@ -145,3 +145,41 @@ def test_json_events_are_one_object_per_line(sim_factory, tmp_path: Path) -> Non
     assert {e["chain"] for e in events} == {"c00", "c01"}
     assert sum(e["state"] == "done" for e in events) == 2
     assert all({"step", "steps", "state", "units", "at"} <= set(e) for e in events)
+
+
+def test_downloads_share_one_limit_across_chains(sim_factory, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    import anyio
+
+    from chainer import load_plan
+    from chainer.session import Session, simulator_provider
+
+    class Counting:
+        """The session's download limiter, counting how many hold it at once."""
+
+        def __init__(self, limit: int) -> None:
+            self.limiter, self.now, self.peak = anyio.CapacityLimiter(limit), 0, 0
+
+        async def __aenter__(self) -> None:
+            await self.limiter.acquire()
+            self.now += 1
+            self.peak = max(self.peak, self.now)
+
+        async def __aexit__(self, *exc: object) -> None:
+            self.now -= 1
+            self.limiter.release()
+
+    sim = sim_factory(concurrency=8, time_scale=0.002, download_bytes_per_s=50_000)  # slow enough to overlap
+    folder = storyboards(tmp_path / "boards", 6, extensions=1)
+    counting = Counting(2)
+
+    async def main() -> None:
+        provider = simulator_provider(sim, time_scale=sim.config.time_scale)
+        async with Session.open(
+            state_dir=tmp_path / "s", archive_dir=tmp_path / "a", provider=provider, concurrency=8
+        ) as session:
+            session.downloads = counting  # type: ignore[assignment]
+            await session.run_many([load_plan(p) for p in sorted(folder.glob("*.yaml"))])
+
+    anyio.run(main)
+    assert counting.peak == 2, f"downloads at once: {counting.peak}"
+    assert len(list((tmp_path / "a").rglob("*.mp4"))) == 12
