@@ -6,6 +6,7 @@ import dataclasses
 import json
 import sys
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -89,6 +90,19 @@ def _fail(exc: errors.ChainerError) -> typer.Exit:
         for note in getattr(exc, "__notes__", []):
             err.print(f"  ({note})", markup=False)
     return typer.Exit(exc.exit_code)
+
+
+def _run_async(main: Callable[[], Awaitable[int]]) -> None:
+    """Run a command's async body; errors become their exit codes, Ctrl-C exits 130."""
+    try:
+        code = anyio.run(main)
+    except errors.ChainerError as exc:
+        raise _fail(exc) from None
+    except KeyboardInterrupt:
+        err.print("Interrupted. Everything sent so far is in the journal; run the same command to resume.")
+        raise typer.Exit(130) from None
+    if code:
+        raise typer.Exit(code)
 
 
 @app.command()
@@ -258,15 +272,7 @@ def run(
                 talk.print(f"{done} of {len(results)} chains done.", markup=False)
             return 0 if all(r.state == "done" for r in results) else 1
 
-    try:
-        code = anyio.run(main)
-    except errors.ChainerError as exc:
-        raise _fail(exc) from None
-    except KeyboardInterrupt:
-        err.print("Interrupted. Everything sent so far is in the journal; run the same command to resume.")
-        raise typer.Exit(130) from None
-    if code:
-        raise typer.Exit(code)
+    _run_async(main)
 
 
 def _storyboard_files(items: list[Path]) -> list[Path]:
@@ -409,12 +415,7 @@ def archive_command(
         out.print(f"{saved} result(s) saved; {bad} problem(s).", markup=False)
         return 1 if bad else 0
 
-    try:
-        code = anyio.run(main)
-    except errors.ChainerError as exc:
-        raise _fail(exc) from None
-    if code:
-        raise typer.Exit(code)
+    _run_async(main)
 
 
 def _expiry_note(journal: Journal, name: str) -> str:
@@ -518,15 +519,7 @@ def resume(
                         err.print(f"{plan.chain}: {exc}", markup=False)
         return 1 if failures else 0
 
-    try:
-        code = anyio.run(main)
-    except errors.ChainerError as exc:
-        raise _fail(exc) from None
-    except KeyboardInterrupt:
-        err.print("Interrupted. Everything sent so far is in the journal; run the same command to resume.")
-        raise typer.Exit(130) from None
-    if code:
-        raise typer.Exit(code)
+    _run_async(main)
 
 
 providers_app = typer.Typer(
