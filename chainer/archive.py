@@ -327,23 +327,33 @@ class Manifest(BaseModel):
 def expires_at(created_ms: int | None) -> dt.datetime | None:
     if created_ms is None:
         return None
-    created = dt.datetime.fromtimestamp(created_ms / 1000, dt.UTC)
+    created = from_ms(created_ms)
+    assert created is not None
     return created + dt.timedelta(days=rules.RETENTION_DAYS)
 
 
-def write_manifest(folder: Path, manifest: Manifest) -> Path:
-    """Write `manifest.json` atomically (temp file, fsync, rename, fsync folder)."""
-    folder.mkdir(parents=True, exist_ok=True)
-    target = folder / "manifest.json"
-    tmp = folder / ".manifest.json.tmp"
+def write_atomically(target: Path, text: str) -> Path:
+    """Write `target` so that it is either its old or its new self (temp file, fsync,
+    rename, fsync of the folder): a crash never leaves a half-written file."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(f".{target.name}.tmp")
     with tmp.open("w") as f:
-        f.write(manifest.model_dump_json(indent=2))
-        f.write("\n")
+        f.write(text)
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, target)
-    fsync_dir(folder)
+    fsync_dir(target.parent)
     return target
+
+
+def write_manifest(folder: Path, manifest: Manifest) -> Path:
+    """Write the chain's `manifest.json` atomically."""
+    return write_atomically(folder / "manifest.json", manifest.model_dump_json(indent=2) + "\n")
+
+
+def from_ms(ms: int | None) -> dt.datetime | None:
+    """A provider timestamp (Unix milliseconds) as a UTC datetime."""
+    return dt.datetime.fromtimestamp(ms / 1000, dt.UTC) if ms else None
 
 
 def publish(src: Path, dest: Path) -> None:
@@ -389,9 +399,7 @@ def write_chain_manifest(journal: Journal, chain_name: str, folder: Path) -> Pat
             file=Path(r.file).name if r.file and not r.pruned_at else None,
             sha256=r.sha256,
             size=r.size,
-            created_at=(
-                dt.datetime.fromtimestamp(r.remote_created_ms / 1000, dt.UTC) if r.remote_created_ms else None
-            ),
+            created_at=from_ms(r.remote_created_ms),
             expires_at=expires_at(r.remote_created_ms),
             pruned_at=dt.datetime.fromtimestamp(r.pruned_at, dt.UTC) if r.pruned_at else None,
         )
@@ -455,15 +463,8 @@ def read_account_manifest(folder: Path, provider: str) -> AccountManifest:
 
 
 def write_account_manifest(folder: Path, manifest: AccountManifest) -> Path:
-    folder.mkdir(parents=True, exist_ok=True)
-    target, tmp = folder / "manifest.json", folder / ".manifest.json.tmp"
-    with tmp.open("w") as f:
-        f.write(manifest.model_dump_json(indent=2) + "\n")
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, target)
-    fsync_dir(folder)
-    return target
+    """Write the account sweep's `manifest.json` atomically."""
+    return write_atomically(folder / "manifest.json", manifest.model_dump_json(indent=2) + "\n")
 
 
 class Mirror:

@@ -20,6 +20,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsed
 from rich.progress import Progress as Bar
 from rich.table import Table
 
+from .archive import write_atomically
 from .plan import Plan
 from .runner import ChainResult, Event
 
@@ -162,7 +163,4 @@ def write_summary(path: Path, results: list[ChainResult], *, extra: dict[str, An
         "needs_attention": sum(r.state == "needs_attention" for r in results),
         **extra,
     }
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=2) + "\n")
-    tmp.replace(path)
+    write_atomically(path, json.dumps(data, indent=2) + "\n")

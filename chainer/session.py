@@ -290,9 +290,7 @@ class Session:
                             file=dest.name,
                             sha256=got.sha256,
                             size=got.size,
-                            created_at=dt.datetime.fromtimestamp(task.created_at / 1000, dt.UTC)
-                            if task.created_at
-                            else None,
+                            created_at=archive.from_ms(task.created_at),
                             expires_at=archive.expires_at(task.created_at),
                             archived_at=dt.datetime.now(dt.UTC),
                         )
