@@ -19,7 +19,7 @@ import datetime as dt
 import hashlib
 import json
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Literal
 from urllib.parse import urlsplit, urlunsplit
@@ -30,7 +30,7 @@ from pydantic import BaseModel
 
 from . import media, rules
 from .errors import ConfigError, DownloadError, MediaError, UrlExpired, VerificationFailed
-from .journal import Journal
+from .journal import Journal, StepRow, part_ends
 
 DURATION_TOLERANCE_S = 0.2
 CHUNK = 1 << 20
@@ -275,6 +275,15 @@ def result_name(idx: int, video_id: str) -> str:
     return f"{idx:03d}-{safe_id(video_id)}.mp4"
 
 
+def handoff_name(idx: int, attempt: int) -> str:
+    """The archive file name of a hand-off's start image (one per take: its parent may differ)."""
+    return f"handoff-{idx:03d}-take{attempt}.png"
+
+
+#: The contact sheet's file name inside a chain's archive folder.
+CONTACT_SHEET = "contact-sheet.png"
+
+
 def public_url(url: str | None) -> str | None:
     """A url without its query string: signed urls' signatures never go into a manifest."""
     if not url:
@@ -290,7 +299,10 @@ class ManifestStep(BaseModel):
     index: int
     kind: str
     state: str
+    #: The take: 1, then one more for each re-roll (or retry) of this step.
     attempt: int
+    #: Whether this take is the one in the chain's video (earlier takes stay archived).
+    current: bool = True
     prompt: str | None
     task_id: str | None
     external_task_id: str | None
@@ -306,12 +318,14 @@ class ManifestStep(BaseModel):
     expires_at: dt.datetime | None
     #: When the file was deleted on purpose (keep: final); its sha256 and size stay on record.
     pruned_at: dt.datetime | None = None
+    #: A hand-off's start image (the last frame of the previous part), archived next to it.
+    handoff_image: str | None = None
 
 
 class Manifest(BaseModel):
     """`manifest.json`: enough to understand and rebuild the chain without the journal."""
 
-    manifest_version: Literal[1] = 1
+    manifest_version: Literal[2] = 2
     chain: str
     storyboard: str
     storyboard_sha256: str
@@ -319,8 +333,14 @@ class Manifest(BaseModel):
     model: str
     mode: str
     output: str | None
+    #: The archived video that is the whole chain (one part), else None.
     final_video: str | None
+    #: The archived videos joined into the output, one per part (180 s each at most).
+    parts: list[str]
+    contact_sheet: str | None = None
     steps: list[ManifestStep]
+    #: Takes that are no longer current (re-rolled, or failed and retried), in step order.
+    earlier_takes: list[ManifestStep] = []
     written_at: dt.datetime
 
 
@@ -332,18 +352,22 @@ def expires_at(created_ms: int | None) -> dt.datetime | None:
     return created + dt.timedelta(days=rules.RETENTION_DAYS)
 
 
-def write_atomically(target: Path, text: str) -> Path:
+def write_atomically(target: Path, data: str | bytes) -> Path:
     """Write `target` so that it is either its old or its new self (temp file, fsync,
     rename, fsync of the folder): a crash never leaves a half-written file."""
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = target.with_name(f".{target.name}.tmp")
-    with tmp.open("w") as f:
-        f.write(text)
+    with tmp.open("wb") as f:
+        f.write(data.encode() if isinstance(data, str) else data)
         f.flush()
         os.fsync(f.fileno())
+    _commit(tmp, target)
+    return target
+
+
+def _commit(tmp: Path, target: Path) -> None:
     os.replace(tmp, target)
     fsync_dir(target.parent)
-    return target
 
 
 def write_manifest(folder: Path, manifest: Manifest) -> Path:
@@ -365,8 +389,21 @@ def publish(src: Path, dest: Path) -> None:
             fout.write(block)
         fout.flush()
         os.fsync(fout.fileno())
-    os.replace(tmp, dest)
-    fsync_dir(dest.parent)
+    _commit(tmp, dest)
+
+
+def publish_joined(parts: Sequence[Path], dest: Path) -> media.Joined:
+    """Join a chain's parts (dropping each hand-off's repeated frame) into `dest` atomically."""
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dest.with_name(f".{dest.name}.joining.mp4")
+    try:
+        joined = media.join(parts, tmp, drop_last_frame=True)
+        with tmp.open("rb") as f:
+            os.fsync(f.fileno())
+        _commit(tmp, dest)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return joined
 
 
 def time_left(created_ms: int | None, *, now: dt.datetime | None = None) -> dt.timedelta | None:
@@ -382,30 +419,9 @@ def write_chain_manifest(journal: Journal, chain_name: str, folder: Path) -> Pat
     chain = journal.chain(chain_name)
     assert chain is not None
     rows = journal.steps(chain.name)
-    steps = [
-        ManifestStep(
-            index=r.idx,
-            kind=r.kind,
-            state=r.state,
-            attempt=r.attempt,
-            prompt=r.prompt,
-            task_id=r.task_id,
-            external_task_id=r.external_task_id,
-            video_id=r.video_id,
-            url=public_url(r.video_url),
-            reported_duration=r.duration,
-            probed_duration=r.probed_duration,
-            units=r.units,
-            file=Path(r.file).name if r.file and not r.pruned_at else None,
-            sha256=r.sha256,
-            size=r.size,
-            created_at=from_ms(r.remote_created_ms),
-            expires_at=expires_at(r.remote_created_ms),
-            pruned_at=dt.datetime.fromtimestamp(r.pruned_at, dt.UTC) if r.pruned_at else None,
-        )
-        for r in rows
-    ]
-    last = next((r for r in reversed(rows) if r.file and not r.pruned_at), None)
+    ends = part_ends(rows)
+    parts = [Path(r.file).name for r in ends if r.file and not r.pruned_at]
+    sheet = folder / CONTACT_SHEET
     return write_manifest(
         folder,
         Manifest(
@@ -416,10 +432,39 @@ def write_chain_manifest(journal: Journal, chain_name: str, folder: Path) -> Pat
             model=chain.model,
             mode=chain.mode,
             output=chain.output,
-            final_video=Path(last.file).name if last and last.file else None,
-            steps=steps,
+            final_video=parts[0] if len(ends) == 1 and parts else None,
+            parts=parts,
+            contact_sheet=sheet.name if sheet.exists() else None,
+            steps=[_manifest_step(r, folder, current=True) for r in rows],
+            earlier_takes=[_manifest_step(r, folder, current=False) for r in journal.takes(chain.name)],
             written_at=dt.datetime.now(dt.UTC),
         ),
+    )
+
+
+def _manifest_step(r: StepRow, folder: Path, *, current: bool) -> ManifestStep:
+    handoff = folder / handoff_name(r.idx, r.attempt)
+    return ManifestStep(
+        index=r.idx,
+        kind=r.kind,
+        state=r.state,
+        attempt=r.attempt,
+        current=current,
+        prompt=r.prompt,
+        task_id=r.task_id,
+        external_task_id=r.external_task_id,
+        video_id=r.video_id,
+        url=public_url(r.video_url),
+        reported_duration=r.duration,
+        probed_duration=r.probed_duration,
+        units=r.units,
+        file=Path(r.file).name if r.file and not r.pruned_at else None,
+        sha256=r.sha256,
+        size=r.size,
+        created_at=from_ms(r.remote_created_ms),
+        expires_at=expires_at(r.remote_created_ms),
+        pruned_at=dt.datetime.fromtimestamp(r.pruned_at, dt.UTC) if r.pruned_at else None,
+        handoff_image=handoff.name if handoff.exists() else None,
     )
 
 
@@ -467,6 +512,10 @@ def write_account_manifest(folder: Path, manifest: AccountManifest) -> Path:
     return write_atomically(folder / "manifest.json", manifest.model_dump_json(indent=2) + "\n")
 
 
+#: What the mirror copies from a chain's folder: videos, images and the manifest.
+MIRRORED = (".mp4", ".png", ".json")
+
+
 class Mirror:
     """A copy of the archive at an fsspec URL (`s3://bucket/prefix`, `gs://...`, ...).
 
@@ -499,7 +548,7 @@ class Mirror:
                 raise DownloadError(f"cannot create {self.url}/{folder.name}: {exc}") from exc
         sent = []
         for local in sorted(folder.iterdir()):
-            if not local.is_file() or not (local.suffix == ".mp4" or local.name == "manifest.json"):
+            if not local.is_file() or local.name.startswith(".") or local.suffix not in MIRRORED:
                 continue  # .part, .rejected and temporary files stay local
             size = local.stat().st_size
             if existing.get(local.name) == size and local.name != "manifest.json":

@@ -21,6 +21,7 @@ from .journal import Journal
 from .plan import Plan
 from .progress import Mode, Progress, summary_table, write_summary
 from .provider.client import KlingClient
+from .report import write_report
 from .session import EMBEDDED_TIME_SCALE, Session, load_plan
 from .simulator import SimConfig, serve_forever
 from .storyboard import json_schema as storyboard_schema
@@ -181,6 +182,29 @@ def run(
             "--summary", help="Where to write the run's JSON summary (default: STATE_DIR/last-run.json)."
         ),
     ] = None,
+    from_step: Annotated[
+        int | None,
+        typer.Option(
+            "--from-step",
+            min=1,
+            help="Re-roll: make steps N.. again as new takes, branching at step N-1's video; the old "
+            "takes stay in the archive (one storyboard only).",
+        ),
+    ] = None,
+    from_last_frame: Annotated[
+        bool,
+        typer.Option(
+            "--from-last-frame",
+            help="With --from-step N: start step N from the last frame of step N-1's archived video "
+            "(image2video, a new part), for when Kling has deleted that video.",
+        ),
+    ] = False,
+    report: Annotated[
+        Path | None,
+        typer.Option(
+            "--report", help="Where to write the run's HTML report (default: ARCHIVE_DIR/report.html)."
+        ),
+    ] = None,
     sim_time_scale: SimTimeScale = EMBEDDED_TIME_SCALE,
 ) -> None:
     """Run storyboards to finished videos (many at once share the account), resuming interrupted ones."""
@@ -188,7 +212,11 @@ def run(
         paths = _storyboard_files(storyboards)
         if output is not None and len(paths) > 1:
             raise errors.ConfigError("--output names one file: use it with a single storyboard")
-        plans = _load_all(paths, output=output)
+        if from_step is not None and len(paths) > 1:
+            raise errors.ConfigError("--from-step re-rolls one chain: use it with a single storyboard")
+        if from_last_frame and from_step is None:
+            raise errors.ConfigError("--from-last-frame goes with --from-step N (the step to start from)")
+        plans = _load_all(paths, output=output, handoff_at=from_step if from_last_frame else None)
         providers = sorted({p.provider.name for p in plans})
         if len(providers) > 1:
             raise errors.ConfigError(
@@ -240,6 +268,7 @@ def run(
                             max_units=max_units,
                             resend_unknown=resend_unknown,
                             keep=keep_mode,
+                            from_step=from_step,
                         )
                     ]
                 else:
@@ -261,15 +290,19 @@ def run(
                     "rejected_creates_1303": session.scheduler.rejections,
                 },
             )
+            report_path = write_report(
+                session.journal, results, session.archive_dir, report or archive_dir / "report.html"
+            )
             if len(results) == 1 and results[0].state == "done":
                 r = results[0]
                 dur = f"{r.duration:.2f} s" if r.duration is not None else "unknown length"
                 talk.print(f"Done: {r.output} ({dur}, {r.units:g} units)", markup=False)
                 talk.print(f"Archive: {archive_dir / r.chain}", markup=False)
+                talk.print(f"Report: {report_path}", markup=False)
             else:
                 talk.print(summary_table(results))
                 done = sum(r.state == "done" for r in results)
-                talk.print(f"{done} of {len(results)} chains done.", markup=False)
+                talk.print(f"{done} of {len(results)} chains done. Report: {report_path}", markup=False)
             return 0 if all(r.state == "done" for r in results) else 1
 
     _run_async(main)
@@ -289,12 +322,12 @@ def _storyboard_files(items: list[Path]) -> list[Path]:
     return files
 
 
-def _load_all(paths: list[Path], *, output: Path | None) -> list[Plan]:
+def _load_all(paths: list[Path], *, output: Path | None, handoff_at: int | None = None) -> list[Plan]:
     """Every storyboard planned, or one StoryboardError with every problem of every file."""
     plans, problems = [], []
     for path in paths:
         try:
-            plans.append(load_plan(path, output=output))
+            plans.append(load_plan(path, output=output, handoff_at=handoff_at))
         except errors.StoryboardError as exc:
             problems += exc.problems
     if problems:
@@ -611,14 +644,20 @@ def plan(
     for s in p.steps:
         span = f"{s.min_total:g}-{s.max_total:g} s" if s.min_total != s.max_total else f"{s.max_total:g} s"
         prompt = (s.prompt or "")[:60] + ("..." if s.prompt and len(s.prompt) > 60 else "")
-        kind = s.kind + (" (if needed)" if s.optional else "")
+        kind = ("hand-off: " if s.handoff else "") + s.kind + (" (if needed)" if s.optional else "")
         table.add_row(str(s.index), kind, span, f"{s.units:g}", prompt)
     out.print(table)
-    cap = p.cap_step()
     last = p.steps[-1]
+    handoffs = p.handoffs
     out.print(
-        f"Length: {last.min_total:g}-{last.max_total:g} s; the 180 s cap "
-        + (f"is reached at step {cap} in the worst case." if cap is not None else "is not reached.")
+        f"Length: {last.min_total:g}-{last.max_total:g} s"
+        + (
+            f" in {len(handoffs) + 1} parts joined at the end; Kling's 180 s cap is met by starting a new "
+            f"part from the last frame at step{'s' if len(handoffs) > 1 else ''} "
+            f"{', '.join(map(str, handoffs))}."
+            if handoffs
+            else "."
+        )
         + (f" Stops once {p.target_duration:g} s is reached." if p.target_duration else ""),
         markup=False,
     )

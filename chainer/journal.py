@@ -18,12 +18,13 @@ A chain is owned by one process at a time through an flock the kernel drops on d
 from __future__ import annotations
 
 import fcntl
+import itertools
 import json
 import os
 import socket
 import sqlite3
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -193,6 +194,30 @@ class ChainSummary:
     duration: float | None
     units: float
     attention: str
+
+
+def part_ends(rows: Sequence[StepRow]) -> list[StepRow]:
+    """The last step of every part of a chain's video, in order: the videos joined into
+    its output. A hand-off (an image2video after step 0) starts a new part."""
+    live = [r for r in rows if r.state != "skipped"]
+    ends = [prev for prev, r in itertools.pairwise(live) if r.kind == "image2video" and r.idx > 0]
+    return ends + live[-1:]
+
+
+def video_length(rows: Sequence[StepRow]) -> float | None:
+    """How long the chain's video is so far: every part's latest known length, added up
+    (the joins drop one frame each, which this ignores). None before any length is known."""
+    total, current = 0.0, None
+    for r in rows:
+        if r.state == "skipped":
+            continue
+        if r.kind == "image2video" and r.idx > 0:
+            total, current = total + (current or 0.0), None
+        if r.duration is not None:
+            current = r.duration
+    if current is None and total == 0.0:
+        return None
+    return total + (current or 0.0)
 
 
 class Journal:
@@ -374,7 +399,6 @@ class Journal:
         steps = self.steps(name)
         done = sum(1 for s in steps if s.state in ("downloaded", "succeeded") and s.kind != "existing")
         total = sum(1 for s in steps if s.kind != "existing" and s.state != "skipped")
-        durations = [s.duration for s in steps if s.duration is not None]
         units = float(
             self.db.execute("SELECT COALESCE(SUM(units), 0) FROM steps WHERE chain = ?", (name,)).fetchone()[
                 0
@@ -400,7 +424,7 @@ class Journal:
             state = "done"
         else:
             state = "in progress"
-        return ChainSummary(chain, state, done, total, durations[-1] if durations else None, units, attention)
+        return ChainSummary(chain, state, done, total, video_length(steps), units, attention)
 
     # ------------------------------------------------------------------ steps
 
@@ -409,6 +433,15 @@ class Journal:
         rows = self.db.execute(
             "SELECT * FROM steps s WHERE chain = ? AND attempt = "
             "(SELECT MAX(attempt) FROM steps WHERE chain = s.chain AND idx = s.idx) ORDER BY idx",
+            (chain,),
+        ).fetchall()
+        return [self._row(r) for r in rows]
+
+    def takes(self, chain: str) -> list[StepRow]:
+        """Every attempt of every step that is not the current one (earlier takes), in order."""
+        rows = self.db.execute(
+            "SELECT * FROM steps s WHERE chain = ? AND attempt < "
+            "(SELECT MAX(attempt) FROM steps WHERE chain = s.chain AND idx = s.idx) ORDER BY idx, attempt",
             (chain,),
         ).fetchall()
         return [self._row(r) for r in rows]
@@ -448,6 +481,40 @@ class Journal:
             (step.chain, step.idx, step.attempt),
         ).fetchone()
         return float(row[0]) if row and row[0] is not None else None
+
+    def reroll(
+        self,
+        chain: str,
+        from_idx: int,
+        steps: Sequence[tuple[int, str, str | None, str]],
+        storyboard_sha: str,
+    ) -> None:
+        """Start a new take of every step from `from_idx` on: (idx, kind, prompt, fingerprint)
+        for the steps the plan now has; a step the plan no longer has gets a skipped take.
+        The earlier takes stay as they are, files and all."""
+        now = time.time()
+        detail = json.dumps(f"re-roll from step {from_idx}")
+        current = {r.idx: r for r in self.steps(chain)}
+        wanted = {idx: (kind, prompt, fp) for idx, kind, prompt, fp in steps if idx >= from_idx}
+        with self.transaction() as db:
+            for idx in sorted(set(wanted) | {i for i in current if i >= from_idx}):
+                old = current.get(idx)
+                kind, prompt, fp = wanted.get(idx) or (old.kind, old.prompt, old.fingerprint)  # type: ignore[union-attr]
+                state = "planned" if idx in wanted else "skipped"
+                attempt = old.attempt + 1 if old else 1
+                db.execute(
+                    "INSERT INTO steps (chain, idx, attempt, kind, prompt, fingerprint, state, updated_at) "
+                    "VALUES (?,?,?,?,?,?,?,?)",
+                    (chain, idx, attempt, kind, prompt, fp, state, now),
+                )
+                db.execute(
+                    "INSERT INTO events (chain, idx, attempt, state, detail, at) VALUES (?,?,?,?,?,?)",
+                    (chain, idx, attempt, state, detail, now),
+                )
+            db.execute(
+                "UPDATE chains SET storyboard_sha = ?, state = 'running', updated_at = ? WHERE name = ?",
+                (storyboard_sha, now, chain),
+            )
 
     def new_attempt(self, step: StepRow, detail: str) -> StepRow:
         """Start attempt n+1 of a failed step: planned again, so it gets a new external_task_id."""

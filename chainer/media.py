@@ -10,6 +10,9 @@ from __future__ import annotations
 
 import functools
 import importlib.util
+import io
+import json
+import math
 import os
 import platform
 import shutil
@@ -17,7 +20,9 @@ import subprocess
 import tempfile
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from fractions import Fraction
 from pathlib import Path
+from typing import Literal
 
 import ffmpeg
 from PIL import Image
@@ -155,21 +160,175 @@ def encode_rgb_frames(
             )
 
 
-def concat_copy(inputs: Sequence[str | os.PathLike[str]], dest: str | os.PathLike[str]) -> None:
-    """Join videos with identical stream parameters into `dest` without re-encoding."""
+class StreamInfo(BaseModel):
+    """The parameters two H.264 streams must share to be joined without re-encoding."""
+
+    codec: str
+    profile: str
+    width: int
+    height: int
+    pix_fmt: str
+    frame_rate: str
+    time_base: str
+    extradata: str
+
+
+@dataclass(frozen=True)
+class Packets:
+    """A video stream's packets in decode order: (pts, dts) in seconds, exactly as stored."""
+
+    stream: StreamInfo
+    pts: list[Fraction]
+    dts: list[Fraction]
+
+    @property
+    def frames(self) -> int:
+        return len(self.pts)
+
+    @property
+    def last_frame_droppable(self) -> bool:
+        """Whether the last frame shown is also the last packet decoded: dropping that packet
+        then removes exactly that frame and leaves every other frame decodable."""
+        return bool(self.pts) and self.pts[-1] == max(self.pts)
+
+
+def packets(path: str | os.PathLike[str]) -> Packets:
+    """Read the first video stream's packet timestamps (no decoding: fast even for long files)."""
+    cmd = [
+        tools().ffprobe,
+        "-v",
+        "error",
+        "-select_streams",
+        "v:0",
+        "-show_data_hash",
+        "sha256",
+        "-show_entries",
+        "stream=codec_name,profile,width,height,pix_fmt,r_frame_rate,time_base,extradata_hash:packet=pts,dts",
+        "-of",
+        "json",
+        str(path),
+    ]
+    proc = subprocess.run(cmd, capture_output=True, text=True, errors="replace")
+    if proc.returncode != 0:
+        raise MediaError(f"{path} is not a readable video", command=cmd, stderr=proc.stderr)
+    info = json.loads(proc.stdout or "{}")
+    streams = info.get("streams") or []
+    if not streams:
+        raise MediaError(f"{path} has no video stream", command=cmd)
+    s = streams[0]
+    stream = StreamInfo(
+        codec=s.get("codec_name", ""),
+        profile=s.get("profile", ""),
+        width=int(s.get("width", 0)),
+        height=int(s.get("height", 0)),
+        pix_fmt=s.get("pix_fmt", ""),
+        frame_rate=s.get("r_frame_rate", ""),
+        time_base=s.get("time_base", ""),
+        extradata=s.get("extradata_hash", ""),
+    )
+    tb = Fraction(stream.time_base or "1/1")
+    pts: list[Fraction] = []
+    dts: list[Fraction] = []
+    for p in info.get("packets") or []:
+        if "pts" not in p:
+            raise MediaError(f"{path} has packets without timestamps; it cannot be joined by copy")
+        pts.append(int(p["pts"]) * tb)
+        dts.append(int(p.get("dts", p["pts"])) * tb)
+    return Packets(stream, pts, dts)
+
+
+@dataclass(frozen=True)
+class Joined:
+    """What `join` wrote: how, and how many frames."""
+
+    method: Literal["copy", "re-encode"]
+    frames: int
+    #: Why the streams had to be re-encoded (empty for a copy).
+    reason: str = ""
+
+
+def join(
+    inputs: Sequence[str | os.PathLike[str]], dest: str | os.PathLike[str], *, drop_last_frame: bool
+) -> Joined:
+    """Join videos into `dest`, dropping the last frame of every input but the last when asked
+    (a hand-off: the next input starts from a copy of that frame, so it would show twice).
+
+    Stream copy when every input has the same stream parameters and the frames to drop are
+    droppable; otherwise one re-encode with chainer's H.264 settings at the first input's
+    size and rate. A copy is checked by counting the packets written; a miscount falls
+    back to the re-encode rather than leaving a file with a doubled or missing frame.
+    """
     if not inputs:
         raise MediaError("nothing to join")
+    found = [packets(p) for p in inputs]
+    keep = [p.frames - (1 if drop_last_frame and i < len(found) - 1 else 0) for i, p in enumerate(found)]
+    if min(keep) < 1:
+        raise MediaError(f"{inputs[keep.index(min(keep))]} has no frames to join")
+    reason = _copy_refusal(found, drop_last_frame)
+    if not reason:
+        _join_copy(inputs, found, keep, dest)
+        written = packets(dest).frames
+        if written == sum(keep):
+            return Joined("copy", written)
+        reason = f"a stream copy wrote {written} frames instead of {sum(keep)}"
+    _join_reencode(inputs, found, keep, dest)
+    return Joined("re-encode", sum(keep), reason)
+
+
+def _copy_refusal(found: Sequence[Packets], drop_last_frame: bool) -> str:
+    first = found[0].stream
+    for n, p in enumerate(found[1:], start=2):
+        if p.stream != first:
+            differ = [k for k, v in p.stream.model_dump().items() if getattr(first, k) != v]
+            return f"input {n} differs from input 1 in {', '.join(differ)}"
+    if drop_last_frame:
+        for n, p in enumerate(found[:-1], start=1):
+            if not p.last_frame_droppable:
+                return f"the last frame of input {n} is referenced by others (B-frames at the end)"
+    return ""
+
+
+def _join_copy(
+    inputs: Sequence[str | os.PathLike[str]],
+    found: Sequence[Packets],
+    keep: Sequence[int],
+    dest: str | os.PathLike[str],
+) -> None:
+    # The concat demuxer places each input after the previous one's `duration`; given
+    # exactly (frames kept / rate), the joins are frame-exact even when an input's own
+    # duration is off by its B-frame delay. `outpoint` (compared with decode timestamps)
+    # drops the last packet, which `_copy_refusal` checked is the last frame shown.
+    fps = Fraction(found[0].stream.frame_rate)
     with tempfile.NamedTemporaryFile("w", suffix=".txt", delete=False) as listing:
-        for item in inputs:
+        for item, p, n in zip(inputs, found, keep, strict=True):
             escaped = str(Path(item).resolve()).replace("'", "'\\''")
-            listing.write(f"file '{escaped}'\n")
+            listing.write(f"file '{escaped}'\nduration {float(n / fps):.6f}\n")
+            if n < p.frames:
+                half = 1 / (2 * fps)
+                listing.write(f"outpoint {float(p.dts[n] - half):.6f}\n")
     try:
         stream = ffmpeg.input(listing.name, format="concat", safe=0).output(
-            str(dest), c="copy", movflags="+faststart"
+            str(dest), map="0:v:0", c="copy", movflags="+faststart"
         )
         _run(stream.overwrite_output(), "join videos")
     finally:
         os.unlink(listing.name)
+
+
+def _join_reencode(
+    inputs: Sequence[str | os.PathLike[str]],
+    found: Sequence[Packets],
+    keep: Sequence[int],
+    dest: str | os.PathLike[str],
+) -> None:
+    first = found[0].stream
+    parts = []
+    for item, n in zip(inputs, keep, strict=True):
+        v = ffmpeg.input(str(item)).video.trim(end_frame=n).setpts("PTS-STARTPTS")
+        v = v.filter("scale", first.width, first.height).filter("setsar", 1).filter("fps", first.frame_rate)
+        parts.append(v)
+    stream = ffmpeg.concat(*parts, v=1, a=0).output(str(dest), r=first.frame_rate, **H264_OUTPUT)
+    _run(stream.overwrite_output(), "re-encode and join videos")
 
 
 def frame_at(path: str | os.PathLike[str], seconds: float) -> Image.Image:
@@ -194,11 +353,57 @@ def frame_at(path: str | os.PathLike[str], seconds: float) -> Image.Image:
     return Image.frombytes("RGB", (info.width, info.height), proc.stdout[:size])
 
 
+def frames_at(path: str | os.PathLike[str], indices: Sequence[int], *, width: int) -> list[Image.Image]:
+    """The frames numbered `indices` (0-based, in display order) of `path`, scaled to `width`
+    pixels wide, in one decoding pass. An index past the end gives the last frame."""
+    if not indices:
+        return []
+    info = probe(path)
+    last = max(0, (info.frames or round(info.duration * info.fps)) - 1)
+    wanted = sorted({min(max(0, i), last) for i in indices})
+    height = max(2, round(info.height * width / info.width / 2) * 2)
+    stream = (
+        ffmpeg.input(str(path))
+        .video.filter("select", "+".join(f"eq(n,{i})" for i in wanted))
+        .filter("scale", width, height)
+        .output("pipe:", format="rawvideo", pix_fmt="rgb24", fps_mode="passthrough")
+    )
+    cmd = [tools().ffmpeg, *ffmpeg.get_args(stream.global_args("-hide_banner", "-nostdin", "-v", "error"))]
+    proc = subprocess.run(cmd, capture_output=True)
+    size = width * height * 3
+    if proc.returncode != 0 or len(proc.stdout) < size * len(wanted):
+        raise MediaError(
+            f"ffmpeg could not read frames {wanted[:5]}... of {path}",
+            command=cmd,
+            stderr=proc.stderr.decode(errors="replace"),
+        )
+    by_index = {
+        n: Image.frombytes("RGB", (width, height), proc.stdout[k * size : (k + 1) * size])
+        for k, n in enumerate(wanted)
+    }
+    return [by_index[min(max(0, i), last)] for i in indices]
+
+
 def last_frame(path: str | os.PathLike[str]) -> Image.Image:
     """The final frame of `path` (used to hand a chain's end to a new image2video start)."""
     info = probe(path)
     frames = info.frames or round(info.duration * info.fps)
     return frame_at(path, max(0.0, (frames - 1) / info.fps) if info.fps else info.duration)
+
+
+def handoff_image(path: str | os.PathLike[str], *, min_side: int) -> bytes:
+    """The last frame of `path` as PNG bytes, scaled up (never down) so that its shorter side
+    is at least `min_side` pixels: the start image of the next part after a hand-off."""
+    frame = last_frame(path)
+    short = min(frame.size)
+    if short < min_side:
+        scale = min_side / short
+        frame = frame.resize(
+            (math.ceil(frame.width * scale), math.ceil(frame.height * scale)), Image.Resampling.LANCZOS
+        )
+    buf = io.BytesIO()
+    frame.save(buf, format="PNG")
+    return buf.getvalue()
 
 
 def watermark(src: str | os.PathLike[str], dest: str | os.PathLike[str]) -> None:

@@ -7,6 +7,13 @@ storyboard's segments with `defaults` filled in and `repeat` unrolled, then, for
 (4 s each). Those extra steps are optional: the run skips them once the video is long
 enough.
 
+Kling stops extending at 180 s. Where the next extension could cross the cap in the
+worst case (5 s each), that segment becomes a *hand-off* instead: an image2video task
+(same model and mode, the segment's prompt) started from the last frame of the video so
+far, which begins a new *part* that is extended in turn. The runner joins the parts'
+final videos at the end. Hand-offs are placed by the worst case so that the plan, and
+every resume of it, is the same whatever lengths the provider returns.
+
 Every step carries the request fields it will send (minus the links known only at run
 time: the parent video_id and task_id, and the external_task_id) and a fingerprint that
 also covers every earlier step, so a change anywhere upstream is seen downstream too.
@@ -28,6 +35,9 @@ from . import profiles, rules, storyboard
 from .errors import Problem, StoryboardError
 from .storyboard import ExistingVideo, Image2Video, Loaded, Text2Video
 
+#: How long a hand-off's image2video is (then extended like any start).
+HANDOFF_SECONDS = 5
+
 StepKind = Literal["existing", "text2video", "image2video", "video-extend"]
 Loc = tuple[str | int, ...]
 
@@ -48,6 +58,10 @@ class Step:
     optional: bool = False
     #: Where in the storyboard this step comes from.
     loc: Loc = ()
+    #: Which part of the video (0, 1, ...): a new part starts at every hand-off.
+    part: int = 0
+    #: An image2video from the last frame of the previous step's video (the 180 s cap).
+    handoff: bool = False
 
 
 @dataclass(frozen=True)
@@ -71,9 +85,10 @@ class Plan:
         """Estimated units if every step runs (optional ones included)."""
         return sum(s.units for s in self.steps)
 
-    def cap_step(self) -> int | None:
-        """The first step whose worst case reaches the 180 s cap, if any does."""
-        return next((s.index for s in self.steps if s.max_total >= rules.MAX_TOTAL_SECONDS - 1e-9), None)
+    @property
+    def handoffs(self) -> list[int]:
+        """The steps that start a new part from the previous video's last frame."""
+        return [s.index for s in self.steps if s.handoff]
 
     def summary(self) -> dict[str, Any]:
         """The plan as plain data (what `chainer plan --json` prints)."""
@@ -96,14 +111,16 @@ class Plan:
                     "min_total": s.min_total,
                     "max_total": s.max_total,
                     "units": s.units,
+                    "part": s.part,
+                    "handoff": s.handoff,
                     "fields": {k: v for k, v in s.fields.items() if k not in ("image", "image_tail")},
                 }
                 for s in self.steps
             ],
-            "cap_step": self.cap_step(),
+            "handoffs": self.handoffs,
             "estimated_units": self.total_units,
             f"estimated_units_if_{other}": sum(
-                rules.estimate_units(other, 5.0 if s.kind == "video-extend" else s.max_total)
+                rules.estimate_units(other, float(s.fields.get("duration", rules.EXTEND_MAX_SECONDS)))
                 for s in self.steps
                 if s.kind != "existing"
             ),
@@ -158,8 +175,12 @@ class _Checker:
                 )
 
 
-def build(loaded: Loaded, *, output: Path | None = None) -> Plan:
-    """The plan for a loaded storyboard; StoryboardError lists every rule it breaks."""
+def build(loaded: Loaded, *, output: Path | None = None, handoff_at: int | None = None) -> Plan:
+    """The plan for a loaded storyboard; StoryboardError lists every rule it breaks.
+
+    `handoff_at` makes that step a hand-off even below the cap (a re-roll whose branch
+    point Kling has already deleted continues from the archived video's last frame).
+    """
     sb = loaded.storyboard
     check = _Checker(loaded)
     profile = profiles.get(sb.provider)
@@ -243,41 +264,28 @@ def build(loaded: Loaded, *, output: Path | None = None) -> Plan:
     if isinstance(source, ExistingVideo) and source.duration is None:
         check.warn(start_loc, "the video's duration is unknown; the plan assumes 10 s (set `duration`)")
 
-    # ---- the cap, in the worst case (5 s per extension)
-    for n, (loc, _, _) in enumerate(extends, start=1):
-        worst = start_max + rules.EXTEND_MAX_SECONDS * n
-        if worst > rules.MAX_TOTAL_SECONDS + 1e-9:
-            check.error(
-                loc,
-                f"{storyboard.describe(loc)} could end at {worst:g} s, past Kling's "
-                f"{rules.MAX_TOTAL_SECONDS:g} s cap for extended videos (each extension adds up to "
-                f"{rules.EXTEND_MAX_SECONDS:g} s); remove segments from here on",
-            )
-            break
     if sb.target_duration is not None:
         target = sb.target_duration
-        longest = rules.MAX_TOTAL_SECONDS - rules.EXTEND_MAX_SECONDS
-        if target > longest + 1e-9:
-            # chainer extends while the video is shorter than the target, so the last
-            # extension may start just below it and add up to 5 s
-            check.error(
+        listed_min = start_min + rules.EXTEND_MIN_SECONDS * len(extends)
+        if listed_min >= target:
+            check.warn(
                 ("target_duration",),
-                f"target_duration {target:g} s cannot be reached safely: the "
-                f"last extension could end at up to {target + rules.EXTEND_MAX_SECONDS:g} s and Kling "
-                f"stops at {rules.MAX_TOTAL_SECONDS:g} s; ask for at most {longest:g} s",
+                f"the segments alone reach {listed_min:g} s or more; target_duration adds nothing",
             )
         else:
-            listed_min = start_min + rules.EXTEND_MIN_SECONDS * len(extends)
-            if listed_min >= target:
-                check.warn(
-                    ("target_duration",),
-                    f"the segments alone reach {listed_min:g} s or more; target_duration adds nothing",
-                )
-            else:
-                needed = math.ceil((target - listed_min) / rules.EXTEND_MIN_SECONDS - 1e-9)
-                last_loc, last_fields, _ = extends[-1]
-                extends += [(last_loc, last_fields, True)] * needed
+            needed = math.ceil((target - listed_min) / rules.EXTEND_MIN_SECONDS - 1e-9)
+            last_loc, last_fields, _ = extends[-1]
+            extends += [(last_loc, last_fields, True)] * needed
 
+    if isinstance(source, ExistingVideo) and (
+        handoff_at == 1 or start_max + rules.EXTEND_MAX_SECONDS > rules.MAX_TOTAL_SECONDS + 1e-9
+    ):
+        check.error(
+            start_loc,
+            f"the existing video could be {start_max:g} s long: extending it could pass Kling's "
+            f"{rules.MAX_TOTAL_SECONDS:g} s cap, and chainer has no copy of it to hand off from; start from "
+            "a shorter video or from an image2video of its last frame",
+        )
     if check.problems:
         raise StoryboardError(sorted(check.problems, key=lambda p: (p.line, p.column)))
 
@@ -311,12 +319,41 @@ def build(loaded: Loaded, *, output: Path | None = None) -> Plan:
             Step(0, start_kind, source.prompt, fields, start_min, start_max, units, fp, loc=start_loc)
         )
     lo, hi = start_min, start_max
+    part, part_max = 0, start_max
     for i, (loc, fields, optional) in enumerate(extends, start=1):
+        if i == handoff_at or part_max + rules.EXTEND_MAX_SECONDS > rules.MAX_TOTAL_SECONDS + 1e-9:
+            part, part_max = part + 1, float(HANDOFF_SECONDS)
+            handoff = {
+                "model_name": source.model,
+                "mode": source.mode,
+                "duration": str(HANDOFF_SECONDS),
+                **{k: v for k, v in fields.items() if k in ("prompt", "negative_prompt", "cfg_scale")},
+            }
+            fp = _fingerprint(steps[-1].fingerprint, "handoff", handoff, base)
+            lo += HANDOFF_SECONDS
+            hi += HANDOFF_SECONDS
+            units = rules.estimate_units(source.mode, HANDOFF_SECONDS)
+            steps.append(
+                Step(
+                    i, "image2video", handoff["prompt"], handoff, lo, hi, units, fp, optional, loc, part, True
+                )
+            )
+            if not optional and i != handoff_at:
+                check.warn(
+                    loc,
+                    f"{storyboard.describe(loc)} could take the video past Kling's "
+                    f"{rules.MAX_TOTAL_SECONDS:g} s cap: it starts part {part + 1} instead, an image2video "
+                    "from the last frame so far (the parts are joined at the end)",
+                )
+            continue
+        part_max += rules.EXTEND_MAX_SECONDS
         fp = _fingerprint(steps[-1].fingerprint, "video-extend", fields, base)
         lo += rules.EXTEND_MIN_SECONDS
         hi += rules.EXTEND_MAX_SECONDS
         units = rules.estimate_units(source.mode, rules.EXTEND_MAX_SECONDS)
-        steps.append(Step(i, "video-extend", fields["prompt"], fields, lo, hi, units, fp, optional, loc))
+        steps.append(
+            Step(i, "video-extend", fields["prompt"], fields, lo, hi, units, fp, optional, loc, part)
+        )
     return Plan(
         chain=sb.name,
         storyboard=loaded.path,

@@ -32,8 +32,8 @@ from typing import Literal, assert_never, cast
 import anyio
 import httpx
 
-from . import archive, errors, failpoints, rules
-from .journal import Journal, StepRow
+from . import archive, errors, failpoints, media, report, rules
+from .journal import Journal, StepRow, part_ends, video_length
 from .plan import Plan, Step
 from .polling import PollPolicy, next_delay
 from .provider.client import KlingClient
@@ -110,6 +110,7 @@ class ChainRunner:
         max_units: float | None = None,
         resend_unknown: bool = False,
         keep: Literal["all", "final"] | None = None,
+        from_step: int | None = None,
     ):
         self.plan = plan
         #: The command line's retention wins over the storyboard's.
@@ -121,6 +122,8 @@ class ChainRunner:
         self.resend_unknown = resend_unknown
         #: The command line's budget wins over the storyboard's.
         self.max_units = max_units if max_units is not None else plan.max_units
+        #: Re-roll: regenerate the steps from this one on as new takes (see `_reroll`).
+        self.from_step = from_step
         self._fresh_intents: set[int] = set()
         #: Steps holding one of the account's slots -> whether their task surely exists.
         self._holding: dict[int, bool] = {}
@@ -140,7 +143,9 @@ class ChainRunner:
             output=str(self.plan.output.resolve()),
             steps=[(s.index, s.kind, s.prompt, s.fingerprint) for s in self.plan.steps],
         )
-        rows = journal.steps(chain.name)
+        if self.from_step is not None:
+            self._reroll(self.from_step)
+        rows = [r for r in journal.steps(chain.name) if r.idx < len(self.plan.steps) or r.state != "skipped"]
         changed = [
             s.index for s, r in zip(self.plan.steps, rows, strict=False) if s.fingerprint != r.fingerprint
         ]
@@ -148,15 +153,15 @@ class ChainRunner:
             first = changed[0] if changed else min(len(rows), len(self.plan.steps))
             raise errors.JournalError(
                 f"the storyboard of chain {chain.name!r} changed since it was started (first changed step: "
-                f"{first}); chainer will not mix old and new steps. Run it under a new `name`, or delete the "
-                f"chain's journal entry to start over (re-rolling from a step is not supported yet)"
+                f"{first}); chainer will not mix old and new steps. Re-roll from there to keep the steps "
+                f"before it (--from-step {max(first, 1)}), or run it under a new `name`"
             )
         journal.set_max_units(chain.name, self.max_units)
         parent: StepRow | None = None
         for step in self.plan.steps:
             row = journal.step(chain.name, step.index)
             if row.state == "planned" and step.optional and parent is not None:
-                reason = self._no_longer_needed(parent)
+                reason = self._no_longer_needed(step, parent)
                 if reason:
                     row = journal.transition(row, "skipped", reason)
                     self._emit(step.index, "skipped", reason)
@@ -168,35 +173,113 @@ class ChainRunner:
             row = await self._advance(step, row, parent)
             parent = row
             await self._write_manifest()
-        assert parent is not None and parent.file is not None
-        archive.publish(Path(parent.file), self.plan.output)
+        assert parent is not None
+        rows = journal.steps(chain.name)
+        ends = part_ends(rows)
+        files = [self._part_file(r) for r in ends]
+        if len(files) == 1:
+            archive.publish(files[0], self.plan.output)
+            duration = parent.probed_duration or parent.duration
+        else:
+            self._emit(parent.idx, "joining", f"{len(files)} parts")
+            joined = await anyio.to_thread.run_sync(archive.publish_joined, files, self.plan.output)
+            duration = joined.frames / media.probe(self.plan.output).fps
+            how = "stream copy" if joined.method == "copy" else f"re-encoded: {joined.reason}"
+            self._emit(parent.idx, "joined", f"{len(files)} parts, {how}", duration)
+        await anyio.to_thread.run_sync(
+            report.contact_sheet, self.plan.output, rows, self.folder / archive.CONTACT_SHEET
+        )
         if (self.keep or self.plan.keep) == "final":
-            await self._prune(keep=parent)
+            await self._prune(keep={r.idx for r in ends})
+        await self._write_manifest()
         journal.set_chain_state(chain.name, "done")
-        self._emit(parent.idx, "done", f"wrote {self.plan.output}", parent.duration)
+        self._emit(parent.idx, "done", f"wrote {self.plan.output}", duration)
         return ChainResult(
             chain=chain.name,
             state="done",
             output=self.plan.output,
-            duration=parent.probed_duration or parent.duration,
+            duration=duration,
             units=self.units_spent(),
         )
 
-    def _no_longer_needed(self, parent: StepRow) -> str | None:
-        """Why an optional step (added for target_duration) should not run, or None."""
-        if parent.duration is None:
-            return None
-        if self.plan.target_duration is not None and parent.duration >= self.plan.target_duration:
-            return (
-                f"the video is {parent.duration:g} s, target_duration {self.plan.target_duration:g} s reached"
+    def _part_file(self, row: StepRow) -> Path:
+        """The archived video of a part's last step (the existing video of step 0 has none)."""
+        if row.file is None or row.pruned_at is not None:
+            raise errors.ChainerError(
+                f"chain {self.plan.chain!r}: step {row.idx}'s video is not in the archive "
+                f"({'pruned (keep: final)' if row.pruned_at else 'never downloaded: an existing video'}), "
+                "so it cannot be joined or handed off from"
             )
-        return rules.extension_refusal(self.plan.model, parent.duration)
+        return Path(row.file)
 
-    async def _prune(self, *, keep: StepRow) -> None:
-        """Delete the intermediate results (each is a prefix of the final video) once the
-        final one is archived and verified; the journal and manifest remember them."""
+    def _reroll(self, n: int) -> None:
+        """Make steps n.. new takes, branching at step n-1's video; the old takes stay archived.
+
+        Refused when steps before n changed, when a step from n on is still in flight (its
+        result must land first: it is paid for), and when step n extends a video that Kling
+        has deleted (30 days), in which case a hand-off from the archived file is offered.
+        """
+        journal, name = self.ctx.journal, self.plan.chain
+        rows = journal.steps(name)
+        if not 1 <= n < len(self.plan.steps):
+            raise errors.ConfigError(
+                f"--from-step {n}: chain {name!r} has steps 1 to {len(self.plan.steps) - 1} to re-roll "
+                "(step 0 is the start: to redo it, run the storyboard under a new `name`)"
+            )
+        for step, row in zip(self.plan.steps[:n], rows, strict=False):
+            if step.fingerprint != row.fingerprint:
+                raise errors.JournalError(
+                    f"--from-step {n}: step {step.index} of {name!r} changed too; re-roll from step "
+                    f"{max(step.index, 1)} to regenerate it"
+                )
+        branch = rows[n - 1] if len(rows) >= n else None
+        if branch is None or branch.video_id is None:
+            raise errors.JournalError(
+                f"--from-step {n}: step {n - 1} of {name!r} has no video yet; run the chain first"
+            )
+        in_flight = ("submit_intent", "submit_unknown", "submitted", "succeeded")
+        busy = [r.idx for r in rows if r.idx >= n and r.state in in_flight]
+        if busy:
+            raise errors.JournalError(
+                f"--from-step {n}: step {busy[0]} of {name!r} has a task in flight or a result not yet "
+                "archived; resume the chain first (it is paid for), then re-roll"
+            )
+        left = archive.time_left(branch.remote_created_ms)
+        if self.plan.steps[n].kind == "video-extend" and left is not None and left.total_seconds() <= 0:
+            raise errors.JournalError(
+                f"--from-step {n}: step {n - 1}'s video {branch.video_id} was made "
+                f"{archive.from_ms(branch.remote_created_ms):%Y-%m-%d} and Kling deleted it after "
+                f"{rules.RETENTION_DAYS} days, so it cannot be extended. Re-roll from its last frame "
+                f"instead (an image2video from the archived file, starting a new part): add --from-last-frame"
+            )
+        journal.reroll(
+            name,
+            n,
+            [(s.index, s.kind, s.prompt, s.fingerprint) for s in self.plan.steps],
+            self.plan.storyboard_sha256,
+        )
+        self._emit(n, "re-roll", f"new takes of steps {n} to {len(self.plan.steps) - 1}")
+
+    def _no_longer_needed(self, step: Step, parent: StepRow) -> str | None:
+        """Why an optional step (added for target_duration) should not run, or None."""
+        total = self._length()
+        if total is None or parent.duration is None:
+            return None
+        if self.plan.target_duration is not None and total >= self.plan.target_duration:
+            return f"the video is {total:g} s, target_duration {self.plan.target_duration:g} s reached"
+        if step.kind == "video-extend":
+            return rules.extension_refusal(self.plan.model, parent.duration)
+        return None
+
+    def _length(self) -> float | None:
+        """The chain's video length so far, over all its parts."""
+        return video_length(self.ctx.journal.steps(self.plan.chain))
+
+    async def _prune(self, *, keep: set[int]) -> None:
+        """Delete the intermediate results (each is a prefix of a part's final video) once
+        the output is written from the parts; the journal and manifest remember them."""
         for row in self.ctx.journal.steps(self.plan.chain):
-            if row.idx == keep.idx or row.state != "downloaded" or row.pruned_at or not row.file:
+            if row.idx in keep or row.state != "downloaded" or row.pruned_at or not row.file:
                 continue
             Path(row.file).unlink(missing_ok=True)
             self.ctx.journal.mark_pruned(row)
@@ -284,12 +367,18 @@ class ChainRunner:
         # Deterministic from the journal: chain instance, step, attempt, request fingerprint.
         return f"chainer-{chain.uid}-{row.idx:03d}-a{row.attempt}-{row.fingerprint[:10]}"
 
-    def _request(self, step: Step, row: StepRow, parent: StepRow | None) -> CreateRequest:
+    async def _request(self, step: Step, row: StepRow, parent: StepRow | None) -> CreateRequest:
         fields = dict(step.fields)
         ext = row.external_task_id
         match step.kind:
             case "text2video":
                 return Text2VideoRequest(external_task_id=ext, **fields)
+            case "image2video" if step.handoff:
+                assert parent is not None
+                image = await self._handoff_image(step, row, parent)
+                return Image2VideoRequest(
+                    external_task_id=ext, image=base64.b64encode(image).decode(), **fields
+                )
             case "image2video":
                 for key in ("image", "image_tail"):
                     if fields.get(key) and not str(fields[key]).startswith(("http://", "https://")):
@@ -309,6 +398,18 @@ class ChainRunner:
                 raise AssertionError("an existing video is never submitted")
             case _:
                 assert_never(step.kind)
+
+    async def _handoff_image(self, step: Step, row: StepRow, parent: StepRow) -> bytes:
+        """The start image of a hand-off: the last frame of `parent`'s video, archived once
+        per take, so that every resend of the create carries the same image."""
+        path = self.folder / archive.handoff_name(step.index, row.attempt)
+        if not path.is_file():
+            video = self._part_file(parent)
+            data = await anyio.to_thread.run_sync(
+                functools.partial(media.handoff_image, video, min_side=rules.IMAGE_MIN_SIDE)
+            )
+            archive.write_atomically(path, data)
+        return path.read_bytes()
 
     async def _submit(self, step: Step, row: StepRow, parent: StepRow | None) -> StepRow:
         """Get a task id for `row` without ever creating a second task for it."""
@@ -334,7 +435,7 @@ class ChainRunner:
                     )
                 if row.state == "submit_unknown":
                     row = journal.transition(row, "submit_intent", "lookup found no task")
-            request: CreateRequest = self._request(step, row, parent)
+            request: CreateRequest = await self._request(step, row, parent)
             if step.index not in self._holding:
                 self._emit(step.index, "waiting", "for a free slot on the account")
                 await scheduler.acquire(len(self.plan.steps) - step.index)
@@ -517,7 +618,7 @@ class ChainRunner:
             remote_created_ms=task.created_at,
             finished_at=time.time(),
         )
-        self._emit(step.index, "succeeded", f"video {video.id}", video.seconds)
+        self._emit(step.index, "succeeded", f"video {video.id}", self._length())
         return row
 
     def _expected_seconds(self, kind: rules.TaskKind) -> float:
@@ -536,7 +637,7 @@ class ChainRunner:
         """Archive the step's result and commit it."""
         self._emit(step.index, "downloading", archive.result_name(step.index, row.video_id or ""))
         row = await download_result(self.ctx, self.folder, row)
-        self._emit(step.index, "downloaded", Path(row.file or "").name, row.duration)
+        self._emit(step.index, "downloaded", Path(row.file or "").name, self._length())
         return row
 
     async def _write_manifest(self) -> None:

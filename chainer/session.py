@@ -56,9 +56,19 @@ DEFAULT_CONCURRENCY = 5
 EMBEDDED_TIME_SCALE = 0.05
 
 
-def load_plan(path: str | os.PathLike[str], *, output: str | os.PathLike[str] | None = None) -> plan_mod.Plan:
-    """Load, validate and plan a storyboard file (StoryboardError lists every problem)."""
-    return plan_mod.build(storyboard.load(Path(path)), output=Path(output) if output else None)
+def load_plan(
+    path: str | os.PathLike[str],
+    *,
+    output: str | os.PathLike[str] | None = None,
+    handoff_at: int | None = None,
+) -> plan_mod.Plan:
+    """Load, validate and plan a storyboard file (StoryboardError lists every problem).
+
+    `handoff_at`: start a new part from the last frame at that step (see `plan.build`).
+    """
+    return plan_mod.build(
+        storyboard.load(Path(path)), output=Path(output) if output else None, handoff_at=handoff_at
+    )
 
 
 def imitating(config: SimConfig, profile: Profile) -> SimConfig:
@@ -167,13 +177,15 @@ class Session:
         max_units: float | None = None,
         resend_unknown: bool = False,
         keep: Literal["all", "final"] | None = None,
+        from_step: int | None = None,
     ) -> ChainResult:
         """Run (or resume) one chain to its finished video.
 
         `retry_failed` gives a failed step a new attempt (a new external_task_id, a new
         charge); `max_units` overrides the storyboard's budget; `resend_unknown` sends again
         a create whose answer was lost at a provider that cannot be asked (after the user
-        checked that no task was made).
+        checked that no task was made); `from_step` re-rolls: steps from there on are made
+        again as new takes, branching at the previous step's video, the old takes kept.
         """
         ctx = self.context(on_event)
         runner = ChainRunner(
@@ -183,6 +195,7 @@ class Session:
             max_units=max_units,
             resend_unknown=resend_unknown,
             keep=keep,
+            from_step=from_step,
         )
         return await runner.run()
 

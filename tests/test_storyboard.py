@@ -102,16 +102,39 @@ def _capped(tmp_path: Path, start_seconds: int, segments: int) -> Path:
 
 
 @pytest.mark.parametrize("start,fits", [(5, 35), (10, 34)])
-def test_cap_boundary_worst_case_exactly_180_passes_one_more_fails(
-    tmp_path: Path, start: int, fits: int
-) -> None:
+def test_cap_boundary_exactly_180_extends_one_more_hands_off(tmp_path: Path, start: int, fits: int) -> None:
     loaded = storyboard.load(_capped(tmp_path, start, fits))
-    assert plan.build(loaded).steps[-1].max_total == 180.0
+    p = plan.build(loaded)
+    assert p.steps[-1].max_total == 180.0 and p.handoffs == []
     path = _capped(tmp_path, start, fits + 1)
-    found = problems(path)
-    assert len(found) == 1
-    # segment fits+1 is on line 4 + (fits + 1)
-    assert found[0].startswith(f"{path}:{5 + fits}:5: segment {fits + 1} could end at 185 s")
+    p = plan.build(storyboard.load(path))
+    # the segment that could cross 180 s starts part 2 from the last frame instead
+    assert p.handoffs == [fits + 1]
+    last = p.steps[-1]
+    assert last.kind == "image2video" and last.handoff and last.part == 1
+    assert last.fields == {"model_name": "kling-v1", "mode": "std", "duration": "5", "prompt": f"s{fits}"}
+    assert [s.part for s in p.steps[:-1]] == [0] * (fits + 1)
+    # segment fits+1 is on line 4 + (fits + 1); the plan says so at that line
+    assert [str(w) for w in p.warnings] == [
+        f"{path}:{5 + fits}:5: segment {fits + 1} could take the video past Kling's 180 s cap: it starts "
+        "part 2 instead, an image2video from the last frame so far (the parts are joined at the end)"
+    ]
+
+
+def test_past_the_cap_the_parts_repeat_every_180_s(tmp_path: Path) -> None:
+    p = plan.build(storyboard.load(_capped(tmp_path, 5, 100)))
+    # part 1: 5 s + 35 x 5 s; every later part: a 5 s hand-off + 35 x 5 s
+    assert p.handoffs == [36, 72]
+    assert all(s.max_total - p.steps[i].max_total == 5 for i, s in enumerate(p.steps[1:]))
+    assert p.summary()["handoffs"] == [36, 72]
+
+
+def test_an_existing_video_near_the_cap_cannot_be_handed_off(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        "name: x\nstart:\n  video: {video_id: v1, model: kling-v1, duration: 178}\nsegments: [{prompt: a}]\n",
+    )
+    assert any(":3:10: the existing video could be 178 s long" in p for p in problems(path))
 
 
 def test_plan_fingerprints_chain_through_steps(tmp_path: Path) -> None:
@@ -170,17 +193,21 @@ def test_target_duration_adds_optional_steps_for_the_worst_case(tmp_path: Path) 
     assert p.steps[-1].min_total >= 30
 
 
-@pytest.mark.parametrize("target,ok", [(175, True), (175.5, False)])
-def test_target_duration_bound(tmp_path: Path, target: float, ok: bool) -> None:
+@pytest.mark.parametrize("target", [175, 175.5, 400])
+def test_target_duration_past_the_cap_adds_parts(tmp_path: Path, target: float) -> None:
     path = write(
         tmp_path,
         f"name: t\nstart: {{text2video: {{prompt: p}}}}\nsegments: [{{prompt: a}}]\n"
         f"target_duration: {target}\n",
     )
-    if ok:
-        assert plan.build(storyboard.load(path)).steps[-1].min_total >= target
-    else:
-        assert any(":4:18: target_duration 175.5 s cannot be reached safely" in p for p in problems(path))
+    p = plan.build(storyboard.load(path))
+    assert p.steps[-1].min_total >= target
+    # hand-offs fall where the worst case (5 s per extension) would cross 180 s
+    part_length = 0.0
+    for before, step in zip(p.steps, p.steps[1:], strict=False):
+        part_length = 5.0 if step.handoff else (part_length or before.max_total) + 5.0
+        assert part_length <= 180
+    assert len(p.handoffs) == (0 if target < 175 else 1 if target < 360 else 2)
 
 
 def test_provider_limits_apply(tmp_path: Path) -> None:

@@ -89,6 +89,9 @@ def _frames(
     caption = _wrap(f"#{segment} {prompt}", max(20, canvas.width // max(6, canvas.height // 40)))
     for i in range(frames):
         t = start + i / canvas.fps
+        if scene.image is not None and t == 0:
+            yield bg.tobytes()  # as Kling's: an image2video's first frame is the image itself
+            continue
         frame = bg.copy()
         if scene.image is not None:  # a slow zoom keeps an image start from looking frozen
             z = 1 + 0.01 * t
@@ -150,5 +153,5 @@ def render(
         if parent is None:
             part.replace(out)
         else:
-            media.concat_copy([parent, part], out)
+            media.join([parent, part], out, drop_last_frame=False)
         out.replace(dest)

@@ -1,0 +1,221 @@
+"""What a person looks at after a run: a contact sheet per chain and one HTML report.
+
+The contact sheet is a PNG with one frame at each segment boundary of the chain's final
+video (the first frame that segment added), labelled with the step number, the time in
+the final video and the prompt: a whole chain judged at a glance. `report.html` shows,
+per chain, the final video, its contact sheet, and a table of the steps (current takes
+and earlier ones) with their prompts, durations, units, task ids and archive files. Every
+link in it is relative, so the report opens from disk in a browser, with no server, and
+keeps working when the archive folder is moved or copied as a whole.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import html
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from PIL import Image, ImageDraw, ImageFont
+
+from . import archive, media
+from .journal import Journal, StepRow
+
+if TYPE_CHECKING:
+    from .runner import ChainResult
+
+#: Contact sheet layout: thumbnails per row, thumbnail width, caption lines under each.
+COLUMNS = 4
+THUMB_WIDTH = 240
+CAPTION_LINES = 3
+
+
+@dataclass(frozen=True)
+class Boundary:
+    """Where a step's contribution starts in the chain's final video."""
+
+    step: int
+    take: int
+    kind: str
+    prompt: str | None
+    frame: int
+    seconds: float
+
+
+def boundaries(rows: Sequence[StepRow], fps: float) -> list[Boundary]:
+    """The first frame each step added to the final video, from the journal's rows.
+
+    Within a part, step i starts where step i-1's video ended; a hand-off starts a new
+    part, placed after the previous parts minus the one repeated frame each join drops.
+    """
+    found: list[Boundary] = []
+    before_part = 0  # frames of the final video before the current part
+    in_part = 0  # frames of the current part's video so far
+    for r in rows:
+        if r.state == "skipped":
+            continue
+        if r.kind == "image2video" and r.idx > 0:
+            before_part += in_part - 1
+            in_part = 0
+        start = before_part + in_part
+        found.append(Boundary(r.idx, r.attempt, r.kind, r.prompt, start, start / fps))
+        length = r.probed_duration or r.duration
+        if length is not None:
+            in_part = round(length * fps)
+    return found
+
+
+def _font(size: int) -> ImageFont.FreeTypeFont | ImageFont.ImageFont:
+    return ImageFont.load_default(size=size)
+
+
+def _wrap(text: str, width: int, lines: int) -> list[str]:
+    words, out, line = text.split(), [], ""
+    for word in words:
+        if line and len(line) + 1 + len(word) > width:
+            out.append(line)
+            line = word
+        else:
+            line = f"{line} {word}".strip()
+    if line:
+        out.append(line)
+    if len(out) > lines:
+        out = out[:lines]
+        out[-1] = out[-1][: max(0, width - 3)] + "..."
+    return out
+
+
+def contact_sheet(video: Path, rows: Sequence[StepRow], dest: Path) -> Path:
+    """Write `dest`: a PNG grid of the first frame of every segment of `video`, labelled."""
+    info = media.probe(video)
+    marks = boundaries(rows, info.fps)
+    frames = media.frames_at(video, [m.frame for m in marks], width=THUMB_WIDTH)
+    thumb_h = frames[0].height if frames else 1
+    font, bold = _font(13), _font(15)
+    caption_h = 22 + 16 * CAPTION_LINES
+    cell_w, cell_h = THUMB_WIDTH + 12, thumb_h + caption_h + 12
+    cols = min(COLUMNS, max(1, len(marks)))
+    rows_n = (len(marks) + cols - 1) // cols
+    header = 34
+    sheet = Image.new("RGB", (cols * cell_w + 12, header + rows_n * cell_h + 6), (24, 24, 28))
+    draw = ImageDraw.Draw(sheet)
+    draw.text(
+        (12, 9),
+        f"{video.name}: {info.duration:.2f} s, {len(marks)} segments",
+        fill=(240, 240, 240),
+        font=bold,
+    )
+    for n, (mark, frame) in enumerate(zip(marks, frames, strict=True)):
+        x = 12 + (n % cols) * cell_w
+        y = header + (n // cols) * cell_h
+        sheet.paste(frame, (x, y))
+        label = f"#{mark.step}  {mark.seconds:.2f} s" + (f"  take {mark.take}" if mark.take > 1 else "")
+        if mark.kind == "image2video" and mark.step > 0:
+            label += "  hand-off"
+        draw.text((x, y + thumb_h + 4), label, fill=(255, 220, 90), font=bold)
+        for k, line in enumerate(_wrap(mark.prompt or f"({mark.kind})", 34, CAPTION_LINES)):
+            draw.text((x, y + thumb_h + 22 + 16 * k), line, fill=(225, 225, 225), font=font)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dest.with_name(f".{dest.name}.tmp.png")
+    sheet.save(tmp, format="PNG")
+    os.replace(tmp, dest)
+    return dest
+
+
+# ---------------------------------------------------------------------- report.html
+
+_STYLE = """
+body{font:14px/1.45 system-ui,sans-serif;margin:24px;color:#1d1d1f;background:#fafafa}
+h1{font-size:22px}h2{font-size:18px;margin-top:36px}
+table{border-collapse:collapse;margin:12px 0;width:100%;background:#fff}
+td,th{border:1px solid #ddd;padding:4px 8px;text-align:left;vertical-align:top}
+th{background:#f0f0f0}.num{text-align:right;white-space:nowrap}.old{color:#888}
+.ok{color:#1a7f37}.bad{color:#b42318}code{font-size:12px}
+video,img.sheet{max-width:100%;border:1px solid #ccc;background:#000}
+"""
+
+
+def _link(target: Path | None, base: Path, text: str | None = None) -> str:
+    if target is None:
+        return ""
+    rel = Path(os.path.relpath(target.resolve(), base.resolve())).as_posix()
+    label = html.escape(text if text is not None else target.name)
+    if not target.exists():
+        return f'<span class="old" title="not on disk">{label}</span>'
+    return f'<a href="{html.escape(rel)}">{label}</a>'
+
+
+def _num(value: float | None, unit: str = "") -> str:
+    return "" if value is None else f"{value:.2f}{unit}".replace(".00", "")
+
+
+def _step_row(r: StepRow, base: Path, *, current: bool) -> str:
+    file = Path(r.file) if r.file else None
+    cells = [
+        f'<td class="num">{r.idx}</td>',
+        f'<td class="num">{r.attempt}{"" if current else " (earlier)"}</td>',
+        f"<td>{html.escape(r.kind)}</td>",
+        f"<td>{html.escape(r.prompt or '')}</td>",
+        f'<td class="num">{_num(r.probed_duration or r.duration, " s")}</td>',
+        f'<td class="num">{_num(r.units)}</td>',
+        f"<td><code>{html.escape(r.task_id or '')}</code></td>",
+        f"<td>{html.escape(r.state)}</td>",
+        f"<td>{'pruned' if r.pruned_at else _link(file, base)}</td>",
+    ]
+    return f'<tr class="{"" if current else "old"}">{"".join(cells)}</tr>'
+
+
+def write_report(journal: Journal, chains: Sequence[ChainResult], archive_dir: Path, dest: Path) -> Path:
+    """Write the run's `report.html` at `dest` (atomically), linking into `archive_dir`."""
+    base = dest.parent
+    parts = [
+        "<!doctype html><html><head><meta charset='utf-8'>",
+        "<title>chainer report</title>",
+        f"<style>{_STYLE}</style></head><body>",
+        "<h1>chainer report</h1>",
+        f"<p>Written {dt.datetime.now().astimezone():%Y-%m-%d %H:%M %Z}; {len(chains)} chain"
+        f"{'s' if len(chains) != 1 else ''}, "
+        f"{sum(c.state == 'done' for c in chains)} done.</p>",
+    ]
+    for c in chains:
+        folder = archive_dir / c.chain
+        cls = "ok" if c.state == "done" else "bad"
+        parts.append(f"<h2 id='{html.escape(c.chain)}'>{html.escape(c.chain)}</h2>")
+        summary = [f"<span class='{cls}'>{html.escape(c.state)}</span>"]
+        if c.duration is not None:
+            summary.append(f"{c.duration:.2f} s")
+        summary.append(f"{c.units:g} units")
+        if c.message:
+            summary.append(html.escape(c.message))
+        parts.append(f"<p>{' · '.join(summary)}</p>")
+        if c.output is not None and c.output.exists():
+            rel = Path(os.path.relpath(c.output.resolve(), base.resolve())).as_posix()
+            parts.append(f"<video controls preload='metadata' src='{html.escape(rel)}'></video>")
+            parts.append(f"<p>Final video: {_link(c.output, base)}</p>")
+        sheet = folder / archive.CONTACT_SHEET
+        if sheet.exists():
+            rel = Path(os.path.relpath(sheet.resolve(), base.resolve())).as_posix()
+            parts.append(
+                f"<p><a href='{html.escape(rel)}'><img class='sheet' src='{html.escape(rel)}' "
+                f"alt='contact sheet of {html.escape(c.chain)}'></a></p>"
+            )
+        if journal.chain(c.chain) is None:
+            continue
+        parts.append(
+            "<table><tr><th>step</th><th>take</th><th>kind</th><th>prompt</th><th>duration</th>"
+            "<th>units</th><th>task id</th><th>state</th><th>archived file</th></tr>"
+        )
+        earlier: dict[int, list[StepRow]] = {}
+        for r in journal.takes(c.chain):
+            earlier.setdefault(r.idx, []).append(r)
+        for r in journal.steps(c.chain):
+            parts.append(_step_row(r, base, current=True))
+            parts += [_step_row(o, base, current=False) for o in earlier.get(r.idx, [])]
+        parts.append("</table>")
+        parts.append(f"<p>Archive: {_link(folder, base, str(folder.name) + '/')} · ")
+        parts.append(f"{_link(folder / 'manifest.json', base)}</p>")
+    parts.append("</body></html>\n")
+    return archive.write_atomically(dest, "\n".join(parts))
