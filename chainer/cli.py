@@ -216,7 +216,7 @@ def run(
             raise errors.ConfigError("--from-step re-rolls one chain: use it with a single storyboard")
         if from_last_frame and from_step is None:
             raise errors.ConfigError("--from-last-frame goes with --from-step N (the step to start from)")
-        plans = _load_all(paths, output=output, handoff_at=from_step if from_last_frame else None)
+        plans = _load_all(paths, output=output)
         providers = sorted({p.provider.name for p in plans})
         if len(providers) > 1:
             raise errors.ConfigError(
@@ -269,6 +269,7 @@ def run(
                             resend_unknown=resend_unknown,
                             keep=keep_mode,
                             from_step=from_step,
+                            from_last_frame=from_last_frame,
                         )
                     ]
                 else:
@@ -322,12 +323,12 @@ def _storyboard_files(items: list[Path]) -> list[Path]:
     return files
 
 
-def _load_all(paths: list[Path], *, output: Path | None, handoff_at: int | None = None) -> list[Plan]:
+def _load_all(paths: list[Path], *, output: Path | None) -> list[Plan]:
     """Every storyboard planned, or one StoryboardError with every problem of every file."""
     plans, problems = [], []
     for path in paths:
         try:
-            plans.append(load_plan(path, output=output, handoff_at=handoff_at))
+            plans.append(load_plan(path, output=output))
         except errors.StoryboardError as exc:
             problems += exc.problems
     if problems:

@@ -27,6 +27,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -128,6 +129,11 @@ class Plan:
         }
 
 
+def rebuild(plan: Plan, *, handoffs: Collection[int]) -> Plan:
+    """`plan` made again from its storyboard file, with hand-offs forced at `handoffs`."""
+    return build(storyboard.load(plan.storyboard), output=plan.output, handoffs=handoffs)
+
+
 def _sha_file(path: Path) -> str:
     h = hashlib.sha256()
     with path.open("rb") as f:
@@ -175,10 +181,10 @@ class _Checker:
                 )
 
 
-def build(loaded: Loaded, *, output: Path | None = None, handoff_at: int | None = None) -> Plan:
+def build(loaded: Loaded, *, output: Path | None = None, handoffs: Collection[int] = ()) -> Plan:
     """The plan for a loaded storyboard; StoryboardError lists every rule it breaks.
 
-    `handoff_at` makes that step a hand-off even below the cap (a re-roll whose branch
+    `handoffs` makes those steps hand-offs even below the cap (a re-roll whose branch
     point Kling has already deleted continues from the archived video's last frame).
     """
     sb = loaded.storyboard
@@ -278,7 +284,7 @@ def build(loaded: Loaded, *, output: Path | None = None, handoff_at: int | None 
             extends += [(last_loc, last_fields, True)] * needed
 
     if isinstance(source, ExistingVideo) and (
-        handoff_at == 1 or start_max + rules.EXTEND_MAX_SECONDS > rules.MAX_TOTAL_SECONDS + 1e-9
+        1 in handoffs or start_max + rules.EXTEND_MAX_SECONDS > rules.MAX_TOTAL_SECONDS + 1e-9
     ):
         check.error(
             start_loc,
@@ -321,7 +327,7 @@ def build(loaded: Loaded, *, output: Path | None = None, handoff_at: int | None 
     lo, hi = start_min, start_max
     part, part_max = 0, start_max
     for i, (loc, fields, optional) in enumerate(extends, start=1):
-        if i == handoff_at or part_max + rules.EXTEND_MAX_SECONDS > rules.MAX_TOTAL_SECONDS + 1e-9:
+        if i in handoffs or part_max + rules.EXTEND_MAX_SECONDS > rules.MAX_TOTAL_SECONDS + 1e-9:
             part, part_max = part + 1, float(HANDOFF_SECONDS)
             handoff = {
                 "model_name": source.model,
@@ -338,7 +344,7 @@ def build(loaded: Loaded, *, output: Path | None = None, handoff_at: int | None 
                     i, "image2video", handoff["prompt"], handoff, lo, hi, units, fp, optional, loc, part, True
                 )
             )
-            if not optional and i != handoff_at:
+            if not optional and i not in handoffs:
                 check.warn(
                     loc,
                     f"{storyboard.describe(loc)} could take the video past Kling's "

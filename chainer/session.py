@@ -56,19 +56,9 @@ DEFAULT_CONCURRENCY = 5
 EMBEDDED_TIME_SCALE = 0.05
 
 
-def load_plan(
-    path: str | os.PathLike[str],
-    *,
-    output: str | os.PathLike[str] | None = None,
-    handoff_at: int | None = None,
-) -> plan_mod.Plan:
-    """Load, validate and plan a storyboard file (StoryboardError lists every problem).
-
-    `handoff_at`: start a new part from the last frame at that step (see `plan.build`).
-    """
-    return plan_mod.build(
-        storyboard.load(Path(path)), output=Path(output) if output else None, handoff_at=handoff_at
-    )
+def load_plan(path: str | os.PathLike[str], *, output: str | os.PathLike[str] | None = None) -> plan_mod.Plan:
+    """Load, validate and plan a storyboard file (StoryboardError lists every problem)."""
+    return plan_mod.build(storyboard.load(Path(path)), output=Path(output) if output else None)
 
 
 def imitating(config: SimConfig, profile: Profile) -> SimConfig:
@@ -178,6 +168,7 @@ class Session:
         resend_unknown: bool = False,
         keep: Literal["all", "final"] | None = None,
         from_step: int | None = None,
+        from_last_frame: bool = False,
     ) -> ChainResult:
         """Run (or resume) one chain to its finished video.
 
@@ -185,8 +176,11 @@ class Session:
         charge); `max_units` overrides the storyboard's budget; `resend_unknown` sends again
         a create whose answer was lost at a provider that cannot be asked (after the user
         checked that no task was made); `from_step` re-rolls: steps from there on are made
-        again as new takes, branching at the previous step's video, the old takes kept.
+        again as new takes, branching at the previous step's video, the old takes kept;
+        `from_last_frame` starts that step from the last frame of the previous step's
+        archived video instead (a hand-off), for when Kling has deleted the video.
         """
+        plan = self._with_journal_handoffs(plan, from_step, from_last_frame)
         ctx = self.context(on_event)
         runner = ChainRunner(
             plan,
@@ -198,6 +192,26 @@ class Session:
             from_step=from_step,
         )
         return await runner.run()
+
+    def _with_journal_handoffs(
+        self, plan: plan_mod.Plan, from_step: int | None, from_last_frame: bool
+    ) -> plan_mod.Plan:
+        """The plan with the hand-offs this chain's journal already has (a re-roll made them
+        where the storyboard alone would not), plus a new one at `from_step` if asked."""
+        if from_last_frame and from_step is None:
+            raise ConfigError("from_last_frame needs from_step: the step to start from the last frame")
+        forced: set[int] = set()
+        if self.journal.chain(plan.chain) is not None:
+            forced = {
+                r.idx
+                for r in self.journal.steps(plan.chain)
+                if r.kind == "image2video" and r.idx > 0 and r.state != "skipped"
+            }
+        if from_step is not None:
+            forced = {i for i in forced if i < from_step} | ({from_step} if from_last_frame else set())
+        if forced <= set(plan.handoffs):
+            return plan
+        return plan_mod.rebuild(plan, handoffs=forced)
 
     def context(self, on_event: Callable[[Event], None] | None = None) -> RunContext:
         """What a runner (or the archiver) needs from this session."""
