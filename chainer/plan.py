@@ -347,7 +347,7 @@ def build(loaded: Loaded, *, output: Path | None = None, handoffs: Collection[in
             if not optional and i not in handoffs:
                 check.warn(
                     loc,
-                    f"{storyboard.describe(loc)} could take the video past Kling's "
+                    f"step {i} ({storyboard.describe(loc)}) could take the video past Kling's "
                     f"{rules.MAX_TOTAL_SECONDS:g} s cap: it starts part {part + 1} instead, an image2video "
                     "from the last frame so far (the parts are joined at the end)",
                 )

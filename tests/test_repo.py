@@ -45,3 +45,21 @@ def test_python_example_runs_on_the_simulator(tmp_path: Path) -> None:
     assert "using the offline simulator" in proc.stdout
     assert "final video: out/lighthouse.mp4" in proc.stdout
     assert (tmp_path / "out" / "lighthouse.mp4").is_file()
+
+
+def test_example_report_regenerates_with_its_documented_command(tmp_path: Path) -> None:
+    """The committed examples/report/ comes from examples/make_report.py; it must keep working."""
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "examples" / "make_report.py"), str(tmp_path / "report")],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr
+    made = {p.relative_to(tmp_path / "report").as_posix() for p in (tmp_path / "report").rglob("*")}
+    assert {"report.html", "lighthouse.mp4", "archive/lighthouse/contact-sheet.png"} <= made
+    committed = ROOT / "examples" / "report"
+    assert (committed / "report.html").is_file() and (
+        committed / "archive/lighthouse/contact-sheet.png"
+    ).is_file()
+    assert "examples/make_report.py" in (ROOT / "README.md").read_text()

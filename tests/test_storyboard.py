@@ -116,7 +116,8 @@ def test_cap_boundary_exactly_180_extends_one_more_hands_off(tmp_path: Path, sta
     assert [s.part for s in p.steps[:-1]] == [0] * (fits + 1)
     # segment fits+1 is on line 4 + (fits + 1); the plan says so at that line
     assert [str(w) for w in p.warnings] == [
-        f"{path}:{5 + fits}:5: segment {fits + 1} could take the video past Kling's 180 s cap: it starts "
+        f"{path}:{5 + fits}:5: step {fits + 1} (segment {fits + 1}) could take the video past Kling's 180 s "
+        "cap: it starts "
         "part 2 instead, an image2video from the last frame so far (the parts are joined at the end)"
     ]
 
