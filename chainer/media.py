@@ -11,7 +11,6 @@ from __future__ import annotations
 import functools
 import importlib.util
 import io
-import json
 import math
 import os
 import platform
@@ -22,7 +21,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import ffmpeg
 from PIL import Image
@@ -104,15 +103,22 @@ class ProbeResult(BaseModel):
         return self.video_codec == "h264" and "mp4" in self.format_name.split(",")
 
 
-def probe(path: str | os.PathLike[str]) -> ProbeResult:
-    """Probe `path`; MediaError if it is not a readable video."""
+def _probe(path: str | os.PathLike[str], **options: object) -> dict[str, Any]:
+    """ffprobe's JSON about `path` (format and streams, plus what `options` ask for)."""
     try:
-        info = ffmpeg.probe(str(path), cmd=tools().ffprobe, count_packets=None)
+        info: dict[str, Any] = ffmpeg.probe(str(path), cmd=tools().ffprobe, **options)
     except ffmpeg.Error as exc:
         stderr = (exc.stderr or b"").decode(errors="replace")
+        command = [tools().ffprobe, *(f"-{k} {v}" if v is not None else f"-{k}" for k, v in options.items())]
         raise MediaError(
-            f"{path} is not a readable video", command=[tools().ffprobe, str(path)], stderr=stderr
+            f"{path} is not a readable video", command=[*command, str(path)], stderr=stderr
         ) from exc
+    return info
+
+
+def probe(path: str | os.PathLike[str]) -> ProbeResult:
+    """Probe `path`; MediaError if it is not a readable video."""
+    info = _probe(path, count_packets=None)
     videos = [s for s in info.get("streams", []) if s.get("codec_type") == "video"]
     if not videos:
         raise MediaError(f"{path} has no video stream")
@@ -194,27 +200,10 @@ class Packets:
 
 def packets(path: str | os.PathLike[str]) -> Packets:
     """Read the first video stream's packet timestamps (no decoding: fast even for long files)."""
-    cmd = [
-        tools().ffprobe,
-        "-v",
-        "error",
-        "-select_streams",
-        "v:0",
-        "-show_data_hash",
-        "sha256",
-        "-show_entries",
-        "stream=codec_name,profile,width,height,pix_fmt,r_frame_rate,time_base,extradata_hash:packet=pts,dts",
-        "-of",
-        "json",
-        str(path),
-    ]
-    proc = subprocess.run(cmd, capture_output=True, text=True, errors="replace")
-    if proc.returncode != 0:
-        raise MediaError(f"{path} is not a readable video", command=cmd, stderr=proc.stderr)
-    info = json.loads(proc.stdout or "{}")
+    info = _probe(path, select_streams="v:0", show_data_hash="sha256", show_entries="packet=pts,dts")
     streams = info.get("streams") or []
     if not streams:
-        raise MediaError(f"{path} has no video stream", command=cmd)
+        raise MediaError(f"{path} has no video stream")
     s = streams[0]
     stream = StreamInfo(
         codec=s.get("codec_name", ""),

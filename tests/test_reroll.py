@@ -153,3 +153,33 @@ def test_reroll_argument_errors(sim: Simulator, tmp_path: Path) -> None:
     code, output = chainer(sim, tmp_path, "--from-step", "9")
     assert code == 2 and "--from-step 9: chain 'reroll' has steps 1 to 4 to re-roll" in output
     assert len(sim.state.creates) == 5
+
+
+def test_killed_during_a_hand_off_resumes_without_a_second_create(sim: Simulator, tmp_path: Path) -> None:
+    """SIGKILL right after the hand-off's create was sent; a plain `chainer run` finishes it:
+    the journal remembers the hand-off, the archived image is reused, nothing is paid twice."""
+    import signal
+    import subprocess
+
+    from helpers import CHAINER
+
+    storyboard(tmp_path)
+    assert chainer(sim, tmp_path)[0] == 0
+    args = [CHAINER, "run", "reroll.yaml", "--state-dir", "state", "--archive-dir", "archive"]
+    killed = subprocess.run(
+        [*args, "--from-step", "3", "--from-last-frame"],
+        cwd=tmp_path,
+        env=provider_env(sim, CHAINER_FAILPOINT="after-post@3"),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    resumed = subprocess.run(
+        args, cwd=tmp_path, env=provider_env(sim), capture_output=True, text=True, timeout=300
+    )
+    assert resumed.returncode == 0, resumed.stderr + resumed.stdout
+    new = sim.state.creates[5:]
+    assert [c.kind for c in new] == ["image2video", "video-extend"], "the hand-off was created once"
+    m = manifest(tmp_path)
+    assert [s["attempt"] for s in m["steps"]] == [1, 1, 1, 2, 2] and len(m["parts"]) == 2
