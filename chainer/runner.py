@@ -31,6 +31,7 @@ from typing import Literal, assert_never, cast
 
 import anyio
 import httpx
+from anyio.abc import TaskGroup
 
 from . import archive, errors, failpoints, media, report, rules
 from .journal import Journal, StepRow, part_ends, video_length
@@ -158,21 +159,31 @@ class ChainRunner:
             )
         journal.set_max_units(chain.name, self.max_units)
         parent: StepRow | None = None
-        for step in self.plan.steps:
-            row = journal.step(chain.name, step.index)
-            if row.state == "planned" and step.optional and parent is not None:
-                reason = self._no_longer_needed(step, parent)
-                if reason:
-                    row = journal.transition(row, "skipped", reason)
-                    self._emit(step.index, "skipped", reason)
-            if row.state == "skipped":
-                continue
-            if row.state == "failed" and self.retry_failed:
-                row = journal.new_attempt(row, "--retry-failed")
-                self._emit(step.index, "retrying", f"attempt {row.attempt} after: {row.error or 'failure'}")
-            row = await self._advance(step, row, parent)
-            parent = row
-            await self._write_manifest()
+        try:
+            async with anyio.create_task_group() as background:
+                for n, step in enumerate(self.plan.steps):
+                    row = journal.step(chain.name, step.index)
+                    if row.state == "planned" and step.optional and parent is not None:
+                        reason = self._no_longer_needed(step, parent)
+                        if reason:
+                            row = journal.transition(row, "skipped", reason)
+                            self._emit(step.index, "skipped", reason)
+                    if row.state == "skipped":
+                        continue
+                    if row.state == "failed" and self.retry_failed:
+                        row = journal.new_attempt(row, "--retry-failed")
+                        self._emit(
+                            step.index, "retrying", f"attempt {row.attempt} after: {row.error or 'failure'}"
+                        )
+                    # A result is archived while the next step is already generating (it only
+                    # needs the video id), unless the next step starts from this file.
+                    after = self.plan.steps[n + 1] if n + 1 < len(self.plan.steps) else None
+                    overlap = background if after is not None and not after.handoff else None
+                    row = await self._advance(step, row, parent, background=overlap)
+                    parent = row
+                    await self._write_manifest()
+        except BaseExceptionGroup as group:
+            raise _first_error(group) from None
         assert parent is not None
         rows = journal.steps(chain.name)
         ends = part_ends(rows)
@@ -311,7 +322,11 @@ class ChainRunner:
 
     # ------------------------------------------------------------------ one step
 
-    async def _advance(self, step: Step, row: StepRow, parent: StepRow | None) -> StepRow:
+    async def _advance(
+        self, step: Step, row: StepRow, parent: StepRow | None, *, background: TaskGroup | None = None
+    ) -> StepRow:
+        """Move `step` along until it is archived (or failed, or skipped); with `background`,
+        until it succeeded, its download then running in that task group."""
         journal = self.ctx.journal
         while True:
             match row.state:
@@ -337,6 +352,9 @@ class ChainRunner:
                     row = await self._await_task(step, row)
                 case "succeeded":
                     if step.kind == "existing":
+                        return row
+                    if background is not None:
+                        background.start_soon(self._download_and_record, step, row)
                         return row
                     row = await self._download(step, row)
                 case "downloaded":
@@ -640,6 +658,10 @@ class ChainRunner:
         self._emit(step.index, "downloaded", Path(row.file or "").name, self._length())
         return row
 
+    async def _download_and_record(self, step: Step, row: StepRow) -> None:
+        await self._download(step, row)
+        await self._write_manifest()
+
     async def _write_manifest(self) -> None:
         """Rewrite the chain's manifest, then bring the mirror (if any) up to date."""
         archive.write_chain_manifest(self.ctx.journal, self.plan.chain, self.folder)
@@ -698,6 +720,20 @@ async def download_result(ctx: RunContext, folder: Path, row: StepRow) -> StepRo
         size=got.size,
         probed_duration=got.probed_duration,
     )
+
+
+def _first_error(group: BaseExceptionGroup[BaseException]) -> BaseException:
+    """The exception a caller should see from a chain's task group: the first chainer
+    error (a failed download, say) rather than the group, else the first of any kind."""
+    flat: list[BaseException] = []
+    pending: list[BaseException] = [group]
+    while pending:
+        exc = pending.pop(0)
+        if isinstance(exc, BaseExceptionGroup):
+            pending[:0] = list(exc.exceptions)
+        else:
+            flat.append(exc)
+    return next((e for e in flat if isinstance(e, errors.ChainerError)), flat[0])
 
 
 def _task_kind(step: Step) -> rules.TaskKind:

@@ -193,7 +193,9 @@ def build_app(state: SimState, *, admin: bool = False) -> Starlette:
                 raise SimError(1203, f"unknown endpoint {kind}")
             await _before(state, request, "query")
             if key is not None:
-                data: Any = state.task_json(state.find(kind, key), base(request))
+                task = state.find(kind, key)
+                state.observed(task)
+                data: Any = state.task_json(task, base(request))
             elif "external_task_id" in request.query_params and state.config.external_id_lookup:
                 data = state.task_json(
                     state.find(kind, request.query_params["external_task_id"]), base(request)
@@ -258,6 +260,27 @@ def build_app(state: SimState, *, admin: bool = False) -> Starlette:
                 }
             )
 
+    async def admin_tasks(request: Request) -> Response:
+        with state.lock:
+            return JSONResponse(
+                [
+                    {
+                        "task_id": t.task_id,
+                        "kind": t.kind,
+                        "external_task_id": t.external_task_id,
+                        "status": state.status(t),
+                        "created_ms": t.created_ms,
+                        "start_ms": t.start_ms,
+                        "done_ms": t.done_ms,
+                        "ready_ms": t.ready_ms,
+                        "succeed_seen_ms": t.succeed_seen_ms,
+                        "queries": t.queries,
+                        "frames": t.frames,
+                    }
+                    for t in state.tasks.values()
+                ]
+            )
+
     async def admin_advance(request: Request) -> Response:
         try:
             seconds = float(request.query_params.get("seconds", "0"))
@@ -276,6 +299,7 @@ def build_app(state: SimState, *, admin: bool = False) -> Starlette:
         routes += [
             Route("/_sim/creates", admin_creates, methods=["GET"]),
             Route("/_sim/stats", admin_stats, methods=["GET"]),
+            Route("/_sim/tasks", admin_tasks, methods=["GET"]),
             Route("/_sim/advance", admin_advance, methods=["POST"]),
         ]
     return Starlette(routes=routes)

@@ -76,6 +76,9 @@ class Simulator:
         for port in candidates:
             sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            # Answers go out as header and body writes; without this, Nagle holds the body back
+            # until the client's delayed ACK (40 ms on Linux) on every kept-alive connection.
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             try:
                 sock.bind((self.host, port))
                 return sock

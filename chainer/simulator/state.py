@@ -129,6 +129,16 @@ class SimTask:
     callback_url: str | None = None
     #: The status last announced to callback_url (not persisted: a restart re-announces).
     notified: str | None = None
+    #: For measuring clients (not persisted): when the video was rendered, how often the
+    #: task was queried, and when a query first answered `succeed`.
+    rendered_ms: int | None = None
+    queries: int = 0
+    succeed_seen_ms: int | None = None
+
+    @property
+    def ready_ms(self) -> int | None:
+        """When the task first could answer `succeed`: done by the clock and rendered."""
+        return max(self.done_ms, self.rendered_ms) if self.rendered_ms is not None else None
 
 
 @dataclass
@@ -270,6 +280,13 @@ class SimState:
             task.fail_reason = f"internal error while rendering: {task.render.exception()}"
             return "failed"
         return "succeed"
+
+    def observed(self, task: SimTask) -> None:
+        """Count a query of `task` by its id (what the benchmarks measure clients by)."""
+        with self.lock:
+            task.queries += 1
+            if task.succeed_seen_ms is None and self.status(task) == "succeed":
+                task.succeed_seen_ms = self.now_ms()
 
     def units_committed(self) -> float:
         """Units of every task that has not failed: what the resource pack has paid for."""
@@ -449,6 +466,7 @@ class SimState:
         if task.watermark:
             media.watermark(path, path.with_name(f"{task.video_id}_wm.mp4"))
         with self.lock:
+            task.rendered_ms = self.now_ms()
             video = self.videos[task.video_id] = SimVideo(
                 video_id=task.video_id,
                 task_id=task.task_id,
