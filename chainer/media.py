@@ -18,6 +18,7 @@ import shutil
 import subprocess
 import tempfile
 from collections.abc import Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
@@ -181,15 +182,24 @@ class StreamInfo(BaseModel):
 
 @dataclass(frozen=True)
 class Packets:
-    """A video stream's packets in decode order: (pts, dts) in seconds, exactly as stored."""
+    """A video stream's frame count and its last packets in decode order (pts and dts in
+    seconds, exactly as stored; keyframe flags): from the last keyframe at least 2 s
+    before the end to the end. That is all a join needs to know."""
 
     stream: StreamInfo
+    frames: int
     pts: list[Fraction]
     dts: list[Fraction]
+    keyframes: list[bool]
 
-    @property
-    def frames(self) -> int:
-        return len(self.pts)
+    def last_gop(self) -> tuple[int, int] | None:
+        """(index among the packets read, frames shown before it) of the last keyframe, if
+        no packet decoded after it is shown before it (a closed GOP): the stream can then
+        be cut there by copy."""
+        k = max((i for i, key in enumerate(self.keyframes) if key), default=None)
+        if k is None or any(t < self.pts[k] for t in self.pts[k:]):
+            return None
+        return k, self.frames - (len(self.pts) - k)
 
     @property
     def last_frame_droppable(self) -> bool:
@@ -198,9 +208,14 @@ class Packets:
         return bool(self.pts) and self.pts[-1] == max(self.pts)
 
 
+#: How far before the end `packets` starts reading (it starts at the keyframe before).
+TAIL_SECONDS = 2.0
+
+
 def packets(path: str | os.PathLike[str]) -> Packets:
-    """Read the first video stream's packet timestamps (no decoding: fast even for long files)."""
-    info = _probe(path, select_streams="v:0", show_data_hash="sha256", show_entries="packet=pts,dts")
+    """What a join needs of `path`'s video: parameters, frame count, last packets. Reads the
+    container's index and the last GOP only, so it costs the same for any length."""
+    info = _probe(path, select_streams="v:0", show_data_hash="sha256")
     streams = info.get("streams") or []
     if not streams:
         raise MediaError(f"{path} has no video stream")
@@ -215,25 +230,61 @@ def packets(path: str | os.PathLike[str]) -> Packets:
         time_base=s.get("time_base", ""),
         extradata=s.get("extradata_hash", ""),
     )
+    duration = float(info.get("format", {}).get("duration") or 0.0)
+    frames = s.get("nb_frames")
+    # the tail only when the container says how many frames there are; else every packet
+    start = max(0.0, duration - TAIL_SECONDS) if frames else 0.0
+    tail = _probe(
+        path, select_streams="v:0", show_entries="packet=pts,dts,flags", read_intervals=f"{start:.3f}%"
+    )
     tb = Fraction(stream.time_base or "1/1")
     pts: list[Fraction] = []
     dts: list[Fraction] = []
-    for p in info.get("packets") or []:
+    keys: list[bool] = []
+    for p in tail.get("packets") or []:
         if "pts" not in p:
             raise MediaError(f"{path} has packets without timestamps; it cannot be joined by copy")
         pts.append(int(p["pts"]) * tb)
         dts.append(int(p.get("dts", p["pts"])) * tb)
-    return Packets(stream, pts, dts)
+        keys.append("K" in str(p.get("flags", "")))
+    if start > 0 and not any(keys):
+        return _all_packets(path, stream, tb)
+    return Packets(stream, int(frames) if frames else len(pts), pts, dts, keys)
+
+
+def _all_packets(path: str | os.PathLike[str], stream: StreamInfo, tb: Fraction) -> Packets:
+    info = _probe(path, select_streams="v:0", show_entries="packet=pts,dts,flags")
+    found = [p for p in info.get("packets") or [] if "pts" in p]
+    return Packets(
+        stream,
+        len(found),
+        [int(p["pts"]) * tb for p in found],
+        [int(p.get("dts", p["pts"])) * tb for p in found],
+        ["K" in str(p.get("flags", "")) for p in found],
+    )
 
 
 @dataclass(frozen=True)
 class Joined:
     """What `join` wrote: how, and how many frames."""
 
-    method: Literal["copy", "re-encode"]
+    #: copy: stream copy throughout; partial: stream copy, except the last few seconds
+    #: (one GOP) of inputs whose repeated last frame could not be dropped by copy;
+    #: re-encode: everything re-encoded.
+    method: Literal["copy", "partial", "re-encode"]
     frames: int
-    #: Why the streams had to be re-encoded (empty for a copy).
+    #: Why (some of) the video had to be re-encoded (empty for a copy).
     reason: str = ""
+
+
+@dataclass(frozen=True)
+class _Piece:
+    """A stretch of one file for the concat demuxer: its first `frames` frames, the packets
+    decoded from `cut_at` on dropped (None: the whole file)."""
+
+    path: Path
+    frames: int
+    cut_at: Fraction | None = None
 
 
 def join(
@@ -242,10 +293,13 @@ def join(
     """Join videos into `dest`, dropping the last frame of every input but the last when asked
     (a hand-off: the next input starts from a copy of that frame, so it would show twice).
 
-    Stream copy when every input has the same stream parameters and the frames to drop are
-    droppable; otherwise one re-encode with chainer's H.264 settings at the first input's
-    size and rate. A copy is checked by counting the packets written; a miscount falls
-    back to the re-encode rather than leaving a file with a doubled or missing frame.
+    Stream copy when every input has the same stream parameters. An input whose last frame
+    is the last packet decoded loses it by copy; one that ends in B-frames (the last
+    frame shown is referenced by frames decoded after it) is copied up to its last
+    keyframe and only that last GOP is re-encoded, with chainer's settings, if that gives
+    the same parameter sets. Otherwise, everything is re-encoded once at the first input's
+    size and rate. A copy is checked by counting the frames written; a miscount falls
+    back to the full re-encode rather than leaving a doubled or missing frame.
     """
     if not inputs:
         raise MediaError("nothing to join")
@@ -253,48 +307,83 @@ def join(
     keep = [p.frames - (1 if drop_last_frame and i < len(found) - 1 else 0) for i, p in enumerate(found)]
     if min(keep) < 1:
         raise MediaError(f"{inputs[keep.index(min(keep))]} has no frames to join")
-    reason = _copy_refusal(found, drop_last_frame)
+    first = found[0].stream
+    reason = next(
+        (
+            f"input {n} differs from input 1 in "
+            + ", ".join(k for k, v in p.stream.model_dump().items() if getattr(first, k) != v)
+            for n, p in enumerate(found[1:], start=2)
+            if p.stream != first
+        ),
+        "",
+    )
     if not reason:
-        _join_copy(inputs, found, keep, dest)
-        written = packets(dest).frames
-        if written == sum(keep):
-            return Joined("copy", written)
-        reason = f"a stream copy wrote {written} frames instead of {sum(keep)}"
+        with tempfile.TemporaryDirectory(dir=Path(dest).parent, prefix=".join-") as tmp:
+            pieces: list[_Piece] = []
+            tails: list[tuple[Path, int, int, Path]] = []  # (input, first frame, frames, tail file)
+            for n, (item, p, k) in enumerate(zip(inputs, found, keep, strict=True), start=1):
+                if k == p.frames:
+                    pieces.append(_Piece(Path(item), k))
+                elif p.last_frame_droppable:
+                    pieces.append(_Piece(Path(item), k, cut_at=p.dts[-1]))
+                else:
+                    cut = p.last_gop()
+                    if cut is None:
+                        reason = f"input {n} ends in B-frames and is not cut at a closed GOP"
+                        break
+                    packet, before = cut
+                    if before:
+                        pieces.append(_Piece(Path(item), before, cut_at=p.dts[packet]))
+                    tail = Path(tmp) / f"tail-{n}.mp4"
+                    tails.append((Path(item), before, k - before, tail))
+                    pieces.append(_Piece(tail, k - before))
+            if not reason and tails:
+                with ThreadPoolExecutor(max_workers=min(len(tails), os.cpu_count() or 1)) as pool:
+                    list(
+                        pool.map(
+                            lambda t: _reencode_frames(
+                                t[0], start=t[1], count=t[2], fps=first.frame_rate, dest=t[3]
+                            ),
+                            tails,
+                        )
+                    )
+                made = [packets(t[3]) for t in tails]
+                if any(m.stream != first or m.frames != t[2] for m, t in zip(made, tails, strict=True)):
+                    reason = "inputs end in B-frames and chainer's encoder cannot match their parameters"
+            if not reason:
+                _concat(pieces, Fraction(first.frame_rate), dest)
+                written = packets(dest).frames
+                if written == sum(keep):
+                    if tails:
+                        return Joined(
+                            "partial", written, f"{len(tails)} input(s) end in B-frames: last GOP re-encoded"
+                        )
+                    return Joined("copy", written)
+                reason = f"a stream copy wrote {written} frames instead of {sum(keep)}"
     _join_reencode(inputs, found, keep, dest)
     return Joined("re-encode", sum(keep), reason)
 
 
-def _copy_refusal(found: Sequence[Packets], drop_last_frame: bool) -> str:
-    first = found[0].stream
-    for n, p in enumerate(found[1:], start=2):
-        if p.stream != first:
-            differ = [k for k, v in p.stream.model_dump().items() if getattr(first, k) != v]
-            return f"input {n} differs from input 1 in {', '.join(differ)}"
-    if drop_last_frame:
-        for n, p in enumerate(found[:-1], start=1):
-            if not p.last_frame_droppable:
-                return f"the last frame of input {n} is referenced by others (B-frames at the end)"
-    return ""
+def _reencode_frames(src: Path, *, start: int, count: int, fps: str, dest: Path) -> None:
+    """Frames [start, start + count) of `src`, re-encoded with chainer's settings."""
+    seek = (start - 0.5) / Fraction(fps) if start else 0
+    stream = ffmpeg.input(str(src), ss=float(seek)).video.output(
+        str(dest), vframes=count, r=fps, **H264_OUTPUT
+    )
+    _run(stream.overwrite_output(), "re-encode the end of a video")
 
 
-def _join_copy(
-    inputs: Sequence[str | os.PathLike[str]],
-    found: Sequence[Packets],
-    keep: Sequence[int],
-    dest: str | os.PathLike[str],
-) -> None:
-    # The concat demuxer places each input after the previous one's `duration`; given
-    # exactly (frames kept / rate), the joins are frame-exact even when an input's own
-    # duration is off by its B-frame delay. `outpoint` (compared with decode timestamps)
-    # drops the last packet, which `_copy_refusal` checked is the last frame shown.
-    fps = Fraction(found[0].stream.frame_rate)
+def _concat(pieces: Sequence[_Piece], fps: Fraction, dest: str | os.PathLike[str]) -> None:
+    # The concat demuxer places each piece after the previous one's `duration`; given
+    # exactly (frames kept / rate), the joins are frame-exact even when a file's own
+    # duration is off by its B-frame delay. `outpoint` is compared with decode timestamps:
+    # half a frame before `cut_at` drops that packet and every one decoded after it.
     with tempfile.NamedTemporaryFile("w", suffix=".txt", delete=False) as listing:
-        for item, p, n in zip(inputs, found, keep, strict=True):
-            escaped = str(Path(item).resolve()).replace("'", "'\\''")
-            listing.write(f"file '{escaped}'\nduration {float(n / fps):.6f}\n")
-            if n < p.frames:
-                half = 1 / (2 * fps)
-                listing.write(f"outpoint {float(p.dts[n] - half):.6f}\n")
+        for piece in pieces:
+            escaped = str(piece.path.resolve()).replace("'", "'\\''")
+            listing.write(f"file '{escaped}'\nduration {float(piece.frames / fps):.6f}\n")
+            if piece.cut_at is not None:
+                listing.write(f"outpoint {float(piece.cut_at - 1 / (2 * fps)):.6f}\n")
     try:
         stream = ffmpeg.input(listing.name, format="concat", safe=0).output(
             str(dest), map="0:v:0", c="copy", movflags="+faststart"
@@ -320,26 +409,31 @@ def _join_reencode(
     _run(stream.overwrite_output(), "re-encode and join videos")
 
 
-def frame_at(path: str | os.PathLike[str], seconds: float) -> Image.Image:
-    """The frame shown at `seconds` into `path`, as an RGB Pillow image.
+def frame_at(path: str | os.PathLike[str], seconds: float, *, width: int | None = None) -> Image.Image:
+    """The first frame shown at or after `seconds` into `path`, as an RGB Pillow image,
+    scaled to `width` pixels wide if given. Seeks (decoding from the keyframe before), so
+    it costs the same near the end of a long video as near its start.
 
     Frames travel as raw RGB and Pillow encodes any picture file, so this works with
     ffmpeg builds that lack image codecs (the bundled static build has no PNG encoder).
     """
     info = probe(path)
-    stream = ffmpeg.input(str(path), ss=max(0.0, seconds)).output(
-        "pipe:", format="rawvideo", pix_fmt="rgb24", vframes=1
-    )
+    w, h = info.width, info.height
+    video = ffmpeg.input(str(path), ss=max(0.0, seconds)).video
+    if width is not None:
+        w, h = width, max(2, round(info.height * width / info.width / 2) * 2)
+        video = video.filter("scale", w, h)
+    stream = video.output("pipe:", format="rawvideo", pix_fmt="rgb24", vframes=1)
     cmd = [tools().ffmpeg, *ffmpeg.get_args(stream.global_args("-hide_banner", "-nostdin"))]
     proc = subprocess.run(cmd, capture_output=True)
-    size = info.width * info.height * 3
+    size = w * h * 3
     if proc.returncode != 0 or len(proc.stdout) < size:
         raise MediaError(
             f"ffmpeg could not read a frame at {seconds:.3f} s of {path}",
             command=cmd,
             stderr=proc.stderr.decode(errors="replace"),
         )
-    return Image.frombytes("RGB", (info.width, info.height), proc.stdout[:size])
+    return Image.frombytes("RGB", (w, h), proc.stdout[:size])
 
 
 def frames_at(path: str | os.PathLike[str], indices: Sequence[int], *, width: int) -> list[Image.Image]:

@@ -14,7 +14,7 @@ from __future__ import annotations
 import datetime as dt
 import html
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -88,11 +88,43 @@ def _wrap(text: str, width: int, lines: int) -> list[str]:
     return out
 
 
-def contact_sheet(video: Path, rows: Sequence[StepRow], dest: Path) -> Path:
-    """Write `dest`: a PNG grid of the first frame of every segment of `video`, labelled."""
+def thumbnail(rows: Sequence[StepRow], row: StepRow) -> Image.Image:
+    """The first frame `row`'s step added, taken from its own archived video (the whole
+    part so far), seeking to it: cheap, so the runner takes each as its download lands."""
+    assert row.file is not None
+    info = media.probe(row.file)
+    part = [r for r in rows if r.state != "skipped" and r.idx <= row.idx]
+    starts = [i for i, r in enumerate(part) if r.idx == 0 or (r.kind == "image2video" and r.idx > 0)]
+    first = starts[-1] if starts else 0
+    before = part[-2] if len(part) - 1 > first else None
+    frame = round((before.probed_duration or before.duration or 0.0) * info.fps) if before else 0
+    return media.frame_at(row.file, (frame - 0.5) / info.fps if frame else 0.0, width=THUMB_WIDTH)
+
+
+def contact_sheet(
+    video: Path,
+    rows: Sequence[StepRow],
+    dest: Path,
+    *,
+    known: Mapping[tuple[int, int], Image.Image] | None = None,
+) -> Path:
+    """Write `dest`: a PNG grid of the first frame of every segment of `video`, labelled.
+
+    `known` holds thumbnails already taken, by (step, take); the rest are read from
+    `video` in one decoding pass.
+    """
     info = media.probe(video)
     marks = boundaries(rows, info.fps)
-    frames = media.frames_at(video, [m.frame for m in marks], width=THUMB_WIDTH)
+    known = known or {}
+    missing = [m for m in marks if (m.step, m.take) not in known]
+    read = dict(
+        zip(
+            [(m.step, m.take) for m in missing],
+            media.frames_at(video, [m.frame for m in missing], width=THUMB_WIDTH),
+            strict=True,
+        )
+    )
+    frames = [known.get((m.step, m.take)) or read[(m.step, m.take)] for m in marks]
     thumb_h = frames[0].height if frames else 1
     font, bold = _font(13), _font(15)
     caption_h = 22 + 16 * CAPTION_LINES

@@ -32,6 +32,7 @@ from typing import Literal, assert_never, cast
 import anyio
 import httpx
 from anyio.abc import TaskGroup
+from PIL import Image
 
 from . import archive, errors, failpoints, media, report, rules
 from .journal import Journal, StepRow, part_ends, video_length
@@ -126,6 +127,8 @@ class ChainRunner:
         #: Re-roll: regenerate the steps from this one on as new takes (see `_reroll`).
         self.from_step = from_step
         self._fresh_intents: set[int] = set()
+        #: Contact sheet pictures taken as each result lands, by (step, take).
+        self._thumbs: dict[tuple[int, int], Image.Image] = {}
         #: Steps holding one of the account's slots -> whether their task surely exists.
         self._holding: dict[int, bool] = {}
 
@@ -198,7 +201,13 @@ class ChainRunner:
             how = "stream copy" if joined.method == "copy" else f"re-encoded: {joined.reason}"
             self._emit(parent.idx, "joined", f"{len(files)} parts, {how}", duration)
         await anyio.to_thread.run_sync(
-            report.contact_sheet, self.plan.output, rows, self.folder / archive.CONTACT_SHEET
+            functools.partial(
+                report.contact_sheet,
+                self.plan.output,
+                rows,
+                self.folder / archive.CONTACT_SHEET,
+                known=self._thumbs,
+            )
         )
         if (self.keep or self.plan.keep) == "final":
             await self._prune(keep={r.idx for r in ends})
@@ -656,6 +665,10 @@ class ChainRunner:
         self._emit(step.index, "downloading", archive.result_name(step.index, row.video_id or ""))
         row = await download_result(self.ctx, self.folder, row)
         self._emit(step.index, "downloaded", Path(row.file or "").name, self._length())
+        # The contact sheet's picture of this step, taken now (cheap: one seek) rather than by
+        # decoding the whole output at the end.
+        rows = self.ctx.journal.steps(self.plan.chain)
+        self._thumbs[(row.idx, row.attempt)] = await anyio.to_thread.run_sync(report.thumbnail, rows, row)
         return row
 
     async def _download_and_record(self, step: Step, row: StepRow) -> None:

@@ -1,0 +1,160 @@
+"""Benchmark 5, scale: 1,000 chains in flight, waiting on slow tasks.
+
+`chainer run` (a separate process) on 1,000 storyboards at once against a simulator that
+allows 1,000 tasks in flight and runs them at Kling's real pace (minutes). Once every
+chain has its task, chainer's resident memory and CPU use are sampled over a window
+while it waits. Baseline, in the same run: the naive pattern (one asyncio task per chain
+polling every 5 s, no journal) in its own process, for the same chains.
+Targets: chainer < 300 MB resident and < 10% of one core while waiting.
+
+    .venv/bin/python bench/scale.py [--smoke]
+"""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from common import ROOT, Result, Sim, main_for, peak_rss_mb, sample, simulator, write_storyboard
+
+NAIVE = """
+import sys, anyio, httpx
+sys.path.insert(0, sys.argv[3])
+from common import NaiveClient, Sim
+from chainer.simulator import SimConfig
+sim = Sim(SimConfig.model_validate_json(sys.argv[1]), sys.argv[2], None)
+async def one(client):
+    task = await client.create("text2video", {"prompt": "start", "model_name": "kling-v1-6", "duration": "5"})
+    await client.wait("text2video", task)
+async def main():
+    limits = httpx.Limits(max_connections=100)
+    async with httpx.AsyncClient(timeout=600, limits=limits) as http, anyio.create_task_group() as group:
+        client = NaiveClient(sim, http, interval=5.0)
+        for _ in range(int(sys.argv[4])):
+            group.start_soon(one, client)
+anyio.run(main)
+"""
+
+
+def in_flight(sim: Sim) -> int:
+    return int(sim.admin("stats")["in_flight"])
+
+
+def watch(pid: int, window: float) -> tuple[float, float, float]:
+    """(mean RSS MB, CPU % of one core, peak RSS MB) of `pid` over `window` seconds."""
+    first = sample(pid)
+    rss = [first.rss_mb]
+    end = time.monotonic() + window
+    while time.monotonic() < end:
+        time.sleep(0.5)
+        rss.append(sample(pid).rss_mb)
+    last = sample(pid)
+    return sum(rss) / len(rss), 100 * (last.cpu_s - first.cpu_s) / (last.at - first.at), peak_rss_mb(pid)
+
+
+def wait_for(predicate, timeout: float) -> None:  # type: ignore[no-untyped-def]
+    end = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > end:
+            raise TimeoutError("the benchmark's processes did not get there in time")
+        time.sleep(0.2)
+
+
+def run(smoke: bool) -> Result:
+    chains = 20 if smoke else 1000
+    window = 3.0 if smoke else 20.0
+    # Kling's own pace: tasks take minutes, so everything below happens while they wait.
+    # room for both runs' tasks: chainer's are still in flight when the baseline starts
+    with (
+        simulator(time_scale=1.0, concurrency=2 * chains + 10, width=64, height=64, fps=8) as sim,
+        tempfile.TemporaryDirectory() as tmp,
+    ):
+        work = Path(tmp)
+        folder = work / "storyboards"
+        folder.mkdir()
+        for n in range(chains):
+            write_storyboard(folder, f"s{n:04d}", 1, output=work / "out" / f"s{n:04d}.mp4")
+        started = time.monotonic()
+        proc = subprocess.Popen(
+            [
+                str(Path(sys.executable).parent / "chainer"),
+                "run",
+                str(folder),
+                "--quiet",
+                "--concurrency",
+                str(chains),
+                "--state-dir",
+                str(work / "state"),
+                "--archive-dir",
+                str(work / "archive"),
+            ],
+            env=sim.env(),
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            cwd=work,
+        )
+        try:
+            wait_for(lambda: in_flight(sim) >= chains, timeout=600)
+            submitted_s = time.monotonic() - started
+            time.sleep(1.0)
+            rss, cpu, peak = watch(proc.pid, window)
+        finally:
+            proc.send_signal(signal.SIGINT)
+            try:
+                proc.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+        before = in_flight(sim)
+        naive = subprocess.Popen(
+            [
+                sys.executable,
+                "-c",
+                NAIVE,
+                sim.config.model_dump_json(),
+                sim.base_url,
+                str(ROOT / "bench"),
+                str(chains),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            cwd=ROOT,
+        )
+        try:
+            wait_for(lambda: in_flight(sim) >= before + chains, timeout=600)
+            time.sleep(1.0)
+            naive_rss, naive_cpu, naive_peak = watch(naive.pid, window)
+        finally:
+            naive.kill()
+            naive.wait()
+    return Result(
+        name="scale",
+        command="bench/scale.py" + (" --smoke" if smoke else ""),
+        figures={
+            "chains in flight": chains,
+            "sample window s": window,
+            "chainer s until every chain had its task": submitted_s,
+            "chainer mean RSS MB while waiting": rss,
+            "chainer peak RSS MB": peak,
+            "chainer CPU % of one core while waiting": cpu,
+            "baseline (naive poller) mean RSS MB": naive_rss,
+            "baseline peak RSS MB": naive_peak,
+            "baseline CPU % of one core": naive_cpu,
+        },
+        ratio_name="chainer CPU % of one core while waiting",
+        ratio=cpu,
+        target="< 10 % and < 300 MB",
+        met=cpu < 10 and peak < 300,
+        notes=[
+            f"CPU chainer / baseline: {cpu / naive_cpu:.2f}; RSS chainer / baseline: {rss / naive_rss:.2f}"
+            if naive_cpu > 0
+            else "baseline used no measurable CPU"
+        ],
+    )
+
+
+if __name__ == "__main__":
+    main_for(run)
