@@ -41,7 +41,11 @@ def lags(tasks: list[dict[str, Any]]) -> tuple[list[float], float]:
 def run(smoke: bool) -> Result:
     chains, extensions = (2, 2) if smoke else (10, 5)
     scale = 0.0005 if smoke else 0.005
-    with simulator(time_scale=scale, concurrency=chains) as sim, tempfile.TemporaryDirectory() as tmp:
+    # small, low-rate frames: rendering ten videos at once must not delay the tasks themselves
+    with (
+        simulator(time_scale=scale, concurrency=chains, width=64, height=64, fps=8) as sim,
+        tempfile.TemporaryDirectory() as tmp,
+    ):
         work = Path(tmp)
         plans = [load_plan(write_storyboard(work, f"p{n}", extensions)) for n in range(chains)]
 

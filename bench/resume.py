@@ -64,7 +64,7 @@ def run(smoke: bool) -> Result:
         for n in range(chains):
             write_storyboard(folder, f"r{n:03d}", 1, output=work / "out" / f"r{n:03d}.mp4")
         first = chainer(sim, folder, work, chains)
-        fresh = until(lambda: sim.admin("stats")["in_flight"] >= chains, timeout=600)
+        fresh = until(lambda: sim.admin("stats")["creates"] >= chains, timeout=600)
         first.send_signal(signal.SIGKILL)
         first.wait()
         seen = {t["task_id"]: t["queries"] for t in sim.tasks()}

@@ -34,6 +34,8 @@ from .journal import Journal, StepRow, part_ends
 
 DURATION_TOLERANCE_S = 0.2
 CHUNK = 1 << 20
+#: A download asks the disk to catch up (in a thread) after every this many bytes.
+SYNC_EVERY = 32 << 20
 
 
 class Downloaded(BaseModel):
@@ -160,16 +162,32 @@ async def _receive(
         _hash_file(part, digest, limit=offset)  # the hash covers the bytes we already have
     validator = response.headers.get("ETag") or response.headers.get("Last-Modified")
     meta.write_text(json.dumps({"validator": validator, "digest": _announced_digest(response)}))
-    with part.open("r+b" if offset else "wb") as f:
+    with part.open("r+b" if offset else "wb", buffering=0) as f:
         f.seek(offset)
         f.truncate()
-        async for chunk in response.aiter_bytes(CHUNK):
-            f.write(chunk)
-            digest.update(chunk)
-            if progress is not None:
-                f.flush()  # what progress reports is in the file, not in a buffer
-                progress(f.tell())
-        f.flush()
+        flushed = offset
+        syncing = False
+
+        async def catch_up() -> None:
+            nonlocal syncing
+            syncing = True
+            try:
+                await anyio.to_thread.run_sync(os.fdatasync, f.fileno())
+            finally:
+                syncing = False
+
+        async with anyio.create_task_group() as writeback:
+            # Chunks as they arrive (no re-chunking copies); every SYNC_EVERY bytes, the
+            # disk catches up in a thread while the next bytes arrive, so the fsync at
+            # the end waits for little more than the last stretch.
+            async for chunk in response.aiter_bytes():
+                f.write(chunk)
+                digest.update(chunk)
+                if progress is not None:
+                    progress(f.tell())
+                if f.tell() - flushed >= SYNC_EVERY and not syncing:
+                    flushed = f.tell()
+                    writeback.start_soon(catch_up)
         os.fsync(f.fileno())
         return f.tell()
 

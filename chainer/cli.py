@@ -93,8 +93,22 @@ def _fail(exc: errors.ChainerError) -> typer.Exit:
     return typer.Exit(exc.exit_code)
 
 
+def _allow_open_files() -> None:
+    """Raise the soft limit on open files to the hard one: every chain of a batch holds its
+    lock file open, and a 1,000-storyboard batch would pass the usual soft limit of 1,024."""
+    try:
+        import resource
+
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        if soft != resource.RLIM_INFINITY and (hard == resource.RLIM_INFINITY or soft < hard):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    except (ImportError, ValueError, OSError):  # not on this platform, or not allowed: keep it
+        pass
+
+
 def _run_async(main: Callable[[], Awaitable[int]]) -> None:
     """Run a command's async body; errors become their exit codes, Ctrl-C exits 130."""
+    _allow_open_files()
     try:
         code = anyio.run(main)
     except errors.ChainerError as exc:

@@ -4,7 +4,7 @@ Kling tasks take minutes; fixed intervals either waste requests or add latency. 
 schedule here is shaped by the time the task is expected to take (learned from the
 chain's own earlier steps when there are any): it halves the remaining expected time
 at each poll, so it is sparse early and dense near the expected end, then polls at a
-small fraction of the expected time once the task is overdue. Jitter keeps many chains
+small fraction of the task's age once it is overdue. Jitter keeps many chains
 from polling in lockstep.
 """
 
@@ -22,7 +22,7 @@ class PollPolicy:
     max_interval: float = 30.0
     #: Give up waiting for a task after this long (it stays in the journal; resume continues).
     deadline: float = 3 * 3600.0
-    #: Once overdue, poll every this fraction of the expected time.
+    #: Once overdue, poll every this fraction of the task's age.
     overdue_fraction: float = 0.05
     jitter: float = 0.1
 
@@ -39,7 +39,11 @@ class PollPolicy:
 def next_delay(policy: PollPolicy, *, elapsed: float, expected: float, rng: random.Random) -> float:
     """Seconds to wait before the next poll of a task `elapsed` seconds old."""
     remaining = expected - elapsed
-    # Halve the remaining expected time while there is some; once overdue, poll steadily.
-    delay = remaining / 2 if remaining > policy.min_interval else expected * policy.overdue_fraction
+    # Halve the remaining expected time while there is some; once overdue, poll at a
+    # fraction of the task's age, so a task that runs long costs few polls and its
+    # detection lag stays a small fraction of its time.
+    delay = (
+        remaining / 2 if remaining > policy.min_interval else max(expected, elapsed) * policy.overdue_fraction
+    )
     delay = min(policy.max_interval, max(policy.min_interval, delay))
     return delay * rng.uniform(1 - policy.jitter, 1 + policy.jitter)
