@@ -119,7 +119,19 @@ def run(smoke: bool) -> Result:
         ratio=ratio,
         target="<= 1.10",
         met=ratio <= 1.10,
-        notes=[f"chainer / baseline (each against its own bound): {ratio / naive_ratio:.3f}"],
+        notes=[
+            f"chainer / baseline (each against its own bound): {ratio / naive_ratio:.3f}",
+            *(
+                []
+                if ratio <= 1.10
+                else [
+                    "why missed, and what would fix it: the limit is kept full (peak 5, no 1303), so the gap is "
+                    "the per-task detection lag (see polling) times tasks per slot; the simulator also renders "
+                    "every video and serves chainer's archive downloads on the same two cores, which the "
+                    "baseline (no archive) does not load. Callbacks would remove the lag"
+                ]
+            ),
+        ],
     )
 
 
