@@ -181,6 +181,47 @@ def write_storyboard(folder: Path, name: str, extensions: int, *, output: Path |
     return path
 
 
+def storyboard_folder(work: Path, prefix: str, chains: int) -> Path:
+    """`work/storyboards` holding `chains` one-extension storyboards (outputs under work/out)."""
+    folder = work / "storyboards"
+    folder.mkdir()
+    for n in range(chains):
+        write_storyboard(folder, f"{prefix}{n:04d}", 1, output=work / "out" / f"{prefix}{n:04d}.mp4")
+    return folder
+
+
+def chainer_batch(sim: Sim, folder: Path, work: Path, chains: int) -> subprocess.Popen[bytes]:
+    """`chainer run FOLDER` as its own process, all chains at once, talking to `sim`."""
+    return subprocess.Popen(
+        [
+            str(Path(sys.executable).parent / "chainer"),
+            "run",
+            str(folder),
+            "--quiet",
+            "--concurrency",
+            str(chains),
+            "--state-dir",
+            str(work / "state"),
+            "--archive-dir",
+            str(work / "archive"),
+        ],
+        env=sim.env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        cwd=work,
+    )
+
+
+def until(predicate: Callable[[], bool], timeout: float, step: float = 0.05) -> float:
+    """Wait until `predicate()` holds; the seconds it took. TimeoutError after `timeout`."""
+    started = time.monotonic()
+    while not predicate():
+        if time.monotonic() - started > timeout:
+            raise TimeoutError("the benchmark's processes did not get there in time")
+        time.sleep(step)
+    return time.monotonic() - started
+
+
 # ---------------------------------------------------------------- process sampling
 
 

@@ -13,43 +13,10 @@ all 200 tasks were created. Target: resume < 5 s.
 from __future__ import annotations
 
 import signal
-import subprocess
-import sys
 import tempfile
-import time
 from pathlib import Path
 
-from common import Result, Sim, main_for, simulator, write_storyboard
-
-
-def chainer(sim: Sim, folder: Path, work: Path, chains: int) -> subprocess.Popen[bytes]:
-    return subprocess.Popen(
-        [
-            str(Path(sys.executable).parent / "chainer"),
-            "run",
-            str(folder),
-            "--quiet",
-            "--concurrency",
-            str(chains),
-            "--state-dir",
-            str(work / "state"),
-            "--archive-dir",
-            str(work / "archive"),
-        ],
-        env=sim.env(),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        cwd=work,
-    )
-
-
-def until(predicate, timeout: float, step: float = 0.05) -> float:  # type: ignore[no-untyped-def]
-    started = time.monotonic()
-    while not predicate():
-        if time.monotonic() - started > timeout:
-            raise TimeoutError("not reached in time")
-        time.sleep(step)
-    return time.monotonic() - started
+from common import Result, chainer_batch, main_for, simulator, storyboard_folder, until
 
 
 def run(smoke: bool) -> Result:
@@ -59,16 +26,13 @@ def run(smoke: bool) -> Result:
         tempfile.TemporaryDirectory() as tmp,
     ):
         work = Path(tmp)
-        folder = work / "storyboards"
-        folder.mkdir()
-        for n in range(chains):
-            write_storyboard(folder, f"r{n:03d}", 1, output=work / "out" / f"r{n:03d}.mp4")
-        first = chainer(sim, folder, work, chains)
+        folder = storyboard_folder(work, "r", chains)
+        first = chainer_batch(sim, folder, work, chains)
         fresh = until(lambda: sim.admin("stats")["creates"] >= chains, timeout=600)
         first.send_signal(signal.SIGKILL)
         first.wait()
         seen = {t["task_id"]: t["queries"] for t in sim.tasks()}
-        again = chainer(sim, folder, work, chains)
+        again = chainer_batch(sim, folder, work, chains)
 
         def all_polled() -> bool:
             tasks = sim.tasks()

@@ -19,7 +19,18 @@ import tempfile
 import time
 from pathlib import Path
 
-from common import ROOT, Result, Sim, main_for, peak_rss_mb, sample, simulator, write_storyboard
+from common import (
+    ROOT,
+    Result,
+    Sim,
+    chainer_batch,
+    main_for,
+    peak_rss_mb,
+    sample,
+    simulator,
+    storyboard_folder,
+    until,
+)
 
 NAIVE = """
 import sys, anyio, httpx
@@ -56,14 +67,6 @@ def watch(pid: int, window: float) -> tuple[float, float, float]:
     return sum(rss) / len(rss), 100 * (last.cpu_s - first.cpu_s) / (last.at - first.at), peak_rss_mb(pid)
 
 
-def wait_for(predicate, timeout: float) -> None:  # type: ignore[no-untyped-def]
-    end = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > end:
-            raise TimeoutError("the benchmark's processes did not get there in time")
-        time.sleep(0.2)
-
-
 def run(smoke: bool) -> Result:
     chains = 20 if smoke else 1000
     window = 3.0 if smoke else 45.0
@@ -75,31 +78,11 @@ def run(smoke: bool) -> Result:
         tempfile.TemporaryDirectory() as tmp,
     ):
         work = Path(tmp)
-        folder = work / "storyboards"
-        folder.mkdir()
-        for n in range(chains):
-            write_storyboard(folder, f"s{n:04d}", 1, output=work / "out" / f"s{n:04d}.mp4")
+        folder = storyboard_folder(work, "s", chains)
         started = time.monotonic()
-        proc = subprocess.Popen(
-            [
-                str(Path(sys.executable).parent / "chainer"),
-                "run",
-                str(folder),
-                "--quiet",
-                "--concurrency",
-                str(chains),
-                "--state-dir",
-                str(work / "state"),
-                "--archive-dir",
-                str(work / "archive"),
-            ],
-            env=sim.env(),
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-            cwd=work,
-        )
+        proc = chainer_batch(sim, folder, work, chains)
         try:
-            wait_for(lambda: created(sim) >= chains, timeout=600)
+            until(lambda: created(sim) >= chains, timeout=600)
             submitted_s = time.monotonic() - started
             time.sleep(1.0)
             rss, cpu, peak = watch(proc.pid, window)
@@ -125,7 +108,7 @@ def run(smoke: bool) -> Result:
             cwd=ROOT,
         )
         try:
-            wait_for(lambda: created(sim) >= before + chains, timeout=600)
+            until(lambda: created(sim) >= before + chains, timeout=600)
             time.sleep(1.0)
             naive_rss, naive_cpu, naive_peak = watch(naive.pid, window)
         finally:

@@ -196,11 +196,16 @@ class ChainSummary:
     attention: str
 
 
+def is_handoff(row: StepRow) -> bool:
+    """Whether `row` starts a new part of the video: an image2video after step 0."""
+    return row.kind == "image2video" and row.idx > 0
+
+
 def part_ends(rows: Sequence[StepRow]) -> list[StepRow]:
     """The last step of every part of a chain's video, in order: the videos joined into
     its output. A hand-off (an image2video after step 0) starts a new part."""
     live = [r for r in rows if r.state != "skipped"]
-    ends = [prev for prev, r in itertools.pairwise(live) if r.kind == "image2video" and r.idx > 0]
+    ends = [prev for prev, r in itertools.pairwise(live) if is_handoff(r)]
     return ends + live[-1:]
 
 
@@ -211,7 +216,7 @@ def video_length(rows: Sequence[StepRow]) -> float | None:
     for r in rows:
         if r.state == "skipped":
             continue
-        if r.kind == "image2video" and r.idx > 0:
+        if is_handoff(r):
             total, current = total + (current or 0.0), None
         if r.duration is not None:
             current = r.duration

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING
 from PIL import Image, ImageDraw, ImageFont
 
 from . import archive, media
-from .journal import Journal, StepRow
+from .journal import Journal, StepRow, is_handoff
 
 if TYPE_CHECKING:
     from .runner import ChainResult
@@ -43,6 +43,8 @@ class Boundary:
     prompt: str | None
     frame: int
     seconds: float
+    #: The step starts a new part from the previous video's last frame.
+    handoff: bool = False
 
 
 def boundaries(rows: Sequence[StepRow], fps: float) -> list[Boundary]:
@@ -57,11 +59,11 @@ def boundaries(rows: Sequence[StepRow], fps: float) -> list[Boundary]:
     for r in rows:
         if r.state == "skipped":
             continue
-        if r.kind == "image2video" and r.idx > 0:
+        if is_handoff(r):
             before_part += in_part - 1
             in_part = 0
         start = before_part + in_part
-        found.append(Boundary(r.idx, r.attempt, r.kind, r.prompt, start, start / fps))
+        found.append(Boundary(r.idx, r.attempt, r.kind, r.prompt, start, start / fps, is_handoff(r)))
         length = r.probed_duration or r.duration
         if length is not None:
             in_part = round(length * fps)
@@ -94,7 +96,7 @@ def thumbnail(rows: Sequence[StepRow], row: StepRow) -> Image.Image:
     assert row.file is not None
     info = media.probe(row.file)
     part = [r for r in rows if r.state != "skipped" and r.idx <= row.idx]
-    starts = [i for i, r in enumerate(part) if r.idx == 0 or (r.kind == "image2video" and r.idx > 0)]
+    starts = [i for i, r in enumerate(part) if r.idx == 0 or is_handoff(r)]
     first = starts[-1] if starts else 0
     before = part[-2] if len(part) - 1 > first else None
     frame = round((before.probed_duration or before.duration or 0.0) * info.fps) if before else 0
@@ -145,7 +147,7 @@ def contact_sheet(
         y = header + (n // cols) * cell_h
         sheet.paste(frame, (x, y))
         label = f"#{mark.step}  {mark.seconds:.2f} s" + (f"  take {mark.take}" if mark.take > 1 else "")
-        if mark.kind == "image2video" and mark.step > 0:
+        if mark.handoff:
             label += "  hand-off"
         draw.text((x, y + thumb_h + 4), label, fill=(255, 220, 90), font=bold)
         for k, line in enumerate(_wrap(mark.prompt or f"({mark.kind})", 34, CAPTION_LINES)):

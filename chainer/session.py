@@ -27,7 +27,7 @@ from pydantic import SecretStr
 from . import archive, errors, rules, storyboard
 from . import plan as plan_mod
 from .errors import ConfigError
-from .journal import Journal
+from .journal import Journal, is_handoff
 from .polling import PollPolicy
 from .profiles import BUILTIN, Profile, from_environment
 from .provider.client import DEFAULT_TIMEOUT, KlingClient
@@ -202,11 +202,7 @@ class Session:
             raise ConfigError("from_last_frame needs from_step: the step to start from the last frame")
         forced: set[int] = set()
         if self.journal.chain(plan.chain) is not None:
-            forced = {
-                r.idx
-                for r in self.journal.steps(plan.chain)
-                if r.kind == "image2video" and r.idx > 0 and r.state != "skipped"
-            }
+            forced = {r.idx for r in self.journal.steps(plan.chain) if is_handoff(r) and r.state != "skipped"}
         if from_step is not None:
             forced = {i for i in forced if i < from_step} | ({from_step} if from_last_frame else set())
         if forced <= set(plan.handoffs):
