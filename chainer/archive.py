@@ -176,18 +176,24 @@ async def _receive(
             finally:
                 syncing = False
 
+        failure: Exception | None = None
         async with anyio.create_task_group() as writeback:
             # Chunks as they arrive (no re-chunking copies); every SYNC_EVERY bytes, the
             # disk catches up in a thread while the next bytes arrive, so the fsync at
             # the end waits for little more than the last stretch.
-            async for chunk in response.aiter_bytes():
-                f.write(chunk)
-                digest.update(chunk)
-                if progress is not None:
-                    progress(f.tell())
-                if f.tell() - flushed >= SYNC_EVERY and not syncing:
-                    flushed = f.tell()
-                    writeback.start_soon(catch_up)
+            try:
+                async for chunk in response.aiter_bytes():
+                    f.write(chunk)
+                    digest.update(chunk)
+                    if progress is not None:
+                        progress(f.tell())
+                    if f.tell() - flushed >= SYNC_EVERY and not syncing:
+                        flushed = f.tell()
+                        writeback.start_soon(catch_up)
+            except Exception as exc:  # raised below as it is, not wrapped in an ExceptionGroup
+                failure = exc
+        if failure is not None:
+            raise failure
         os.fsync(f.fileno())
         return f.tell()
 
