@@ -6,7 +6,7 @@ the final video and the prompt: a whole chain judged at a glance. `report.html` 
 per chain, the final video, its contact sheet, and a table of the steps (current takes
 and earlier ones) with their prompts, durations, units, task ids and archive files. Every
 link in it is relative, so the report opens from disk in a browser, with no server, and
-keeps working when the archive folder is moved or copied as a whole.
+keeps working when the archive and output folders are moved together.
 """
 
 from __future__ import annotations
