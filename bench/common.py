@@ -301,12 +301,6 @@ async def download(url: str, dest: Path) -> float:
     return time.perf_counter() - started
 
 
-def timed(fn: Callable[[], Any]) -> tuple[float, Any]:
-    started = time.perf_counter()
-    value = fn()
-    return time.perf_counter() - started, value
-
-
 def main_for(run: Callable[[bool], Result]) -> None:
     """The command line of one benchmark: `--smoke` for the tiny CI version, `--json` to
     print the result as one JSON line (run_all uses it)."""

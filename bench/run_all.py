@@ -17,6 +17,8 @@ import sys
 import time
 from pathlib import Path
 
+from common import fmt
+
 HERE = Path(__file__).resolve().parent
 BENCHMARKS = ["chain_overhead", "polling", "batch", "download", "scale", "resume", "assembly"]
 
@@ -69,18 +71,12 @@ def main() -> int:
         )
     for r in results:
         lines += ["", f"## {r['name']}", "", f"`{r['command']}`", ""]
-        lines += [f"- {k}: {_fmt(v)}" for k, v in r["figures"].items()]
+        lines += [f"- {k}: {fmt(v)}" for k, v in r["figures"].items()]
         lines += [f"- note: {n}" for n in r["notes"]]
         lines.append(f"- **target {r['target']}: {'met' if r['met'] else 'not met'}**")
     (HERE / "results.md").write_text("\n".join(lines) + "\n")
     print(f"wrote {HERE / 'results.md'}")
     return 0
-
-
-def _fmt(value: object) -> str:
-    if isinstance(value, float):
-        return f"{value:.4g}" if abs(value) < 100 else f"{value:.1f}"
-    return str(value)
 
 
 if __name__ == "__main__":
