@@ -17,29 +17,14 @@ import tempfile
 import time
 from pathlib import Path
 
-from common import Result, main_for
+from common import Result, main_for, test_pattern
 
 from chainer import archive, media
 
 
 def part(dest: Path, seconds: float, seed: int) -> Path:
     """A test-pattern clip with chainer's encoder settings (what the parts of a chain share)."""
-    args = [
-        media.tools().ffmpeg,
-        "-v",
-        "error",
-        "-y",
-        "-f",
-        "lavfi",
-        "-i",
-        f"testsrc2=size=640x360:rate=24,hue=h={seed * 40}",
-        "-t",
-        f"{seconds}",
-    ]
-    for key, value in media.H264_OUTPUT.items():
-        args += [f"-{key}", str(value)]
-    subprocess.run([*args, str(dest)], check=True)
-    return dest
+    return test_pattern(dest, size="640x360", seconds=seconds, hue=seed * 40)
 
 
 def ffmpeg_concat(parts: list[Path], dest: Path) -> float:

@@ -20,9 +20,9 @@ from typing import Any
 
 import anyio
 import httpx
-from common import NaiveClient, Result, Sim, main_for, simulator, write_storyboard
+from common import NaiveClient, Result, Sim, main_for, run_batch, simulator, write_storyboard
 
-from chainer import Session, load_plan
+from chainer import load_plan
 
 LIMIT = 5
 
@@ -54,20 +54,8 @@ def run(smoke: bool) -> Result:
         work = Path(tmp)
         plans = [load_plan(write_storyboard(work, f"b{n:02d}", extensions)) for n in range(chains)]
 
-        async def chainer_run() -> float:
-            async with Session.open(
-                state_dir=work / "state",
-                archive_dir=work / "archive",
-                provider=sim.provider(),
-                concurrency=LIMIT,
-            ) as session:
-                started = time.perf_counter()
-                results = await session.run_many(plans)
-                assert all(r.state == "done" for r in results), results
-                return time.perf_counter() - started
-
         t0, before = now_ms(), rejections(sim)
-        makespan = anyio.run(chainer_run)
+        makespan = anyio.run(run_batch, sim, work, plans, LIMIT)
         ours = sim.tasks(t0, now_ms())
         our_rejections = rejections(sim) - before
         our_peak = sim.admin("stats")["peak_concurrency"]

@@ -167,7 +167,35 @@ class NaiveClient:
         return video
 
 
-# ---------------------------------------------------------------- storyboards
+# ---------------------------------------------------------------- inputs
+
+
+def test_pattern(dest: Path, *, size: str, seconds: float, hue: int = 0) -> Path:
+    """An H.264 MP4 test pattern made with chainer's own encoder settings."""
+    from chainer import media
+
+    args = [media.tools().ffmpeg, "-v", "error", "-y", "-f", "lavfi"]
+    args += ["-i", f"testsrc2=size={size}:rate=24,hue=h={hue}", "-t", f"{seconds}"]
+    for key, value in media.H264_OUTPUT.items():
+        args += [f"-{key}", str(value)]
+    subprocess.run([*args, str(dest)], check=True)
+    return dest
+
+
+async def run_batch(sim: Sim, work: Path, plans: list[Any], concurrency: int) -> float:
+    """chainer's library running `plans` at once against `sim`; the seconds it took."""
+    from chainer import Session
+
+    async with Session.open(
+        state_dir=work / "state",
+        archive_dir=work / "archive",
+        provider=sim.provider(),
+        concurrency=concurrency,
+    ) as session:
+        started = time.perf_counter()
+        results = await session.run_many(plans)
+        assert all(r.state == "done" for r in results), results
+        return time.perf_counter() - started
 
 
 def write_storyboard(folder: Path, name: str, extensions: int, *, output: Path | None = None) -> Path:

@@ -23,7 +23,7 @@ import threading
 import time
 from pathlib import Path
 
-from common import ROOT, Result, main_for
+from common import ROOT, Result, main_for, test_pattern
 
 from chainer import media
 
@@ -44,29 +44,7 @@ anyio.run(main)
 
 def padded_video(dest: Path, size: int) -> float:
     """Write a valid MP4 of exactly `size` bytes (a short clip plus a `free` box); its duration."""
-    clip = dest.with_suffix(".clip.mp4")
-    subprocess.run(
-        [
-            media.tools().ffmpeg,
-            "-v",
-            "error",
-            "-y",
-            "-f",
-            "lavfi",
-            "-i",
-            "testsrc2=size=320x180:rate=24",
-            "-t",
-            "2",
-            "-c:v",
-            "libx264",
-            "-pix_fmt",
-            "yuv420p",
-            "-movflags",
-            "+faststart",
-            str(clip),
-        ],
-        check=True,
-    )
+    clip = test_pattern(dest.with_suffix(".clip.mp4"), size="320x180", seconds=2)
     data = clip.read_bytes()
     pad = size - len(data)
     with dest.open("wb") as f:

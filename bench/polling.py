@@ -20,9 +20,9 @@ from typing import Any
 
 import anyio
 import httpx
-from common import NaiveClient, Result, main_for, quantile, simulator, write_storyboard
+from common import NaiveClient, Result, main_for, quantile, run_batch, simulator, write_storyboard
 
-from chainer import Session, load_plan
+from chainer import load_plan
 
 
 def now_ms() -> int:
@@ -49,17 +49,8 @@ def run(smoke: bool) -> Result:
         work = Path(tmp)
         plans = [load_plan(write_storyboard(work, f"p{n}", extensions)) for n in range(chains)]
 
-        async def chainer_run() -> None:
-            async with Session.open(
-                state_dir=work / "state",
-                archive_dir=work / "archive",
-                provider=sim.provider(),
-                concurrency=chains,
-            ) as session:
-                await session.run_many(plans)
-
         t0 = now_ms()
-        anyio.run(chainer_run)
+        anyio.run(run_batch, sim, work, plans, chains)
         ours, our_queries = lags(sim.tasks(t0, now_ms()))
 
         async def naive_run() -> None:
