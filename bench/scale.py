@@ -39,8 +39,18 @@ from common import NaiveClient, Sim
 from chainer.simulator import SimConfig
 sim = Sim(SimConfig.model_validate_json(sys.argv[1]), sys.argv[2], None)
 async def one(client):
-    task = await client.create("text2video", {"prompt": "start", "model_name": "kling-v1-6", "duration": "5"})
-    await client.wait("text2video", task)
+    while True:  # under a thousand at once a request can time out: ask again, as a script would
+        try:
+            task = await client.create("text2video", {"prompt": "start", "model_name": "kling-v1-6", "duration": "5"})
+            break
+        except Exception as exc:
+            print("create failed, trying again:", repr(exc), file=sys.stderr, flush=True)
+            await anyio.sleep(5.0)
+    while True:
+        try:
+            return await client.wait("text2video", task)
+        except Exception as exc:
+            print("poll failed, trying again:", repr(exc), file=sys.stderr, flush=True)
 async def main():
     limits = httpx.Limits(max_connections=100)
     async with httpx.AsyncClient(timeout=600, limits=limits) as http, anyio.create_task_group() as group:
@@ -107,8 +117,14 @@ def run(smoke: bool) -> Result:
             stderr=subprocess.PIPE,
             cwd=ROOT,
         )
+
+        def baseline_ready() -> bool:
+            if naive.poll() is not None:
+                raise RuntimeError(f"the baseline process died: {naive.stderr.read().decode()[-2000:]}")  # type: ignore[union-attr]
+            return created(sim) >= before + chains
+
         try:
-            until(lambda: created(sim) >= before + chains, timeout=600)
+            until(baseline_ready, timeout=600)
             time.sleep(1.0)
             naive_rss, naive_cpu, naive_peak = watch(naive.pid, window)
         finally:

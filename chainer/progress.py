@@ -36,6 +36,9 @@ MILESTONES = {
     "submit_unknown",
     "retrying",
     "re-downloading",
+    "re-roll",
+    "joined",
+    "warning",
 }
 
 

@@ -200,15 +200,18 @@ class ChainRunner:
             duration = joined.frames / media.probe(self.plan.output).fps
             how = "stream copy" if joined.method == "copy" else f"re-encoded: {joined.reason}"
             self._emit(parent.idx, "joined", f"{len(files)} parts, {how}", duration)
-        await anyio.to_thread.run_sync(
-            functools.partial(
-                report.contact_sheet,
-                self.plan.output,
-                rows,
-                self.folder / archive.CONTACT_SHEET,
-                known=self._thumbs,
+        try:
+            await anyio.to_thread.run_sync(
+                functools.partial(
+                    report.contact_sheet,
+                    self.plan.output,
+                    rows,
+                    self.folder / archive.CONTACT_SHEET,
+                    known=self._thumbs,
+                )
             )
-        )
+        except errors.MediaError as exc:  # the video is done and archived; the sheet is a courtesy
+            self._emit(parent.idx, "warning", f"no contact sheet: {exc}")
         if (self.keep or self.plan.keep) == "final":
             await self._prune(keep={r.idx for r in ends})
         await self._write_manifest()
@@ -668,7 +671,10 @@ class ChainRunner:
         # The contact sheet's picture of this step, taken now (cheap: one seek) rather than by
         # decoding the whole output at the end.
         rows = self.ctx.journal.steps(self.plan.chain)
-        self._thumbs[(row.idx, row.attempt)] = await anyio.to_thread.run_sync(report.thumbnail, rows, row)
+        try:
+            self._thumbs[(row.idx, row.attempt)] = await anyio.to_thread.run_sync(report.thumbnail, rows, row)
+        except errors.MediaError as exc:  # only a picture: the sheet reads it from the output instead
+            self._emit(step.index, "warning", f"no contact-sheet picture yet: {exc}")
         return row
 
     async def _download_and_record(self, step: Step, row: StepRow) -> None:

@@ -101,3 +101,35 @@ def test_report_links_work_from_disk_and_sheet_shows_each_boundary(sim_factory, 
     assert json.loads((tmp_path / "archive" / "harbour" / "manifest.json").read_text())["contact_sheet"] == (
         "contact-sheet.png"
     )
+
+
+def test_a_contact_sheet_that_cannot_be_made_does_not_fail_the_chain(
+    sim: Simulator, tmp_path: Path, monkeypatch
+) -> None:  # type: ignore[no-untyped-def]
+    import anyio
+
+    from chainer import errors, load_plan
+    from chainer.session import Session, simulator_provider
+
+    def broken(*args: object, **kwargs: object) -> None:
+        raise errors.MediaError("ffmpeg could not read frames", command=["ffmpeg", "-i", "x"], stderr="boom")
+
+    monkeypatch.setattr(report, "thumbnail", broken)
+    monkeypatch.setattr(report, "contact_sheet", broken)
+    sb = tmp_path / "sheetless.yaml"
+    sb.write_text(
+        "name: sheetless\nstart: {text2video: {prompt: A road, model: kling-v1-6}}\n"
+        f"segments: [{{prompt: onwards}}]\noutput: {tmp_path / 'out.mp4'}\n"
+    )
+    events: list[str] = []
+
+    async def main() -> object:
+        provider = simulator_provider(sim, time_scale=sim.config.time_scale)
+        async with Session.open(state_dir=tmp_path / "s", archive_dir=tmp_path / "a", provider=provider) as s:
+            return await s.run(load_plan(sb), on_event=lambda e: events.append(f"{e.state}: {e.message}"))
+
+    result = anyio.run(main)
+    assert result.state == "done" and (tmp_path / "out.mp4").is_file()  # type: ignore[attr-defined]
+    assert not (tmp_path / "a" / "sheetless" / "contact-sheet.png").exists()
+    assert any(e.startswith("warning: no contact sheet: ffmpeg could not read frames") for e in events)
+    assert sum(e.startswith("warning: no contact-sheet picture yet") for e in events) == 2
