@@ -148,10 +148,7 @@ class Session:
                 name = "simulator" if chosen.name == "kling" else f"simulator-{chosen.name}"
                 provider = simulator_provider(sim, time_scale=config.time_scale, name=name)
             journal = stack.enter_context(Journal(state / f"journal-{provider.name}.sqlite"))
-            # Every connection may stay open between polls: with the default of 20 kept
-            # alive, a batch polling more tasks than that reconnects for most polls.
-            limits = httpx.Limits(max_connections=100, max_keepalive_connections=100)
-            http = await stack.enter_async_context(httpx.AsyncClient(timeout=DEFAULT_TIMEOUT, limits=limits))
+            http = await stack.enter_async_context(httpx.AsyncClient(timeout=DEFAULT_TIMEOUT))
             client = await stack.enter_async_context(KlingClient(provider, http=http))
             poll = PollPolicy().scaled(provider.time_scale)
             # Absolute, so a chain resumed from another working directory finds its files.
