@@ -98,18 +98,14 @@ def run(smoke: bool) -> Result:
         notes=[
             "ffmpeg alone neither drops the repeated frames nor verifies the result",
             f"pure copy path / ffmpeg: {plain / baseline:.3f}",
-            *(
-                []
-                if ratio <= 1.5
-                else [
-                    "why missed, and what would fix it: x264 ends these parts in B-frames, so the frame each "
-                    "join must drop cannot go by stream copy; chainer re-encodes the last GOP of each such "
-                    "part (here 3 x ~4 s, in parallel), which is most of the difference. Without that (the "
-                    "'no frame to drop' figure) chainer is within the target. Encoding parts without B-frames "
-                    "at the end, or hiding the frame with an MP4 edit list, would avoid the re-encode"
-                ]
-            ),
         ],
+        why_missed=(
+            "x264 ends these parts in B-frames, so the frame each "
+            "join must drop cannot go by stream copy; chainer re-encodes the last GOP of each such "
+            "part (here 3 x ~4 s, in parallel), which is most of the difference. Without that (the "
+            "'no frame to drop' figure) chainer is within the target. Encoding parts without B-frames "
+            "at the end, or hiding the frame with an MP4 edit list, would avoid the re-encode"
+        ),
     )
 
 

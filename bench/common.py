@@ -250,6 +250,11 @@ def until(predicate: Callable[[], bool], timeout: float, step: float = 0.05) -> 
     return time.monotonic() - started
 
 
+def now_ms() -> int:
+    """Wall-clock milliseconds, the simulator's unit."""
+    return int(time.time() * 1000)
+
+
 # ---------------------------------------------------------------- process sampling
 
 
@@ -290,6 +295,12 @@ class Result:
     target: str
     met: bool
     notes: list[str] = field(default_factory=list)
+    #: Why the target was missed and what would fix it: shown only when it was missed.
+    why_missed: str = ""
+
+    def __post_init__(self) -> None:
+        if self.why_missed and not self.met:
+            self.notes.append(f"why missed, and what would fix it: {self.why_missed}")
 
     def show(self) -> None:
         print(f"== {self.name}  ({self.command})")

@@ -138,17 +138,12 @@ def run(smoke: bool) -> Result:
         ratio=ratio,
         target=">= 0.8 and peak RSS < 100 MB",
         met=ratio >= 0.8 and float(peak) < 100,
-        notes=([] if curl else ["curl is not installed: no baseline"])
-        + (
-            []
-            if ratio >= 0.8
-            else [
-                "why missed, and what would fix it: chainer receives through httpx, which reads 64 KB at a "
-                "time in Python (about 200-250 MB/s here), hashes every byte and makes the file durable; curl "
-                "does neither of the last two (see 'curl + fsync'). Larger reads in httpcore, or receiving "
-                "with a native splice/sendfile loop, would close most of the gap. On a real network a CDN "
-                "sends tens of MB/s, well under either"
-            ]
+        notes=[] if curl else ["curl is not installed: no baseline"],
+        why_missed=(
+            "chainer receives through httpx, which reads 64 KB at a time in Python (about 200-250 MB/s "
+            "here), hashes every byte and makes the file durable; curl does neither of the last two (see "
+            "'curl + fsync'). Larger reads in httpcore, or receiving with a native splice/sendfile loop, "
+            "would close most of the gap. On a real network a CDN sends tens of MB/s, well under either"
         ),
     )
 
