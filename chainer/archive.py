@@ -416,12 +416,13 @@ def publish(src: Path, dest: Path) -> None:
     _commit(tmp, dest)
 
 
-def publish_joined(parts: Sequence[Path], dest: Path) -> media.Joined:
-    """Join a chain's parts (dropping each hand-off's repeated frame) into `dest` atomically."""
+def publish_joined(parts: Sequence[Path], dest: Path, *, drops: Sequence[bool]) -> media.Joined:
+    """Join a chain's parts into `dest` atomically; `drops[i]`: the join after part i is a
+    hand-off, whose repeated frame is dropped (an Omni-Video shot's join drops nothing)."""
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = dest.with_name(f".{dest.name}.joining.mp4")
     try:
-        joined = media.join(parts, tmp, drop_last_frame=True)
+        joined = media.join(parts, tmp, drop_last_frame=drops)
         with tmp.open("rb") as f:
             os.fsync(f.fileno())
         _commit(tmp, dest)

@@ -655,23 +655,36 @@ def plan(
     out.print(
         f"{p.chain}: {p.provider.name}, {p.model} {p.mode}, {len(p.steps)} steps -> {p.output}", markup=False
     )
-    table = Table("step", "kind", "length after", "units", "prompt", box=None, pad_edge=False)
+
+    def span(lo: float, hi: float, sign: str = "") -> str:
+        return f"{sign}{lo:g}-{hi:g} s" if lo != hi else f"{sign}{hi:g} s"
+
+    table = Table("step", "kind", "adds", "length after", "units", "prompt", box=None, pad_edge=False)
     for s in p.steps:
-        span = f"{s.min_total:g}-{s.max_total:g} s" if s.min_total != s.max_total else f"{s.max_total:g} s"
         prompt = (s.prompt or "")[:60] + ("..." if s.prompt and len(s.prompt) > 60 else "")
         kind = ("hand-off: " if s.handoff else "") + s.kind + (" (if needed)" if s.optional else "")
-        table.add_row(str(s.index), kind, span, f"{s.units:g}", prompt)
+        adds = span(*p.adds(s), sign="+")
+        table.add_row(str(s.index), kind, adds, span(s.min_total, s.max_total), f"{s.units:g}", prompt)
     out.print(table)
     last = p.steps[-1]
     handoffs = p.handoffs
+    shots = data["shots"]
     out.print(
-        f"Length: {last.min_total:g}-{last.max_total:g} s"
+        f"Length: {span(last.min_total, last.max_total)}"
         + (
             f" in {len(handoffs) + 1} parts joined at the end; Kling's 180 s cap is met by starting a new "
             f"part from the last frame at step{'s' if len(handoffs) > 1 else ''} "
             f"{', '.join(map(str, handoffs))}."
             if handoffs
             else "."
+        )
+        + (
+            f" Steps {shots[0]}-{shots[-1]} are {len(shots)} Omni-Video shots, each a new video "
+            "that continues the one before it; they are joined into one file at the end."
+            if len(shots) > 1
+            else (
+                f" Step {shots[0]} is an Omni-Video shot, joined after the video before it." if shots else ""
+            )
         )
         + (f" Stops once {p.target_duration:g} s is reached." if p.target_duration else ""),
         markup=False,

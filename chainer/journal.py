@@ -197,16 +197,30 @@ class ChainSummary:
 
 
 def is_handoff(row: StepRow) -> bool:
-    """Whether `row` starts a new part of the video: an image2video after step 0."""
+    """Whether `row` is a hand-off: an image2video after step 0, which starts a new part
+    from a copy of the previous part's last frame (the join drops that frame once)."""
     return row.kind == "image2video" and row.idx > 0
+
+
+def starts_part(row: StepRow) -> bool:
+    """Whether `row`'s video is a new part rather than the previous one made longer: a
+    hand-off, or an Omni-Video shot (a new shot that continues the previous one)."""
+    return is_handoff(row) or row.kind == "omni-video"
 
 
 def part_ends(rows: Sequence[StepRow]) -> list[StepRow]:
     """The last step of every part of a chain's video, in order: the videos joined into
-    its output. A hand-off (an image2video after step 0) starts a new part."""
+    its output. A hand-off or an Omni-Video shot starts a new part."""
     live = [r for r in rows if r.state != "skipped"]
-    ends = [prev for prev, r in itertools.pairwise(live) if is_handoff(r)]
+    ends = [prev for prev, r in itertools.pairwise(live) if starts_part(r)]
     return ends + live[-1:]
+
+
+def drops_at_joins(rows: Sequence[StepRow]) -> list[bool]:
+    """For each join between the parts `part_ends` lists: whether the part before it loses
+    its last frame (a hand-off repeats it; an Omni-Video shot continues after it)."""
+    live = [r for r in rows if r.state != "skipped"]
+    return [is_handoff(r) for r in live if starts_part(r)]
 
 
 def video_length(rows: Sequence[StepRow]) -> float | None:
@@ -216,7 +230,7 @@ def video_length(rows: Sequence[StepRow]) -> float | None:
     for r in rows:
         if r.state == "skipped":
             continue
-        if is_handoff(r):
+        if starts_part(r):
             total, current = total + (current or 0.0), None
         if r.duration is not None:
             current = r.duration
@@ -463,6 +477,17 @@ class Journal:
     def _row(row: sqlite3.Row) -> StepRow:
         data = {k: row[k] for k in row.keys() if k != "updated_at"}  # noqa: SIM118 (sqlite3.Row)
         return StepRow(**data)
+
+    def refresh_url(self, step: StepRow, url: str) -> StepRow:
+        """Remember a newly signed url of `step`'s video (the provider re-signs on every
+        query; the old one expires). Nothing else about the step changes."""
+        now = time.time()
+        with self.transaction() as db:
+            db.execute(
+                "UPDATE steps SET video_url = ?, updated_at = ? WHERE chain = ? AND idx = ? AND attempt = ?",
+                (url, now, step.chain, step.idx, step.attempt),
+            )
+        return self.step(step.chain, step.idx)
 
     def mark_pruned(self, step: StepRow) -> StepRow:
         """Record that `step`'s archived file was deleted on purpose (keep: final)."""

@@ -288,10 +288,14 @@ class _Piece:
 
 
 def join(
-    inputs: Sequence[str | os.PathLike[str]], dest: str | os.PathLike[str], *, drop_last_frame: bool
+    inputs: Sequence[str | os.PathLike[str]],
+    dest: str | os.PathLike[str],
+    *,
+    drop_last_frame: bool | Sequence[bool],
 ) -> Joined:
     """Join videos into `dest`, dropping the last frame of every input but the last when asked
     (a hand-off: the next input starts from a copy of that frame, so it would show twice).
+    A sequence asks join by join: `drop_last_frame[i]` for the join after input i.
 
     Stream copy when every input has the same stream parameters. An input whose last frame
     is the last packet decoded loses it by copy; one that ends in B-frames (the last
@@ -303,8 +307,13 @@ def join(
     """
     if not inputs:
         raise MediaError("nothing to join")
+    drops = (
+        [drop_last_frame] * (len(inputs) - 1) if isinstance(drop_last_frame, bool) else list(drop_last_frame)
+    )
+    if len(drops) != len(inputs) - 1:
+        raise ValueError(f"{len(inputs)} inputs have {len(inputs) - 1} joins, not {len(drops)}")
     found = [packets(p) for p in inputs]
-    keep = [p.frames - (1 if drop_last_frame and i < len(found) - 1 else 0) for i, p in enumerate(found)]
+    keep = [p.frames - (1 if i < len(drops) and drops[i] else 0) for i, p in enumerate(found)]
     if min(keep) < 1:
         raise MediaError(f"{inputs[keep.index(min(keep))]} has no frames to join")
     first = found[0].stream

@@ -1,11 +1,13 @@
 """From a storyboard to the concrete steps a run will take, with Kling's rules applied.
 
 Step 0 is the start: a text2video or image2video task, or an existing video adopted as
-it is. Steps 1..n are video-extend tasks, each extending step i-1's result: the
-storyboard's segments with `defaults` filled in and `repeat` unrolled, then, for a
-`target_duration`, enough repeats of the last segment to reach it in the worst case
-(4 s each). Those extra steps are optional: the run skips them once the video is long
-enough.
+it is. Steps 1..n are the storyboard's segments with `defaults` filled in and `repeat`
+unrolled, then, for a `target_duration`, enough repeats of the last segment to reach it
+in the worst case (4 s per extension). Those extra steps are optional: the run skips them
+once the video is long enough. A segment is a video-extend task, extending step i-1's
+result, or (continuation omni) an Omni-Video shot: a new video of its own length made
+with step i-1's video as its reference. Each shot is a part of its own; an extend phase
+may come first (kling-v1.x only), never after a shot.
 
 Kling stops extending at 180 s. Where the next extension could cross the cap in the
 worst case (5 s each), that segment becomes a *hand-off* instead: an image2video task
@@ -24,6 +26,7 @@ reported at the storyboard line they come from, all in one pass.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import math
@@ -39,7 +42,7 @@ from .storyboard import ExistingVideo, Image2Video, Loaded, Text2Video
 #: How long a hand-off's image2video is (then extended like any start).
 HANDOFF_SECONDS = 5
 
-StepKind = Literal["existing", "text2video", "image2video", "video-extend"]
+StepKind = Literal["existing", "text2video", "image2video", "video-extend", "omni-video"]
 Loc = tuple[str | int, ...]
 
 
@@ -91,6 +94,13 @@ class Plan:
         """The steps that start a new part from the previous video's last frame."""
         return [s.index for s in self.steps if s.handoff]
 
+    def adds(self, step: Step) -> tuple[float, float]:
+        """How many seconds `step` adds to the video: (at least, at most)."""
+        if step.index == 0:
+            return (step.min_total, step.max_total)
+        before = self.steps[step.index - 1]
+        return (step.min_total - before.min_total, step.max_total - before.max_total)
+
     def summary(self) -> dict[str, Any]:
         """The plan as plain data (what `chainer plan --json` prints)."""
         other = "pro" if self.mode == "std" else "std"
@@ -109,6 +119,7 @@ class Plan:
                     "kind": s.kind,
                     "prompt": s.prompt,
                     "optional": s.optional,
+                    "adds": list(self.adds(s)),
                     "min_total": s.min_total,
                     "max_total": s.max_total,
                     "units": s.units,
@@ -120,8 +131,9 @@ class Plan:
             ],
             "handoffs": self.handoffs,
             "estimated_units": self.total_units,
+            "shots": [s.index for s in self.steps if s.kind == "omni-video"],
             f"estimated_units_if_{other}": sum(
-                rules.estimate_units(other, float(s.fields.get("duration", rules.EXTEND_MAX_SECONDS)))
+                rules.task_units(s.kind, other, float(s.fields.get("duration", rules.EXTEND_MAX_SECONDS)))
                 for s in self.steps
                 if s.kind != "existing"
             ),
@@ -147,11 +159,15 @@ def _is_url(value: str) -> bool:
 
 
 def _fingerprint(previous: str, kind: str, fields: dict[str, Any], base: Path) -> str:
+    def content(value: str) -> str:  # a local file counts by its content, not its name
+        return value if _is_url(value) else "sha256:" + _sha_file(base / value)
+
     described = dict(fields)
     for key in ("image", "image_tail"):
-        value = described.get(key)
-        if value and not _is_url(value):  # a local file counts by its content, not its name
-            described[key] = "sha256:" + _sha_file(base / value)
+        if described.get(key):
+            described[key] = content(described[key])
+    if described.get("images"):
+        described["images"] = [content(v) for v in described["images"]]
     blob = json.dumps({"prev": previous, "kind": kind, "fields": described}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()
 
@@ -169,6 +185,19 @@ class _Checker:
 
     def warn(self, loc: Loc, message: str) -> None:
         self.warnings.append(self.loaded.problem(loc, message))
+
+    def image(self, loc: Loc, value: str, base: Path) -> None:
+        """A local image file (relative to the storyboard) must exist and suit Kling; URLs
+        are fetched by the provider, so only it can judge them."""
+        if _is_url(value):
+            return
+        path = base / value
+        if not path.is_file():
+            self.error(loc, f"image file {value!r} not found (paths are relative to the storyboard's folder)")
+            return
+        problem = rules.image_problem(path.read_bytes())
+        if problem:
+            self.error(loc, f"{value} {problem}")
 
     def prompts(self, loc: Loc, values: dict[str, Any], profile: profiles.Profile) -> None:
         limits = {"prompt": profile.prompt_max_chars, "negative_prompt": profile.negative_prompt_max_chars}
@@ -208,9 +237,17 @@ def build(loaded: Loaded, *, output: Path | None = None, handoffs: Collection[in
             (*start_loc, "model"),
             f"{kind} does not offer model {source.model!r}; choose one of {', '.join(allowed)}",
         )
+    hows = [seg.continuation or sb.continuation for seg in sb.segments]
     refusal = rules.extension_refusal(source.model, 0.0, refuse_v1_5=not profile.extend_v1_5)
-    if refusal:
-        check.error((*start_loc, "model"), refusal)
+    if hows[0] == "omni":
+        pass
+    elif refusal:
+        check.error(
+            (*start_loc, "model"),
+            f"{refusal}. To continue a {source.model} video, use Omni-Video shots instead: add "
+            "`continuation: omni` to the storyboard (each segment becomes a new shot made with the "
+            "previous one as its reference; see the README, Omni-Video)",
+        )
     elif source.model == "kling-v1-5":
         check.warn(
             (*start_loc, "model"),
@@ -231,23 +268,41 @@ def build(loaded: Loaded, *, output: Path | None = None, handoffs: Collection[in
     if isinstance(source, Image2Video):
         for name in ("image", "image_tail"):
             value = getattr(source, name)
-            if not value or _is_url(value):
-                continue
-            path = base / value
-            if not path.is_file():
-                check.error(
-                    (*start_loc, name),
-                    f"image file {value!r} not found (paths are relative to the storyboard's folder)",
-                )
-                continue
-            problem = rules.image_problem(path.read_bytes())
-            if problem:
-                check.error((*start_loc, name), f"{value} {problem}")
+            if value:
+                check.image((*start_loc, name), value, base)
 
     # ---- the segments, with defaults and repeats
-    extends: list[tuple[Loc, dict[str, Any], bool]] = []
-    for i, seg in enumerate(sb.segments):
+    omni_mode = sb.omni.mode or source.mode
+    if "omni" in hows:
+        _check_omni_settings(check, sb)
+        if isinstance(source, ExistingVideo) and hows[0] == "omni":
+            check.error(
+                start_loc,
+                "an Omni-Video shot cannot directly follow an existing video: it is referenced by a "
+                "URL and joined from a downloaded file, and chainer has neither for it. Start with "
+                "text2video or image2video, or extend the video first (segments with `continuation: extend`)",
+            )
+    entries: list[_Entry] = []
+    for i, (seg, how) in enumerate(zip(sb.segments, hows, strict=True)):
         loc: Loc = ("segments", i)
+        if how == "omni":
+            omni = _omni_fields(check, loc, seg, sb, profile, base, omni_mode)
+            entries += [_Entry(loc, omni, False, "omni-video", seg.prompt)] * seg.repeat
+            continue
+        if "omni" in hows[:i]:
+            check.error(
+                (*loc, "continuation") if seg.continuation else loc,
+                f"{storyboard.describe(loc)} uses video-extend after an Omni-Video shot: the shot is made "
+                f"by {sb.omni.model}, which video-extend does not accept. Make it `continuation: omni` "
+                "too (an extend phase can only come first)",
+            )
+        for name in ("duration", "images"):
+            if getattr(seg, name) is not None:
+                check.error(
+                    (*loc, name),
+                    f"{name} applies to Omni-Video shots only (video-extend adds 4-5 s from the prompt); "
+                    "remove it or make the segment `continuation: omni`",
+                )
         fields: dict[str, Any] = {
             "prompt": seg.prompt,
             "negative_prompt": seg.negative_prompt
@@ -263,7 +318,7 @@ def build(loaded: Loaded, *, output: Path | None = None, handoffs: Collection[in
                 loc, f"{profile.name} ignores {', '.join(dropped)} in video-extend; it will not be sent"
             )
             fields = {k: v for k, v in fields.items() if k not in dropped}
-        extends += [(loc, fields, False)] * seg.repeat
+        entries += [_Entry(loc, fields, False, "video-extend", seg.prompt)] * seg.repeat
 
     start_min = float(getattr(source, "duration", None) or 0.0)
     start_max = float(getattr(source, "duration", None) or 10.0)  # unknown: assume the longest start
@@ -272,16 +327,16 @@ def build(loaded: Loaded, *, output: Path | None = None, handoffs: Collection[in
 
     if sb.target_duration is not None:
         target = sb.target_duration
-        listed_min = start_min + rules.EXTEND_MIN_SECONDS * len(extends)
+        listed_min = start_min + sum(e.seconds[0] for e in entries)
         if listed_min >= target:
             check.warn(
                 ("target_duration",),
                 f"the segments alone reach {listed_min:g} s or more; target_duration adds nothing",
             )
         else:
-            needed = math.ceil((target - listed_min) / rules.EXTEND_MIN_SECONDS - 1e-9)
-            last_loc, last_fields, _ = extends[-1]
-            extends += [(last_loc, last_fields, True)] * needed
+            last = entries[-1]
+            needed = math.ceil((target - listed_min) / last.seconds[0] - 1e-9)
+            entries += [dataclasses.replace(last, optional=True)] * needed
 
     if isinstance(source, ExistingVideo) and (
         1 in handoffs or start_max + rules.EXTEND_MAX_SECONDS > rules.MAX_TOTAL_SECONDS + 1e-9
@@ -326,14 +381,22 @@ def build(loaded: Loaded, *, output: Path | None = None, handoffs: Collection[in
         )
     lo, hi = start_min, start_max
     part, part_max = 0, start_max
-    for i, (loc, fields, optional) in enumerate(extends, start=1):
+    for i, e in enumerate(entries, start=1):
+        if e.kind == "omni-video":  # a new shot: a part of its own, joined at the end; no cap
+            part += 1
+            fp = _fingerprint(steps[-1].fingerprint, e.kind, e.fields, base)
+            lo += e.seconds[0]
+            hi += e.seconds[1]
+            units = rules.task_units(e.kind, omni_mode, e.seconds[1])
+            steps.append(Step(i, e.kind, e.prompt, e.fields, lo, hi, units, fp, e.optional, e.loc, part))
+            continue
         if i in handoffs or part_max + rules.EXTEND_MAX_SECONDS > rules.MAX_TOTAL_SECONDS + 1e-9:
             part, part_max = part + 1, float(HANDOFF_SECONDS)
             handoff = {
                 "model_name": source.model,
                 "mode": source.mode,
                 "duration": str(HANDOFF_SECONDS),
-                **{k: v for k, v in fields.items() if k in ("prompt", "negative_prompt", "cfg_scale")},
+                **{k: v for k, v in e.fields.items() if k in ("prompt", "negative_prompt", "cfg_scale")},
             }
             fp = _fingerprint(steps[-1].fingerprint, "handoff", handoff, base)
             lo += HANDOFF_SECONDS
@@ -341,24 +404,35 @@ def build(loaded: Loaded, *, output: Path | None = None, handoffs: Collection[in
             units = rules.estimate_units(source.mode, HANDOFF_SECONDS)
             steps.append(
                 Step(
-                    i, "image2video", handoff["prompt"], handoff, lo, hi, units, fp, optional, loc, part, True
+                    i,
+                    "image2video",
+                    handoff["prompt"],
+                    handoff,
+                    lo,
+                    hi,
+                    units,
+                    fp,
+                    e.optional,
+                    e.loc,
+                    part,
+                    True,
                 )
             )
-            if not optional and i not in handoffs:
+            if not e.optional and i not in handoffs:
                 check.warn(
-                    loc,
-                    f"step {i} ({storyboard.describe(loc)}) could take the video past Kling's "
+                    e.loc,
+                    f"step {i} ({storyboard.describe(e.loc)}) could take the video past Kling's "
                     f"{rules.MAX_TOTAL_SECONDS:g} s cap: it starts part {part + 1} instead, an image2video "
                     "from the last frame so far (the parts are joined at the end)",
                 )
             continue
         part_max += rules.EXTEND_MAX_SECONDS
-        fp = _fingerprint(steps[-1].fingerprint, "video-extend", fields, base)
+        fp = _fingerprint(steps[-1].fingerprint, "video-extend", e.fields, base)
         lo += rules.EXTEND_MIN_SECONDS
         hi += rules.EXTEND_MAX_SECONDS
         units = rules.estimate_units(source.mode, rules.EXTEND_MAX_SECONDS)
         steps.append(
-            Step(i, "video-extend", fields["prompt"], fields, lo, hi, units, fp, optional, loc, part)
+            Step(i, "video-extend", e.fields["prompt"], e.fields, lo, hi, units, fp, e.optional, e.loc, part)
         )
     return Plan(
         chain=sb.name,
@@ -375,3 +449,87 @@ def build(loaded: Loaded, *, output: Path | None = None, handoffs: Collection[in
         keep=sb.archive.keep,
         warnings=sorted(check.warnings, key=lambda p: (p.line, p.column)),
     )
+
+
+@dataclass(frozen=True)
+class _Entry:
+    """One step the segments ask for, before the cap and the hand-offs are applied."""
+
+    loc: Loc
+    fields: dict[str, Any]
+    optional: bool
+    kind: Literal["video-extend", "omni-video"]
+    #: The user's prompt (an omni step sends it with the video placeholder added).
+    prompt: str
+
+    @property
+    def seconds(self) -> tuple[float, float]:
+        """How much the step adds to the video: (at least, at most)."""
+        if self.kind == "omni-video":
+            return (float(self.fields["duration"]),) * 2
+        return (rules.EXTEND_MIN_SECONDS, rules.EXTEND_MAX_SECONDS)
+
+
+def _check_omni_settings(check: _Checker, sb: storyboard.Storyboard) -> None:
+    """The `omni:` settings every Omni-Video shot shares."""
+    refusal = rules.omni_refusal(sb.omni.model)
+    if refusal:
+        check.error(("omni", "model"), refusal)
+    if sb.omni.sound == "on":
+        check.error(
+            ("omni", "sound"),
+            "Omni-Video needs sound off when a reference video is given, and every shot chainer "
+            "makes has one (the previous shot); remove `sound: on`",
+        )
+
+
+def _omni_fields(
+    check: _Checker,
+    loc: Loc,
+    seg: storyboard.Segment,
+    sb: storyboard.Storyboard,
+    profile: profiles.Profile,
+    base: Path,
+    mode: str,
+) -> dict[str, Any]:
+    """The request fields of an Omni-Video shot (the reference video is added at run
+    time: it is the previous shot's url), with Omni's rules checked."""
+    for name in ("negative_prompt", "cfg_scale"):
+        if getattr(seg, name) is not None:
+            check.error((*loc, name), f"Omni-Video takes no {name}; remove it from this omni segment")
+    seconds = seg.duration if seg.duration is not None else sb.omni.duration
+    least, most = rules.OMNI_DURATION_RANGE
+    if not least <= seconds <= most:
+        check.error(
+            (*loc, "duration") if seg.duration is not None else ("omni", "duration"),
+            f"an Omni-Video shot that continues a video lasts {least}-{most} s; {seconds} is outside that",
+        )
+    images = seg.images or []
+    if len(images) > rules.OMNI_MAX_IMAGES:
+        check.error(
+            (*loc, "images"),
+            f"{len(images)} reference images; chainer sends at most {rules.OMNI_MAX_IMAGES} with a video",
+        )
+    for n, image in enumerate(images):
+        check.image((*loc, "images", n), image, base)
+    prompt = rules.omni_prompt(seg.prompt)
+    problem = rules.omni_placeholder_problem(prompt, videos=rules.OMNI_MAX_VIDEOS, images=len(images))
+    if problem:
+        check.error((*loc, "prompt"), problem)
+    if len(prompt) > profile.prompt_max_chars:
+        added = " with the <<<video_1>>> reference chainer puts in front" if prompt != seg.prompt else ""
+        check.error(
+            (*loc, "prompt"),
+            f"prompt has {len(prompt)} characters{added}; {profile.name} accepts at most "
+            f"{profile.prompt_max_chars}",
+        )
+    fields: dict[str, Any] = {
+        "model_name": sb.omni.model,
+        "mode": mode,
+        "duration": str(seconds),
+        "prompt": prompt,
+        "aspect_ratio": sb.omni.aspect_ratio,
+        "sound": "off",
+        "images": list(images) or None,
+    }
+    return {k: v for k, v in fields.items() if v is not None}

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING
 from PIL import Image, ImageDraw, ImageFont
 
 from . import archive, media
-from .journal import Journal, StepRow, is_handoff
+from .journal import Journal, StepRow, is_handoff, starts_part
 
 if TYPE_CHECKING:
     from .runner import ChainResult
@@ -50,8 +50,9 @@ class Boundary:
 def boundaries(rows: Sequence[StepRow], fps: float) -> list[Boundary]:
     """The first frame each step added to the final video, from the journal's rows.
 
-    Within a part, step i starts where step i-1's video ended; a hand-off starts a new
-    part, placed after the previous parts minus the one repeated frame each join drops.
+    Within a part, step i starts where step i-1's video ended; a hand-off or an
+    Omni-Video shot starts a new part, placed after the previous parts (minus the repeated
+    frame each hand-off's join drops).
     """
     found: list[Boundary] = []
     before_part = 0  # frames of the final video before the current part
@@ -59,8 +60,8 @@ def boundaries(rows: Sequence[StepRow], fps: float) -> list[Boundary]:
     for r in rows:
         if r.state == "skipped":
             continue
-        if is_handoff(r):
-            before_part += in_part - 1
+        if starts_part(r):
+            before_part += in_part - (1 if is_handoff(r) else 0)
             in_part = 0
         start = before_part + in_part
         found.append(Boundary(r.idx, r.attempt, r.kind, r.prompt, start, start / fps, is_handoff(r)))
@@ -96,7 +97,7 @@ def thumbnail(rows: Sequence[StepRow], row: StepRow) -> Image.Image:
     assert row.file is not None
     info = media.probe(row.file)
     part = [r for r in rows if r.state != "skipped" and r.idx <= row.idx]
-    starts = [i for i, r in enumerate(part) if r.idx == 0 or is_handoff(r)]
+    starts = [i for i, r in enumerate(part) if r.idx == 0 or starts_part(r)]
     first = starts[-1] if starts else 0
     before = part[-2] if len(part) - 1 > first else None
     frame = round((before.probed_duration or before.duration or 0.0) * info.fps) if before else 0

@@ -59,7 +59,7 @@ TaskStatus = Literal["submitted", "processing", "succeed", "failed"]
 TASK_STATUSES: Final = get_args(TaskStatus)
 TERMINAL_STATUSES: Final = ("succeed", "failed")
 
-TaskKind = Literal["text2video", "image2video", "video-extend"]
+TaskKind = Literal["text2video", "image2video", "video-extend", "omni-video"]
 TASK_KINDS: Final = get_args(TaskKind)
 
 
@@ -81,6 +81,57 @@ def extension_refusal(model: str, current_total: float, *, refuse_v1_5: bool = F
             f"the video is {current_total:g} s long; one more extension (up to "
             f"{EXTEND_MAX_SECONDS:g} s) could pass the {MAX_TOTAL_SECONDS:g} s cap"
         )
+    return None
+
+
+# ---------------------------------------------------------------- Omni-Video (§9)
+# Facts from third-party clients of the official API (secondary sources, kling-api.md §9).
+
+#: Models the omni-video endpoint offers.
+OMNI_MODELS: Final = ("kling-video-o1",)
+DEFAULT_OMNI_MODEL: Final = "kling-video-o1"
+#: Shot length in whole seconds when a video is given as a `feature` reference.
+OMNI_DURATION_RANGE: Final = (3, 10)
+DEFAULT_OMNI_SECONDS: Final = 5
+#: video_list takes at most this many videos.
+OMNI_MAX_VIDEOS: Final = 1
+#: Reference images chainer lets a shot carry next to its video. NOT a documented figure:
+#: §9 gives no limit; kept small so that a storyboard does not rely on an unknown one.
+OMNI_MAX_IMAGES: Final = 4
+ReferType = Literal["feature", "base"]
+Sound = Literal["on", "off"]
+#: How an omni prompt names its inputs: <<<video_1>>>, <<<image_2>>>.
+OMNI_PLACEHOLDER: Final = r"<<<(video|image)_(\d+)>>>"
+VIDEO_PLACEHOLDER: Final = "<<<video_1>>>"
+
+
+def omni_prompt(prompt: str) -> str:
+    """The prompt as sent to omni-video: `<<<video_1>>>` is put in front when the user's
+    prompt does not name the reference video itself (Kling needs the placeholder to know
+    what the video is for)."""
+    if VIDEO_PLACEHOLDER in prompt:
+        return prompt
+    return f"Based on {VIDEO_PLACEHOLDER}, generate the next shot: {prompt}"
+
+
+def omni_placeholder_problem(prompt: str, *, videos: int, images: int) -> str | None:
+    """Why Kling would refuse `prompt`'s placeholders for these inputs, or None."""
+    import re
+
+    for kind, number in re.findall(OMNI_PLACEHOLDER, prompt):
+        given = videos if kind == "video" else images
+        if not 1 <= int(number) <= given:
+            return (
+                f"the prompt names <<<{kind}_{number}>>> but the shot has "
+                f"{given} {kind}{'s' if given != 1 else ''}"
+            )
+    return None
+
+
+def omni_refusal(model: str) -> str | None:
+    """Why omni-video would not take `model`, or None."""
+    if model not in OMNI_MODELS:
+        return f"omni-video does not offer model {model!r}; it offers {', '.join(OMNI_MODELS)}"
     return None
 
 
@@ -186,6 +237,14 @@ def estimate_units(mode: str, seconds: float) -> float:
     return UNITS_PER_5S.get(mode, UNITS_PER_5S["pro"]) * blocks
 
 
+def task_units(kind: str, mode: str, seconds: float) -> float:
+    """Estimated units for one task of `kind` making `seconds` of new video. An omni shot
+    is charged by its length in seconds (3-10 s, not 5-second blocks): an ESTIMATE too."""
+    if kind == "omni-video":
+        return round(UNITS_PER_5S.get(mode, UNITS_PER_5S["pro"]) * seconds / 5.0, 3)
+    return estimate_units(mode, seconds)
+
+
 # ---------------------------------------------------------------- latency (estimate)
 
 #: Rough generation times in seconds, used only to shape polling before a chain has
@@ -194,4 +253,5 @@ EXPECTED_SECONDS: Final[dict[str, float]] = {
     "text2video": 90.0,
     "image2video": 90.0,
     "video-extend": 120.0,
+    "omni-video": 150.0,
 }

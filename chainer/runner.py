@@ -35,11 +35,20 @@ from anyio.abc import TaskGroup
 from PIL import Image
 
 from . import archive, errors, failpoints, media, report, rules
-from .journal import Journal, StepRow, part_ends, video_length
+from .journal import Journal, StepRow, drops_at_joins, part_ends, video_length
 from .plan import Plan, Step
 from .polling import PollPolicy, next_delay
 from .provider.client import KlingClient
-from .provider.wire import CreateRequest, Image2VideoRequest, Task, Text2VideoRequest, VideoExtendRequest
+from .provider.wire import (
+    CreateRequest,
+    Image2VideoRequest,
+    OmniImage,
+    OmniVideo,
+    OmniVideoRequest,
+    Task,
+    Text2VideoRequest,
+    VideoExtendRequest,
+)
 from .retry import MAX_RETRY_AFTER_S, create_backoff, download_backoff, read_backoff, retrying
 from .scheduler import Scheduler
 
@@ -196,7 +205,9 @@ class ChainRunner:
             duration = parent.probed_duration or parent.duration
         else:
             self._emit(parent.idx, "joining", f"{len(files)} parts")
-            joined = await anyio.to_thread.run_sync(archive.publish_joined, files, self.plan.output)
+            joined = await anyio.to_thread.run_sync(
+                functools.partial(archive.publish_joined, files, self.plan.output, drops=drops_at_joins(rows))
+            )
             duration = joined.frames / media.probe(self.plan.output).fps
             how = "stream copy" if joined.method == "copy" else f"re-encoded: {joined.reason}"
             self._emit(parent.idx, "joined", f"{len(files)} parts, {how}", duration)
@@ -268,7 +279,15 @@ class ChainRunner:
                 "archived; resume the chain first (it is paid for), then re-roll"
             )
         left = archive.time_left(branch.remote_created_ms)
-        if self.plan.steps[n].kind == "video-extend" and left is not None and left.total_seconds() <= 0:
+        gone = left is not None and left.total_seconds() <= 0
+        if self.plan.steps[n].kind == "omni-video" and gone:
+            raise errors.JournalError(
+                f"--from-step {n}: step {n - 1}'s video {branch.video_id} was made "
+                f"{archive.from_ms(branch.remote_created_ms):%Y-%m-%d} and Kling deleted it after "
+                f"{rules.RETENTION_DAYS} days; an Omni-Video shot references the previous shot by its url, "
+                f"so step {n} cannot be made again from it"
+            )
+        if self.plan.steps[n].kind == "video-extend" and gone:
             raise errors.JournalError(
                 f"--from-step {n}: step {n - 1}'s video {branch.video_id} was made "
                 f"{archive.from_ms(branch.remote_created_ms):%Y-%m-%d} and Kling deleted it after "
@@ -411,10 +430,18 @@ class ChainRunner:
                 )
             case "image2video":
                 for key in ("image", "image_tail"):
-                    if fields.get(key) and not str(fields[key]).startswith(("http://", "https://")):
-                        path = self.plan.storyboard.parent / fields[key]
-                        fields[key] = base64.b64encode(path.read_bytes()).decode()
+                    if fields.get(key):
+                        fields[key] = self._image(fields[key])
                 return Image2VideoRequest(external_task_id=ext, **fields)
+            case "omni-video":
+                assert parent is not None
+                images = [OmniImage(image_url=self._image(v)) for v in fields.pop("images", [])]
+                return OmniVideoRequest(
+                    external_task_id=ext,
+                    video_list=[OmniVideo(video_url=await self._reference_url(step, parent))],
+                    image_list=images or None,
+                    **fields,
+                )
             case "video-extend":
                 assert parent is not None and parent.video_id is not None
                 send_parent = self.ctx.client.config.send_parent_task_id
@@ -428,6 +455,50 @@ class ChainRunner:
                 raise AssertionError("an existing video is never submitted")
             case _:
                 assert_never(step.kind)
+
+    def _image(self, value: str) -> str:
+        """An image as Kling takes it: a URL as it is, a local file (relative to the
+        storyboard) as raw base64."""
+        if value.startswith(("http://", "https://")):
+            return value
+        return base64.b64encode((self.plan.storyboard.parent / value).read_bytes()).decode()
+
+    async def _reference_url(self, step: Step, parent: StepRow) -> str:
+        """A url Kling can fetch `parent`'s video from, for an Omni-Video shot.
+
+        Asked of the provider again before every create rather than taken from the
+        journal: signed urls expire (a resume may come days later), and Kling fetches the
+        video after the create, from its queue, so the freshest url is the safest. One
+        query per shot; the journal keeps the new url (downloads use it too).
+        """
+        client = self.ctx.client
+        assert parent.task_id is not None and parent.kind != "existing"
+        kind = cast(rules.TaskKind, parent.kind)
+        try:
+            task = await retrying(
+                functools.partial(client.get_task, kind, parent.task_id),
+                on=read_backoff,
+                deadline_s=READ_DEADLINE_S,
+            )
+        except errors.InvalidRequestError as exc:
+            if exc.code != 1203:
+                raise
+            raise errors.ProviderError(
+                f"step {step.index} of {self.plan.chain!r} references step {parent.idx}'s video by its url, "
+                f"but {client.config.name} no longer has task {parent.task_id} (Kling deletes videos "
+                f"{rules.RETENTION_DAYS} days after creation). An Omni-Video shot cannot be made from "
+                f"the archived copy ({parent.file or 'missing'}): Kling takes the reference as a url",
+                request_id=exc.request_id,
+            ) from exc
+        video = task.video
+        if video is None or video.id != parent.video_id:
+            raise errors.ProtocolError(
+                f"task {parent.task_id} no longer offers video {parent.video_id} "
+                f"({'no video' if video is None else 'it offers ' + video.id}); cannot reference it"
+            )
+        if video.url != parent.video_url:
+            self.ctx.journal.refresh_url(parent, video.url)
+        return video.url
 
     async def _handoff_image(self, step: Step, row: StepRow, parent: StepRow) -> bytes:
         """The start image of a hand-off: the last frame of `parent`'s video, archived once

@@ -200,6 +200,12 @@ class Session:
         where the storyboard alone would not), plus a new one at `from_step` if asked."""
         if from_last_frame and from_step is None:
             raise ConfigError("from_last_frame needs from_step: the step to start from the last frame")
+        kinds = {s.index: s.kind for s in plan.steps}
+        if from_last_frame and from_step is not None and kinds.get(from_step) == "omni-video":
+            raise ConfigError(
+                f"--from-last-frame: step {from_step} is an Omni-Video shot, which references the "
+                "previous shot's video by url, not a frame; re-roll it with --from-step alone"
+            )
         forced: set[int] = set()
         if self.journal.chain(plan.chain) is not None:
             forced = {r.idx for r in self.journal.steps(plan.chain) if is_handoff(r) and r.state != "skipped"}

@@ -4,7 +4,8 @@ This module checks form (keys, types, ranges); Kling's and the provider's rules 
 applied by the planner (chainer.plan), which reports with the same positions.
 
 A storyboard names a chain, says how its first video comes to be (`start`), and lists
-the `segments` that each extend the video so far. Every problem is reported as
+the `segments` that each continue the video so far: by video-extend (the default), or by
+Omni-Video shots (`continuation: omni`) for models video-extend refuses. Every problem is reported as
 `file:line:col: message`, pointing at the YAML node at fault, all problems in one pass.
 
     name: lighthouse
@@ -110,13 +111,26 @@ class Start(_Strict):
         return found
 
 
+#: How a segment continues the video: video-extend (Kling v1.x videos, 4-5 s more of the
+#: same video) or Omni-Video (a new shot made with the previous one as its reference).
+Continuation = Literal["extend", "omni"]
+
+
 class Segment(_Strict):
-    """One video-extend step (4-5 more seconds following this prompt), `repeat` times."""
+    """One step following this prompt, `repeat` times: a video-extend (4-5 more seconds)
+    or, with continuation omni, an Omni-Video shot of `duration` seconds."""
 
     prompt: Prompt
     negative_prompt: OptPrompt = None
     cfg_scale: CfgScale = None
     repeat: Annotated[int, Field(ge=1, le=45)] = 1
+    #: Overrides the storyboard's `continuation` for this segment (extend first, then omni).
+    continuation: Continuation | None = None
+    #: Omni only: the shot's length in whole seconds (3-10; default `omni.duration`).
+    duration: int | None = None
+    #: Omni only: reference images (files relative to the storyboard, or URLs), named in the
+    #: prompt as <<<image_1>>>, <<<image_2>>>, ...
+    images: list[Annotated[str, StringConstraints(min_length=1)]] | None = None
 
 
 class Defaults(_Strict):
@@ -124,6 +138,19 @@ class Defaults(_Strict):
 
     negative_prompt: OptPrompt = None
     cfg_scale: CfgScale = None
+
+
+class OmniOptions(_Strict):
+    """Settings every Omni-Video shot of the chain shares."""
+
+    model: str = rules.DEFAULT_OMNI_MODEL
+    #: std or pro; by default the start's mode.
+    mode: rules.Mode | None = None
+    #: Each shot's length unless its segment sets `duration` (3-10 s).
+    duration: int = rules.DEFAULT_OMNI_SECONDS
+    aspect_ratio: Literal["16:9", "9:16", "1:1"] | None = None
+    #: Kling requires "off" when a reference video is given, which every chained shot has.
+    sound: rules.Sound = "off"
 
 
 class ArchiveOptions(_Strict):
@@ -140,6 +167,10 @@ class Storyboard(_Strict):
     #: Which provider profile's rules apply (see `chainer providers`).
     provider: str = "kling"
     start: Start
+    #: How segments continue the video unless they say otherwise: extend (video-extend,
+    #: only for kling-v1 / v1-5 / v1-6 videos) or omni (Omni-Video shots, any start model).
+    continuation: Continuation = "extend"
+    omni: OmniOptions = Field(default_factory=OmniOptions)
     defaults: Defaults = Field(default_factory=Defaults)
     segments: Annotated[list[Segment], Field(min_length=1)]
     #: Keep extending (repeating the last segment's prompt) until the video is this long.
@@ -287,7 +318,8 @@ def _messages(exc: ValidationError, pos: _Positions, file: str) -> Iterator[Prob
                     line,
                     col,
                     f"{where} cannot set {key!r}: every extension inherits the "
-                    "model and mode of the video it extends; set them in start",
+                    "model and mode of the video it extends; set them in start "
+                    "(or in `omni:` for Omni-Video shots)",
                 )
                 continue
             yield Problem(

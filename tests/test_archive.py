@@ -19,7 +19,7 @@ def storyboard(folder: Path, name: str) -> Path:
     path = folder / f"{name}.yaml"
     path.write_text(
         f"name: {name}\nstart: {{text2video: {{prompt: '{name}'}}}}\nsegments: [{{prompt: more}}]\n"
-        f"output: {name}.mp4\n"
+        f"output: {folder / name}.mp4\n"
     )
     return path
 
@@ -130,7 +130,7 @@ def test_keep_final_prunes_intermediate_results_and_never_refetches_them(sim, tm
     path = tmp_path / "lean.yaml"
     path.write_text(
         "name: lean\nstart: {text2video: {prompt: p}}\nsegments: [{prompt: a}, {prompt: b}]\n"
-        "archive: {keep: final}\noutput: lean.mp4\n"
+        f"archive: {{keep: final}}\noutput: {tmp_path / 'lean.mp4'}\n"
     )
     args = [
         "run",

@@ -444,3 +444,106 @@ def test_the_simulator_does_not_import_the_client() -> None:
                     assert any(name == a or name.startswith(a + ".") for a in allowed), (
                         f"{path.name} imports {name}"
                     )
+
+
+# ------------------------------------------------------------------ omni-video (kling-api.md §9)
+
+
+def omni_body(api: Api, reference: dict, **overrides: Any) -> dict[str, Any]:
+    """An omni-video body continuing `reference` (a finished task object) as the next shot."""
+    body: dict[str, Any] = {
+        "model_name": "kling-video-o1",
+        "prompt": "Based on <<<video_1>>>, generate the next shot: the cat jumps",
+        "video_list": [
+            {
+                "video_url": reference["task_result"]["videos"][0]["url"],
+                "refer_type": "feature",
+                "keep_original_sound": "no",
+            }
+        ],
+        "duration": "3",
+        "sound": "off",
+    }
+    return {**body, **overrides}
+
+
+def test_omni_video_makes_a_new_shot_that_continues_its_reference(api: Api) -> None:
+    first = api.video({"prompt": "a cat", "model_name": "kling-v2-6"})
+    status, body = api.create("omni-video", omni_body(api, first, external_task_id="o-1"))
+    assert status == 200, body
+    shot = api.done("omni-video", body["data"]["task_id"])
+    assert shot["task_status"] == "succeed"
+    video = shot["task_result"]["videos"][0]
+    assert video["duration"] == "3", "a shot of its own length, not the reference plus more"
+    assert shot["final_unit_deduction"] == "0.6", "3 s of std, charged by the second"
+    # queried by external_task_id on its own endpoint, like the other kinds
+    status, found = api.get("/v1/videos/omni-video?external_task_id=o-1")
+    assert status == 200 and found["data"]["task_id"] == shot["task_id"]
+    # the shot's scene time starts right after the reference's last frame
+    ref = api.sim.state.videos[first["task_result"]["videos"][0]["id"]]
+    made = api.sim.state.videos[video["id"]]
+    assert made.start_frame == ref.start_frame + ref.frames and made.scene == ref.scene
+
+
+@pytest.mark.parametrize(
+    "change,needle",
+    [
+        ({"model_name": "kling-v2-6"}, "model_name"),
+        ({"model_name": None}, "model_name is required"),
+        ({"prompt": None}, "prompt is required"),
+        ({"sound": "on"}, "sound must be off when a video is given"),
+        ({"duration": "11"}, "duration must be"),
+        ({"duration": "2"}, "duration must be"),
+        ({"duration": 5}, "duration must be"),
+        ({"negative_prompt": "blur"}, "negative_prompt is not a parameter"),
+        ({"prompt": "continue <<<video_2>>>"}, "<<<video_2>>>"),
+        ({"prompt": "use <<<image_1>>> after <<<video_1>>>"}, "<<<image_1>>>"),
+        ({"video_list": "x"}, "video_list must be a list"),
+        ({"mode": "max"}, "mode must be"),
+    ],
+)
+def test_omni_video_validation(api: Api, change: dict[str, Any], needle: str) -> None:
+    first = api.video()
+    body = {k: v for k, v in omni_body(api, first, **change).items() if v is not None}
+    status, answer = api.create("omni-video", body)
+    assert (status, answer["code"]) == (400, 1201) and needle in answer["message"], answer
+    assert len(api.sim.state.creates) == 1, "nothing was created"
+
+
+def test_omni_video_takes_one_video_and_reference_images(api: Api) -> None:
+    first = api.video()
+    two = omni_body(api, first)
+    two["video_list"] = two["video_list"] * 2
+    status, answer = api.create("omni-video", two)
+    assert (status, answer["code"]) == (400, 1201) and "at most 1" in answer["message"]
+    with_image = omni_body(
+        api,
+        first,
+        prompt="<<<video_1>>> goes on; the cat now wears <<<image_1>>>",
+        image_list=[{"image_url": png()}],
+    )
+    status, answer = api.create("omni-video", with_image)
+    assert status == 200, answer
+    small = omni_body(api, first, image_list=[{"image_url": png(100, 100)}])
+    status, answer = api.create("omni-video", small)
+    assert (status, answer["code"]) == (400, 1201) and "300 px" in answer["message"]
+
+
+def test_omni_video_fetches_its_reference_url_as_kling_would(api: Api) -> None:
+    first = api.video()
+    url = first["task_result"]["videos"][0]["url"]
+    api.sim.state.advance(api.sim.config.url_ttl_s + 60)  # the signed url has expired
+    status, answer = api.create("omni-video", omni_body(api, first))
+    assert (status, answer["code"]) == (400, 1201) and "HTTP 403" in answer["message"], answer
+    assert httpx.get(url).status_code == 403
+    fresh = api.done("text2video", first["task_id"])  # a query signs the url anew
+    status, answer = api.create("omni-video", omni_body(api, fresh))
+    assert status == 200, answer
+    tampered = omni_body(api, fresh)
+    tampered["video_list"][0]["video_url"] = url.replace("sig=", "sig=0")
+    status, answer = api.create("omni-video", tampered)
+    assert (status, answer["code"]) == (400, 1201) and "bad signature" in answer["message"]
+    foreign = omni_body(api, fresh)
+    foreign["video_list"][0]["video_url"] = "https://cdn.example/v.mp4"
+    status, answer = api.create("omni-video", foreign)
+    assert (status, answer["code"]) == (400, 1201) and "only videos it made" in answer["message"]

@@ -132,4 +132,37 @@ class VideoExtendRequest(_Request):
     watermark_info: WatermarkInfo | None = None
 
 
-CreateRequest = Text2VideoRequest | Image2VideoRequest | VideoExtendRequest
+class OmniVideo(_Request):
+    """The one reference video of an omni-video task (kling-api.md §9)."""
+
+    video_url: str
+    #: feature: a reference for the next shot (style, camera, subject); base: edit this video.
+    refer_type: Literal["feature", "base"] = "feature"
+    keep_original_sound: Literal["yes", "no"] = "no"
+
+
+class OmniImage(_Request):
+    #: A URL, or raw base64 like image2video's `image` (the sources do not say which; both are sent as is).
+    image_url: str
+    type: Literal["first_frame", "end_frame"] | None = None
+
+
+class OmniVideoRequest(_Request):
+    """`POST /v1/videos/omni-video`: a new shot, here always from the previous shot as a
+    `feature` reference. The prompt names its inputs (<<<video_1>>>, <<<image_1>>>)."""
+
+    model_name: str
+    prompt: str
+    video_list: list[OmniVideo] | None = Field(default=None, max_length=1)
+    image_list: list[OmniImage] | None = None
+    duration: str | None = None
+    mode: Literal["std", "pro"] | None = None
+    aspect_ratio: Literal["16:9", "9:16", "1:1"] | None = None
+    #: Must be "off" when a video is given (kling-api.md §9).
+    sound: Literal["on", "off"] | None = None
+    callback_url: str | None = None
+    external_task_id: str | None = None
+    watermark_info: WatermarkInfo | None = None
+
+
+CreateRequest = Text2VideoRequest | Image2VideoRequest | VideoExtendRequest | OmniVideoRequest

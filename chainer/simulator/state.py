@@ -101,6 +101,8 @@ class SimVideo:
     mode: str
     created_ms: int
     scene: Scene
+    #: Where in its scene's time the video starts (frames): not 0 for an Omni-Video shot.
+    start_frame: int = 0
 
     @property
     def duration(self) -> str:
@@ -124,6 +126,8 @@ class SimTask:
     fail_reason: str | None
     parent: SimVideo | None
     render: Future[None] | None = None
+    #: The video an omni-video task was given as its `feature` reference.
+    reference: SimVideo | None = None
     updated_ms: int = 0
     watermark: bool = False
     callback_url: str | None = None
@@ -222,7 +226,8 @@ class SimState:
                 case "task":
                     scene = event.pop("scene")
                     parent = self.videos.get(event.pop("parent_video_id") or "")
-                    task = SimTask(**event, parent=parent)
+                    reference = self.videos.get(event.pop("reference_video_id", None) or "")
+                    task = SimTask(**event, parent=parent, reference=reference)
                     self.tasks[task.task_id] = task
                     self.creates.append(CreateRecord(task.task_id, task.kind, task.body, task.created_ms))
                     self._next_id = max(self._next_id, int(task.task_id))
@@ -233,9 +238,10 @@ class SimState:
                     self.videos[video.video_id] = video
         for task, scene in pending:
             if task.fail_reason is None and task.video_id not in self.videos:
-                added = task.frames - (task.parent.frames if task.parent else 0)
                 prompt = str(task.body.get("prompt") or "")
-                task.render = self.pool.submit(self._render, task, self._scene_from(scene), added, prompt)
+                task.render = self.pool.submit(
+                    self._render, task, self._scene_from(scene), self._added(task), prompt
+                )
             else:
                 task.render = _done()
 
@@ -288,14 +294,18 @@ class SimState:
             if task.succeed_seen_ms is None and self.status(task) == "succeed":
                 task.succeed_seen_ms = self.now_ms()
 
+    @staticmethod
+    def _added(task: SimTask) -> int:
+        """Frames the task generates (an extension's video also holds its parent's)."""
+        return task.frames - (task.parent.frames if task.parent else 0)
+
+    def units(self, task: SimTask) -> float:
+        """What the task costs (Kling's price list is not public: chainer's estimate)."""
+        return rules.task_units(task.kind, task.mode, self._added(task) / self.config.fps)
+
     def units_committed(self) -> float:
         """Units of every task that has not failed: what the resource pack has paid for."""
-        total = 0.0
-        for task in self.tasks.values():
-            if task.fail_reason is None:
-                added = task.frames - (task.parent.frames if task.parent else 0)
-                total += rules.estimate_units(task.mode, added / self.config.fps)
-        return total
+        return sum(self.units(t) for t in self.tasks.values() if t.fail_reason is None)
 
     def take_token(self) -> float | None:
         """Rate limiting: None if the request may go on, else the seconds to wait."""
@@ -366,11 +376,14 @@ class SimState:
             if ext is not None and any(t.external_task_id == ext for t in self.tasks.values()):
                 raise SimError(1201, f"external_task_id {ext!r} already exists")
             parent: SimVideo | None = None
+            reference: SimVideo | None = None
             image: bytes | None = None
             if kind == "text2video":
                 model, mode, frames = self._validate_t2v(body)
             elif kind == "image2video":
                 model, mode, frames, image = self._validate_i2v(body)
+            elif kind == "omni-video":
+                model, mode, frames, reference = self._validate_omni(body)
             else:
                 parent = self._validate_extend(body)
                 model, mode = parent.model, parent.mode
@@ -384,9 +397,7 @@ class SimState:
             if in_flight >= self.config.concurrency:
                 raise SimError(1303, "parallel task over resource pack limit")
             if self.config.unit_budget is not None:
-                cost = rules.estimate_units(
-                    mode, (frames - (parent.frames if parent else 0)) / self.config.fps
-                )
+                cost = rules.task_units(kind, mode, frames / self.config.fps)
                 if self.units_committed() + cost > self.config.unit_budget + 1e-9:
                     raise SimError(1102, "resource pack used up or expired")
             watermark = _watermark_wanted(body)
@@ -414,17 +425,20 @@ class SimState:
                     else None
                 ),
                 parent=parent,
+                reference=reference,
                 updated_ms=now,
                 watermark=watermark,
                 callback_url=callback,
             )
-            scene = parent.scene if parent else Scene(seed=self.rng.randrange(1 << 30), image=image)
+            known = parent or reference
+            scene = known.scene if known else Scene(seed=self.rng.randrange(1 << 30), image=image)
             self._record(
                 {
                     "e": "task",
                     **{k: getattr(task, k) for k in _LOGGED_TASK_FIELDS},
                     "scene": self._scene_to(scene),
                     "parent_video_id": parent.video_id if parent else None,
+                    "reference_video_id": reference.video_id if reference else None,
                 }
             )
             if task.fail_reason is None:
@@ -448,11 +462,12 @@ class SimState:
     def _render(self, task: SimTask, scene: Scene, frames: int, prompt: str) -> None:
         path = self.data_dir / "videos" / f"{task.video_id}.mp4"
         segment = 0
-        parent = task.parent
-        while parent is not None:  # the segment number is how many ancestors it has
+        source = task.parent or task.reference
+        while source is not None:  # the segment number is how many ancestors it has
             segment += 1
-            src = self.tasks.get(parent.task_id)
-            parent = src.parent if src else None
+            src = self.tasks.get(source.task_id)
+            source = (src.parent or src.reference) if src else None
+        start_frame = task.reference.start_frame + task.reference.frames if task.reference else 0
         render(
             path,
             scene=scene,
@@ -462,6 +477,7 @@ class SimState:
             prompt=prompt or f"({task.kind})",
             parent=task.parent.path if task.parent else None,
             parent_frames=task.parent.frames if task.parent else 0,
+            start_frame=start_frame,
         )
         if task.watermark:
             media.watermark(path, path.with_name(f"{task.video_id}_wm.mp4"))
@@ -477,6 +493,7 @@ class SimState:
                 mode=task.mode,
                 created_ms=task.created_ms,
                 scene=scene,
+                start_frame=start_frame,
             )
             if not self._log.closed:
                 self._record(
@@ -563,6 +580,67 @@ class SimState:
             raise SimError(1201, refusal)
         return video
 
+    def _validate_omni(self, body: dict[str, Any]) -> tuple[str, str, int, SimVideo | None]:
+        """omni-video (kling-api.md §9): (model, mode, frames, the reference video)."""
+        self._prompt(body, required=True)
+        for name in ("negative_prompt", "cfg_scale"):
+            if name in body:
+                raise SimError(1201, f"{name} is not a parameter of omni-video")
+        if not body.get("model_name"):
+            raise SimError(1201, f"model_name is required ({', '.join(rules.OMNI_MODELS)})")
+        model, mode = self._model_mode(body, rules.OMNI_MODELS)
+        if body.get("aspect_ratio") is not None and body["aspect_ratio"] not in rules.ASPECT_RATIOS:
+            raise SimError(1201, f"aspect_ratio must be one of {', '.join(rules.ASPECT_RATIOS)}")
+        videos = _list_of_objects(body, "video_list")
+        images = _list_of_objects(body, "image_list")
+        if len(videos) > rules.OMNI_MAX_VIDEOS:
+            raise SimError(1201, f"video_list takes at most {rules.OMNI_MAX_VIDEOS} video")
+        for n, item in enumerate(images):
+            if item.get("type") not in (None, "first_frame", "end_frame"):
+                raise SimError(1201, f"image_list[{n}].type must be first_frame or end_frame")
+            _decode_image(f"image_list[{n}].image_url", item.get("image_url"))
+        problem = rules.omni_placeholder_problem(str(body["prompt"]), videos=len(videos), images=len(images))
+        if problem:
+            raise SimError(1201, problem)
+        sound = body.get("sound", "off")
+        if sound not in ("on", "off"):
+            raise SimError(1201, "sound must be on or off")
+        if videos and sound != "off":
+            raise SimError(1201, "sound must be off when a video is given")
+        reference = None
+        if videos:
+            item = videos[0]
+            if item.get("refer_type") not in ("feature", "base"):
+                raise SimError(1201, "video_list[0].refer_type must be feature or base")
+            if item.get("refer_type") == "base":
+                raise SimError(1201, "refer_type base (editing the given video) is not simulated")
+            if item.get("keep_original_sound", "no") not in ("yes", "no"):
+                raise SimError(1201, "video_list[0].keep_original_sound must be yes or no")
+            reference = self._reference(item.get("video_url"))
+        duration = body.get("duration", str(rules.DEFAULT_OMNI_SECONDS))
+        least, most = rules.OMNI_DURATION_RANGE
+        if not isinstance(duration, str) or not duration.isdigit() or not least <= int(duration) <= most:
+            raise SimError(1201, f'duration must be a whole number of seconds from "{least}" to "{most}"')
+        return model, mode, int(duration) * self.config.fps, reference
+
+    def _reference(self, url: Any) -> SimVideo:
+        """The video a `video_url` names, fetched as Kling would fetch it: only a url this
+        simulator signed, still valid, of a video not yet deleted (it has no others)."""
+        if not isinstance(url, str) or not url.startswith(("http://", "https://")):
+            raise SimError(1201, "video_list[0].video_url must be an http(s) URL")
+        parsed = httpx.URL(url)
+        name = parsed.path.removeprefix("/files/")
+        if parsed.host not in ("127.0.0.1", "localhost", "::1") or name == parsed.path:
+            raise SimError(
+                1201, "video_url: the offline simulator can reference only videos it made (its /files/ urls)"
+            )
+        try:
+            return self.check_signature(name, parsed.params.get("expires", ""), parsed.params.get("sig", ""))
+        except PermissionError as exc:
+            raise SimError(1201, f"video_url could not be fetched: HTTP 403 ({exc})") from exc
+        except FileNotFoundError as exc:
+            raise SimError(1201, "video_url could not be fetched: HTTP 404") from exc
+
     # ------------------------------------------------------------------ reading
 
     def find(self, kind: str, key: str) -> SimTask:
@@ -632,8 +710,7 @@ class SimState:
                 out["task_result"] = {"videos": [entry]}
                 if task.watermark:
                     out["watermark_info"] = {"enabled": True}
-                added = task.frames - (task.parent.frames if task.parent else 0)
-                out["final_unit_deduction"] = f"{rules.estimate_units(task.mode, added / self.config.fps):g}"
+                out["final_unit_deduction"] = f"{self.units(task):g}"
             elif status == "failed":
                 out["final_unit_deduction"] = "0"
             return out
@@ -643,7 +720,7 @@ _LOGGED_TASK_FIELDS = (
     "task_id", "kind", "body", "model", "mode", "external_task_id", "created_ms", "start_ms",
     "done_ms", "video_id", "frames", "fail_reason", "updated_ms", "watermark", "callback_url",
 )  # fmt: skip
-_LOGGED_VIDEO_FIELDS = ("video_id", "task_id", "frames", "fps", "model", "mode", "created_ms")
+_LOGGED_VIDEO_FIELDS = ("video_id", "task_id", "frames", "fps", "model", "mode", "created_ms", "start_frame")
 
 
 def _done() -> Future[None]:
@@ -668,6 +745,15 @@ def _watermark_wanted(body: dict[str, Any]) -> bool:
     if not isinstance(info, dict) or not isinstance(info.get("enabled"), bool) or set(info) != {"enabled"}:
         raise SimError(1201, 'watermark_info must be {"enabled": true} or {"enabled": false}')
     return bool(info["enabled"])
+
+
+def _list_of_objects(body: dict[str, Any], name: str) -> list[dict[str, Any]]:
+    value = body.get(name)
+    if value is None:
+        return []
+    if not isinstance(value, list) or not all(isinstance(v, dict) for v in value):
+        raise SimError(1201, f"{name} must be a list of objects")
+    return value
 
 
 def _opt_str(body: dict[str, Any], name: str) -> str | None:

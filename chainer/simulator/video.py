@@ -4,7 +4,8 @@ A video is a `Scene` (a background, either a generated gradient or the image an
 image2video task was given, plus a ball whose path is a function of absolute time) drawn
 over a time span. An extension renders the same scene from where its parent stopped and
 joins the new part to the parent without re-encoding, so the result is the whole video
-so far, as Kling's is, and the motion at the join is continuous. Every frame carries the
+so far, as Kling's is, and the motion at the join is continuous. An Omni-Video shot
+renders the same scene from where its reference video stopped, as a video of its own. Every frame carries the
 segment number, its prompt and a time code, so a person can see where each segment
 starts.
 """
@@ -134,10 +135,15 @@ def render(
     prompt: str,
     parent: Path | None = None,
     parent_frames: int = 0,
+    start_frame: int = 0,
     watermark: bool = False,
 ) -> None:
-    """Write `dest`: the parent (if any) followed by `frames` new frames of the scene."""
-    start = parent_frames / canvas.fps
+    """Write `dest`: the parent (if any) followed by `frames` new frames of the scene.
+
+    Without a parent the frames start at `start_frame` of the scene's time: an Omni-Video
+    shot that continues a reference video starts right after the reference's last frame.
+    """
+    start = (parent_frames if parent is not None else start_frame) / canvas.fps
     with tempfile.TemporaryDirectory(dir=dest.parent) as tmp:
         part = Path(tmp) / "part.mp4"
         media.encode_rgb_frames(
