@@ -27,7 +27,15 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from . import rules
 from .errors import Problem, StoryboardError
@@ -151,6 +159,12 @@ class OmniOptions(_Strict):
     aspect_ratio: Literal["16:9", "9:16", "1:1"] | None = None
     #: Kling requires "off" when a reference video is given, which every chained shot has.
     sound: rules.Sound = "off"
+
+    @field_validator("sound", mode="before")
+    @classmethod
+    def _yaml_booleans(cls, value: Any) -> Any:
+        # YAML 1.1 reads a bare `off` / `on` as a boolean
+        return {False: "off", True: "on"}.get(value, value) if isinstance(value, bool) else value
 
 
 class ArchiveOptions(_Strict):

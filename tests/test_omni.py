@@ -121,6 +121,7 @@ OMNI_START = "name: o\nstart: {text2video: {prompt: p, model: kling-v2-6}}\ncont
         (OMNI_START + "segments:\n  - {prompt: q, duration: 11}\n", 5, "lasts 3-10 s; 11 is outside"),
         (OMNI_START + "omni: {duration: 2}\nsegments: [{prompt: q}]\n", 4, "lasts 3-10 s; 2 is outside"),
         (OMNI_START + "omni: {sound: 'on'}\nsegments: [{prompt: q}]\n", 4, "needs sound off"),
+        (OMNI_START + "omni: {sound: on}\nsegments: [{prompt: q}]\n", 4, "needs sound off"),  # YAML's true
         (OMNI_START + "omni: {model: kling-v2-6}\nsegments: [{prompt: q}]\n", 4, "omni-video does not offer"),
         (OMNI_START + "segments:\n  - {prompt: q, negative_prompt: blur}\n", 5, "takes no negative_prompt"),
         (
@@ -384,3 +385,31 @@ def test_a_killed_omni_create_is_found_not_sent_again(sim: Simulator, tmp_path: 
     assert resumed.returncode == 0, resumed.stderr
     assert [c.kind for c in sim.state.creates] == ["text2video", "omni-video"]
     assert (tmp_path / "out.mp4").is_file()
+
+
+def test_a_shot_can_be_rerolled_and_the_last_frame_route_is_refused(sim: Simulator, tmp_path: Path) -> None:
+    sb = tmp_path / "o.yaml"
+    sb.write_text(
+        "name: o\nstart: {text2video: {prompt: p, model: kling-v2-6}}\ncontinuation: omni\n"
+        f"segments:\n  - {{prompt: q, duration: 3}}\n  - {{prompt: r, duration: 4}}\noutput: {tmp_path / 'o.mp4'}\n"
+    )
+    args = [
+        "run",
+        str(sb),
+        "--state-dir",
+        str(tmp_path / "state"),
+        "--archive-dir",
+        str(tmp_path / "archive"),
+    ]
+    assert CliRunner().invoke(app, args, env=provider_env(sim)).exit_code == 0
+    first = sim.state.tasks[sim.state.creates[1].task_id].video_id
+    refused = CliRunner().invoke(app, [*args, "--from-step", "2", "--from-last-frame"], env=provider_env(sim))
+    assert refused.exit_code == 2 and "Omni-Video shot" in refused.output
+    assert len(sim.state.creates) == 3, "nothing sent"
+    again = CliRunner().invoke(app, [*args, "--from-step", "2"], env=provider_env(sim))
+    assert again.exit_code == 0, again.output
+    creates = sim.state.creates
+    assert [c.kind for c in creates] == ["text2video", "omni-video", "omni-video", "omni-video"]
+    assert referenced_video(creates[3]) == first, "the new take continues the same first shot"
+    frames = [sim.state.tasks[c.task_id].frames for c in (creates[0], creates[1], creates[3])]
+    assert media.probe(tmp_path / "o.mp4").frames == sum(frames)
