@@ -413,3 +413,29 @@ def test_a_shot_can_be_rerolled_and_the_last_frame_route_is_refused(sim: Simulat
     assert referenced_video(creates[3]) == first, "the new take continues the same first shot"
     frames = [sim.state.tasks[c.task_id].frames for c in (creates[0], creates[1], creates[3])]
     assert media.probe(tmp_path / "o.mp4").frames == sum(frames)
+
+
+def test_target_duration_repeats_the_last_shot(sim_factory, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    sim = sim_factory(fps=FPS)
+    sb = write(
+        tmp_path,
+        f"""
+        name: target
+        start: {{text2video: {{prompt: p, model: kling-v2-6, duration: 5}}}}
+        continuation: omni
+        omni: {{duration: 10}}
+        segments: [{{prompt: q, duration: 4}}, {{prompt: r}}]
+        target_duration: 30
+        output: {tmp_path / "t.mp4"}
+        """,
+    )
+    p = plan.build(storyboard.load(sb))
+    assert [(s.kind, s.optional, s.max_total) for s in p.steps[1:]] == [
+        ("omni-video", False, 9),
+        ("omni-video", False, 19),
+        ("omni-video", True, 29),
+        ("omni-video", True, 39),
+    ]
+    run(sim, sb, tmp_path)  # shots last exactly what they ask for: both repeats are needed (29 s < 30 s)
+    assert [c.kind for c in sim.state.creates] == ["text2video"] + ["omni-video"] * 4
+    assert media.probe(tmp_path / "t.mp4").frames == 39 * FPS
