@@ -239,16 +239,15 @@ def build(loaded: Loaded, *, output: Path | None = None, handoffs: Collection[in
         )
     hows = [seg.continuation or sb.continuation for seg in sb.segments]
     refusal = rules.extension_refusal(source.model, 0.0, refuse_v1_5=not profile.extend_v1_5)
-    if hows[0] == "omni":
-        pass
-    elif refusal:
+    extends_first = hows[0] == "extend"
+    if extends_first and refusal:
         check.error(
             (*start_loc, "model"),
             f"{refusal}. To continue a {source.model} video, use Omni-Video shots instead: add "
             "`continuation: omni` to the storyboard (each segment becomes a new shot made with the "
             "previous one as its reference; see the README, Omni-Video)",
         )
-    elif source.model == "kling-v1-5":
+    elif extends_first and source.model == "kling-v1-5":
         check.warn(
             (*start_loc, "model"),
             "some providers refuse to extend kling-v1-5 videos; kling-v1 and kling-v1-6 are the safe choices",
@@ -259,7 +258,7 @@ def build(loaded: Loaded, *, output: Path | None = None, handoffs: Collection[in
             f"{profile.name} needs the id of the task that made the video to extend it: "
             "add `task_id` (shown next to the video in the provider's task list)",
         )
-    if source.mode == "pro":
+    if source.mode == "pro" and extends_first:
         check.warn(
             (*start_loc, "mode"), "pro mode: every extension inherits it and is priced as pro (~3.5x std)"
         )

@@ -439,3 +439,27 @@ def test_target_duration_repeats_the_last_shot(sim_factory, tmp_path: Path) -> N
     run(sim, sb, tmp_path)  # shots last exactly what they ask for: both repeats are needed (29 s < 30 s)
     assert [c.kind for c in sim.state.creates] == ["text2video"] + ["omni-video"] * 4
     assert media.probe(tmp_path / "t.mp4").frames == 39 * FPS
+
+
+def test_a_shot_whose_reference_kling_deleted_cannot_be_rerolled(sim: Simulator, tmp_path: Path) -> None:
+    sb = tmp_path / "o.yaml"
+    sb.write_text(
+        "name: o\nstart: {text2video: {prompt: p, model: kling-v2-6}}\ncontinuation: omni\n"
+        f"segments:\n  - {{prompt: q, duration: 3}}\noutput: {tmp_path / 'o.mp4'}\n"
+    )
+    args = [
+        "run",
+        str(sb),
+        "--state-dir",
+        str(tmp_path / "state"),
+        "--archive-dir",
+        str(tmp_path / "archive"),
+    ]
+    sim.state.advance(-31 * 86400)  # the provider's clock: the chain is made 31 days ago
+    assert CliRunner().invoke(app, args, env=provider_env(sim)).exit_code == 0
+    sim.state.advance(31 * 86400)  # now: Kling has deleted its videos
+    made = list(sim.state.creates)
+    refused = CliRunner().invoke(app, [*args, "--from-step", "1"], env=provider_env(sim))
+    assert refused.exit_code == 1
+    assert "references the previous shot by its url" in " ".join(refused.output.split())
+    assert sim.state.creates == made, "nothing was sent"
