@@ -463,3 +463,23 @@ def test_a_shot_whose_reference_kling_deleted_cannot_be_rerolled(sim: Simulator,
     assert refused.exit_code == 1
     assert "references the previous shot by its url" in " ".join(refused.output.split())
     assert sim.state.creates == made, "nothing was sent"
+
+
+def test_the_budget_stops_before_a_shot_that_would_pass_it(sim: Simulator, tmp_path: Path) -> None:
+    from chainer.errors import BudgetExceeded
+
+    sb = write(
+        tmp_path,
+        f"""
+        name: budget
+        start: {{text2video: {{prompt: p, model: kling-v2-6, duration: 5}}}}
+        continuation: omni
+        omni: {{duration: 8}}
+        segments: [{{prompt: q, repeat: 3}}]
+        max_units: 3
+        output: {tmp_path / "b.mp4"}
+        """,
+    )
+    with pytest.raises(BudgetExceeded, match=r"2\.6 units spent; segment 2 would cost about 1\.6 more"):
+        run(sim, sb, tmp_path)
+    assert [c.kind for c in sim.state.creates] == ["text2video", "omni-video"], "nothing past the budget"
