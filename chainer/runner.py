@@ -279,20 +279,21 @@ class ChainRunner:
                 "archived; resume the chain first (it is paid for), then re-roll"
             )
         left = archive.time_left(branch.remote_created_ms)
-        gone = left is not None and left.total_seconds() <= 0
-        if self.plan.steps[n].kind == "omni-video" and gone:
-            raise errors.JournalError(
+        kind = self.plan.steps[n].kind
+        if left is not None and left.total_seconds() <= 0 and kind in ("omni-video", "video-extend"):
+            deleted = (
                 f"--from-step {n}: step {n - 1}'s video {branch.video_id} was made "
                 f"{archive.from_ms(branch.remote_created_ms):%Y-%m-%d} and Kling deleted it after "
-                f"{rules.RETENTION_DAYS} days; an Omni-Video shot references the previous shot by its url, "
-                f"so step {n} cannot be made again from it"
+                f"{rules.RETENTION_DAYS} days"
             )
-        if self.plan.steps[n].kind == "video-extend" and gone:
+            if kind == "omni-video":
+                raise errors.JournalError(
+                    f"{deleted}; an Omni-Video shot references the previous shot by its url, so step {n} "
+                    "cannot be made again from it"
+                )
             raise errors.JournalError(
-                f"--from-step {n}: step {n - 1}'s video {branch.video_id} was made "
-                f"{archive.from_ms(branch.remote_created_ms):%Y-%m-%d} and Kling deleted it after "
-                f"{rules.RETENTION_DAYS} days, so it cannot be extended. Re-roll from its last frame "
-                f"instead (an image2video from the archived file, starting a new part): add --from-last-frame"
+                f"{deleted}, so it cannot be extended. Re-roll from its last frame instead (an "
+                "image2video from the archived file, starting a new part): add --from-last-frame"
             )
         journal.reroll(
             name,

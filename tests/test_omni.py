@@ -9,49 +9,22 @@ from __future__ import annotations
 
 import signal
 import subprocess
-import textwrap
 from pathlib import Path
 
-import anyio
 import httpx
 import pytest
-from helpers import CHAINER, provider_env
+from helpers import CHAINER, plan_problems, provider_env, run_chain, write_storyboard
 from PIL import Image, ImageChops, ImageStat
 from typer.testing import CliRunner
 
-from chainer import load_plan, media, plan, storyboard
+from chainer import media, plan, storyboard
 from chainer.cli import app
-from chainer.errors import StoryboardError
 from chainer.journal import Journal
-from chainer.session import Session, simulator_provider
 from chainer.simulator import Simulator
 from chainer.simulator.state import CreateRecord
 from chainer.simulator.video import Canvas, _frames
 
 FPS = 8  # few frames to render; frame accuracy is the same
-
-
-def write(tmp_path: Path, text: str, name: str = "sb.yaml") -> Path:
-    path = tmp_path / name
-    path.write_text(textwrap.dedent(text).lstrip("\n"))
-    return path
-
-
-def problems(path: Path) -> list[str]:
-    with pytest.raises(StoryboardError) as caught:
-        plan.build(storyboard.load(path))
-    return [str(p) for p in caught.value.problems]
-
-
-def run(sim: Simulator, sb: Path, tmp_path: Path) -> object:
-    async def main() -> object:
-        provider = simulator_provider(sim, time_scale=sim.config.time_scale)
-        async with Session.open(
-            state_dir=tmp_path / "state", archive_dir=tmp_path / "archive", provider=provider
-        ) as session:
-            return await session.run(load_plan(sb))
-
-    return anyio.run(main)
 
 
 def referenced_video(create: CreateRecord) -> str:
@@ -89,7 +62,7 @@ def first_frame(sim: Simulator, create: CreateRecord, segment: int) -> tuple[int
 
 
 def test_a_kling_v2_start_with_extend_segments_is_refused_naming_the_omni_route(tmp_path: Path) -> None:
-    path = write(
+    path = write_storyboard(
         tmp_path,
         """
         name: v2
@@ -99,7 +72,7 @@ def test_a_kling_v2_start_with_extend_segments_is_refused_naming_the_omni_route(
           - prompt: the boat leaves
         """,
     )
-    found = problems(path)
+    found = plan_problems(path)
     assert len(found) == 1, found
     assert found[0].startswith(f"{path}:3:")
     assert "videos made by kling-v2-master cannot be extended" in found[0]
@@ -162,14 +135,14 @@ OMNI_START = "name: o\nstart: {text2video: {prompt: p, model: kling-v2-6}}\ncont
 def test_omni_rules_are_checked_before_anything_is_sent(
     tmp_path: Path, text: str, line: int, needle: str
 ) -> None:
-    path = write(tmp_path, text)
-    found = problems(path)
+    path = write_storyboard(tmp_path, text)
+    found = plan_problems(path)
     assert any(p.startswith(f"{path}:{line}:") and needle in p for p in found), found
 
 
 def test_plan_shows_each_shot_its_seconds_units_and_the_total(tmp_path: Path) -> None:
     Image.new("RGB", (400, 400), (10, 120, 200)).save(tmp_path / "hat.png")
-    path = write(
+    path = write_storyboard(
         tmp_path,
         """
         name: mixed
@@ -226,7 +199,7 @@ def test_plan_shows_each_shot_its_seconds_units_and_the_total(tmp_path: Path) ->
 
 def test_sixty_second_omni_storyboard_becomes_one_file_of_its_shots(sim_factory, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     sim = sim_factory(fps=FPS)
-    sb = write(
+    sb = write_storyboard(
         tmp_path,
         f"""
         name: sixty
@@ -247,7 +220,7 @@ def test_sixty_second_omni_storyboard_becomes_one_file_of_its_shots(sim_factory,
         """,
     )
     assert plan.build(storyboard.load(sb)).steps[-1].max_total == 60
-    result = run(sim, sb, tmp_path)
+    result = run_chain(sim, sb, tmp_path)
     out = tmp_path / "sixty.mp4"
     assert result.state == "done" and result.output == out  # type: ignore[attr-defined]
 
@@ -289,7 +262,7 @@ def test_sixty_second_omni_storyboard_becomes_one_file_of_its_shots(sim_factory,
 
 def test_an_extend_phase_then_omni_shots(sim_factory, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     sim = sim_factory(fps=FPS)
-    sb = write(
+    sb = write_storyboard(
         tmp_path,
         f"""
         name: mixed
@@ -305,7 +278,7 @@ def test_an_extend_phase_then_omni_shots(sim_factory, tmp_path: Path) -> None:  
         output: {tmp_path / "mixed.mp4"}
         """,
     )
-    run(sim, sb, tmp_path)
+    run_chain(sim, sb, tmp_path)
     creates = sim.state.creates
     assert [c.kind for c in creates] == [
         "text2video",
@@ -387,13 +360,16 @@ def test_a_killed_omni_create_is_found_not_sent_again(sim: Simulator, tmp_path: 
     assert (tmp_path / "out.mp4").is_file()
 
 
-def test_a_shot_can_be_rerolled_and_the_last_frame_route_is_refused(sim: Simulator, tmp_path: Path) -> None:
+def omni_chain_cli(sim: Simulator, tmp_path: Path, *durations: int) -> list[str]:
+    """A kling-v2-6 chain of shots of these durations in tmp_path; the `chainer run`
+    arguments for it (journal and archive in tmp_path too)."""
+    shots = "".join(f"  - {{prompt: shot {n}, duration: {d}}}\n" for n, d in enumerate(durations, start=1))
     sb = tmp_path / "o.yaml"
     sb.write_text(
         "name: o\nstart: {text2video: {prompt: p, model: kling-v2-6}}\ncontinuation: omni\n"
-        f"segments:\n  - {{prompt: q, duration: 3}}\n  - {{prompt: r, duration: 4}}\noutput: {tmp_path / 'o.mp4'}\n"
+        f"segments:\n{shots}output: {tmp_path / 'o.mp4'}\n"
     )
-    args = [
+    return [
         "run",
         str(sb),
         "--state-dir",
@@ -401,6 +377,10 @@ def test_a_shot_can_be_rerolled_and_the_last_frame_route_is_refused(sim: Simulat
         "--archive-dir",
         str(tmp_path / "archive"),
     ]
+
+
+def test_a_shot_can_be_rerolled_and_the_last_frame_route_is_refused(sim: Simulator, tmp_path: Path) -> None:
+    args = omni_chain_cli(sim, tmp_path, 3, 4)
     assert CliRunner().invoke(app, args, env=provider_env(sim)).exit_code == 0
     first = sim.state.tasks[sim.state.creates[1].task_id].video_id
     refused = CliRunner().invoke(app, [*args, "--from-step", "2", "--from-last-frame"], env=provider_env(sim))
@@ -417,7 +397,7 @@ def test_a_shot_can_be_rerolled_and_the_last_frame_route_is_refused(sim: Simulat
 
 def test_target_duration_repeats_the_last_shot(sim_factory, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     sim = sim_factory(fps=FPS)
-    sb = write(
+    sb = write_storyboard(
         tmp_path,
         f"""
         name: target
@@ -436,25 +416,14 @@ def test_target_duration_repeats_the_last_shot(sim_factory, tmp_path: Path) -> N
         ("omni-video", True, 29),
         ("omni-video", True, 39),
     ]
-    run(sim, sb, tmp_path)  # shots last exactly what they ask for: both repeats are needed (29 s < 30 s)
+    # shots last exactly what they ask for: both repeats are needed (29 s < 30 s)
+    run_chain(sim, sb, tmp_path)
     assert [c.kind for c in sim.state.creates] == ["text2video"] + ["omni-video"] * 4
     assert media.probe(tmp_path / "t.mp4").frames == 39 * FPS
 
 
 def test_a_shot_whose_reference_kling_deleted_cannot_be_rerolled(sim: Simulator, tmp_path: Path) -> None:
-    sb = tmp_path / "o.yaml"
-    sb.write_text(
-        "name: o\nstart: {text2video: {prompt: p, model: kling-v2-6}}\ncontinuation: omni\n"
-        f"segments:\n  - {{prompt: q, duration: 3}}\noutput: {tmp_path / 'o.mp4'}\n"
-    )
-    args = [
-        "run",
-        str(sb),
-        "--state-dir",
-        str(tmp_path / "state"),
-        "--archive-dir",
-        str(tmp_path / "archive"),
-    ]
+    args = omni_chain_cli(sim, tmp_path, 3)
     sim.state.advance(-31 * 86400)  # the provider's clock: the chain is made 31 days ago
     assert CliRunner().invoke(app, args, env=provider_env(sim)).exit_code == 0
     sim.state.advance(31 * 86400)  # now: Kling has deleted its videos
@@ -468,7 +437,7 @@ def test_a_shot_whose_reference_kling_deleted_cannot_be_rerolled(sim: Simulator,
 def test_the_budget_stops_before_a_shot_that_would_pass_it(sim: Simulator, tmp_path: Path) -> None:
     from chainer.errors import BudgetExceeded
 
-    sb = write(
+    sb = write_storyboard(
         tmp_path,
         f"""
         name: budget
@@ -481,5 +450,5 @@ def test_the_budget_stops_before_a_shot_that_would_pass_it(sim: Simulator, tmp_p
         """,
     )
     with pytest.raises(BudgetExceeded, match=r"2\.6 units spent; segment 2 would cost about 1\.6 more"):
-        run(sim, sb, tmp_path)
+        run_chain(sim, sb, tmp_path)
     assert [c.kind for c in sim.state.creates] == ["text2video", "omni-video"], "nothing past the budget"

@@ -7,28 +7,15 @@ import io
 import json
 from pathlib import Path
 
-import anyio
 import pytest
+from helpers import run_chain
 from PIL import Image, ImageChops, ImageStat
 
 from chainer import load_plan, media
 from chainer.errors import MediaError
-from chainer.session import Session, simulator_provider
-from chainer.simulator import Simulator
 from chainer.simulator.video import Canvas, Scene, render
 
 FPS = 8  # fewer frames to render: the 6-minute chain stays quick, frame accuracy is the same
-
-
-def run(sim: Simulator, sb: Path, tmp_path: Path) -> object:
-    async def main() -> object:
-        provider = simulator_provider(sim, time_scale=sim.config.time_scale)
-        async with Session.open(
-            state_dir=tmp_path / "state", archive_dir=tmp_path / "archive", provider=provider
-        ) as session:
-            return await session.run(load_plan(sb))
-
-    return anyio.run(main)
 
 
 def difference(a: Image.Image, b: Image.Image) -> float:
@@ -47,7 +34,7 @@ def test_six_minute_storyboard_becomes_one_file_of_joined_parts(sim_factory, tmp
     )
     p = load_plan(sb)
     assert p.handoffs == [36, 72]
-    result = run(sim, sb, tmp_path)
+    result = run_chain(sim, sb, tmp_path)
     out = tmp_path / "long.mp4"
     assert result.state == "done" and result.output == out  # type: ignore[attr-defined]
 

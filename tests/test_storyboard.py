@@ -2,28 +2,14 @@
 
 from __future__ import annotations
 
-import textwrap
 from pathlib import Path
 
 import pytest
+from helpers import plan_problems, write_storyboard
 
 from chainer import plan, storyboard
-from chainer.errors import StoryboardError
 
 ROOT = Path(__file__).resolve().parent.parent
-
-
-def write(tmp_path: Path, text: str, name: str = "sb.yaml") -> Path:
-    path = tmp_path / name
-    path.write_text(textwrap.dedent(text).lstrip("\n"))
-    return path
-
-
-def problems(path: Path) -> list[str]:
-    """Every problem chainer finds in `path`, form and rules alike."""
-    with pytest.raises(StoryboardError) as caught:
-        plan.build(storyboard.load(path))
-    return [str(p) for p in caught.value.problems]
 
 
 @pytest.mark.parametrize("path", sorted((ROOT / "storyboards").glob("*.yaml")), ids=lambda p: p.name)
@@ -33,7 +19,7 @@ def test_every_example_storyboard_validates(path: Path) -> None:
 
 
 def test_all_problems_reported_at_their_lines(tmp_path: Path) -> None:
-    path = write(
+    path = write_storyboard(
         tmp_path,
         """
         name: good-name
@@ -47,7 +33,7 @@ def test_all_problems_reported_at_their_lines(tmp_path: Path) -> None:
         colour: blue
         """,
     )
-    found = problems(path)
+    found = plan_problems(path)
     f = str(path)
     assert f"{f}:4:5: unknown key 'promt' in start.text2video; did you mean 'prompt'?" in found
     assert any(p.startswith(f"{f}:7:5: segment 1 cannot set 'mode'") and "inherits" in p for p in found)
@@ -82,23 +68,23 @@ def test_all_problems_reported_at_their_lines(tmp_path: Path) -> None:
     ],
 )
 def test_bad_storyboards(tmp_path: Path, text: str, line: int, needle: str) -> None:
-    path = write(tmp_path, text)
-    found = problems(path)
+    path = write_storyboard(tmp_path, text)
+    found = plan_problems(path)
     assert any(p.startswith(f"{path}:{line}:") and needle in p for p in found), found
 
 
 def test_unreadable_file(tmp_path: Path) -> None:
-    found = problems(tmp_path / "nope.yaml")
+    found = plan_problems(tmp_path / "nope.yaml")
     assert found[0].startswith(f"{tmp_path / 'nope.yaml'}:1:1: cannot read")
     path = tmp_path / "bin.yaml"
     path.write_bytes(b"\xff\xfe\x00name")
-    assert "not UTF-8" in problems(path)[0]
+    assert "not UTF-8" in plan_problems(path)[0]
 
 
 def _capped(tmp_path: Path, start_seconds: int, segments: int) -> Path:
     lines = [f"name: cap\nstart:\n  text2video: {{prompt: p, duration: {start_seconds}}}\nsegments:\n"]
     lines += [f"  - prompt: s{i}\n" for i in range(segments)]
-    return write(tmp_path, "".join(lines))
+    return write_storyboard(tmp_path, "".join(lines))
 
 
 @pytest.mark.parametrize("start,fits", [(5, 35), (10, 34)])
@@ -131,17 +117,17 @@ def test_past_the_cap_the_parts_repeat_every_180_s(tmp_path: Path) -> None:
 
 
 def test_an_existing_video_near_the_cap_cannot_be_handed_off(tmp_path: Path) -> None:
-    path = write(
+    path = write_storyboard(
         tmp_path,
         "name: x\nstart:\n  video: {video_id: v1, model: kling-v1, duration: 178}\nsegments: [{prompt: a}]\n",
     )
-    assert any(":3:10: the existing video could be 178 s long" in p for p in problems(path))
+    assert any(":3:10: the existing video could be 178 s long" in p for p in plan_problems(path))
 
 
 def test_plan_fingerprints_chain_through_steps(tmp_path: Path) -> None:
     a = plan.build(
         storyboard.load(
-            write(
+            write_storyboard(
                 tmp_path,
                 "name: a\nstart: {text2video: {prompt: p}}\nsegments: [{prompt: q}, {prompt: r}]\n",
                 "a.yaml",
@@ -150,7 +136,7 @@ def test_plan_fingerprints_chain_through_steps(tmp_path: Path) -> None:
     )
     b = plan.build(
         storyboard.load(
-            write(
+            write_storyboard(
                 tmp_path,
                 "name: a\nstart: {text2video: {prompt: CHANGED}}\nsegments: [{prompt: q}, {prompt: r}]\n",
                 "b.yaml",
@@ -163,7 +149,7 @@ def test_plan_fingerprints_chain_through_steps(tmp_path: Path) -> None:
 
 
 def test_defaults_fill_segments_and_repeat_unrolls(tmp_path: Path) -> None:
-    path = write(
+    path = write_storyboard(
         tmp_path,
         """
         name: d
@@ -182,7 +168,7 @@ def test_defaults_fill_segments_and_repeat_unrolls(tmp_path: Path) -> None:
 
 
 def test_target_duration_adds_optional_steps_for_the_worst_case(tmp_path: Path) -> None:
-    path = write(
+    path = write_storyboard(
         tmp_path,
         "name: t\nstart: {text2video: {prompt: p, duration: 5}}\n"
         "segments: [{prompt: a}, {prompt: b}]\ntarget_duration: 30\n",
@@ -196,7 +182,7 @@ def test_target_duration_adds_optional_steps_for_the_worst_case(tmp_path: Path) 
 
 @pytest.mark.parametrize("target", [175, 175.5, 400])
 def test_target_duration_past_the_cap_adds_parts(tmp_path: Path, target: float) -> None:
-    path = write(
+    path = write_storyboard(
         tmp_path,
         f"name: t\nstart: {{text2video: {{prompt: p}}}}\nsegments: [{{prompt: a}}]\n"
         f"target_duration: {target}\n",
@@ -213,16 +199,16 @@ def test_target_duration_past_the_cap_adds_parts(tmp_path: Path, target: float) 
 
 def test_provider_limits_apply(tmp_path: Path) -> None:
     long = "x" * 501
-    path = write(
+    path = write_storyboard(
         tmp_path,
         f"name: c\nprovider: cometapi\nstart: {{text2video: {{prompt: p}}}}\n"
         f"segments:\n  - prompt: ok\n  - prompt: {long}\n",
     )
     assert any(
         p.startswith(f"{path}:6:13: prompt has 501 characters; cometapi accepts at most 500")
-        for p in problems(path)
+        for p in plan_problems(path)
     )
-    path = write(
+    path = write_storyboard(
         tmp_path,
         f"name: c\nprovider: kling\nstart: {{text2video: {{prompt: p}}}}\nsegments:\n  - prompt: {long}\n",
         "k.yaml",
@@ -232,17 +218,17 @@ def test_provider_limits_apply(tmp_path: Path) -> None:
 
 def test_v1_5_is_refused_where_the_provider_refuses_it(tmp_path: Path) -> None:
     text = "name: v\nprovider: {p}\nstart:\n  video: {{video_id: x, model: kling-v1-5, duration: 5}}\nsegments: [{{prompt: a}}]\n"
-    dmx = write(tmp_path, text.format(p="dmxapi"), "dmx.yaml")
-    assert any(":4:" in p and "does not extend videos made by kling-v1-5" in p for p in problems(dmx))
-    kling = plan.build(storyboard.load(write(tmp_path, text.format(p="kling"), "k.yaml")))
+    dmx = write_storyboard(tmp_path, text.format(p="dmxapi"), "dmx.yaml")
+    assert any(":4:" in p and "does not extend videos made by kling-v1-5" in p for p in plan_problems(dmx))
+    kling = plan.build(storyboard.load(write_storyboard(tmp_path, text.format(p="kling"), "k.yaml")))
     assert any("kling-v1-5" in str(w) for w in kling.warnings)
 
 
 def test_unknown_provider(tmp_path: Path) -> None:
-    path = write(
+    path = write_storyboard(
         tmp_path, "name: u\nprovider: cometapii\nstart: {text2video: {prompt: p}}\nsegments: [{prompt: a}]\n"
     )
-    found = problems(path)
+    found = plan_problems(path)
     assert (
         found[0].startswith(f"{path}:2:11: unknown provider profile 'cometapii'") and "cometapi" in found[0]
     )
@@ -252,8 +238,10 @@ def test_image_rules_are_checked_before_sending(tmp_path: Path) -> None:
     from PIL import Image
 
     Image.new("RGB", (200, 200)).save(tmp_path / "small.png")
-    path = write(tmp_path, "name: i\nstart:\n  image2video: {image: small.png}\nsegments: [{prompt: a}]\n")
-    assert any(p.startswith(f"{path}:3:") and "at least 300 px" in p for p in problems(path))
+    path = write_storyboard(
+        tmp_path, "name: i\nstart:\n  image2video: {image: small.png}\nsegments: [{prompt: a}]\n"
+    )
+    assert any(p.startswith(f"{path}:3:") and "at least 300 px" in p for p in plan_problems(path))
 
 
 def test_committed_schema_is_current() -> None:
