@@ -537,11 +537,17 @@ class ChainRunner:
                     )
                 if row.state == "submit_unknown":
                     row = journal.transition(row, "submit_intent", "lookup found no task")
-            request: CreateRequest = await self._request(step, row, parent)
             if step.index not in self._holding:
                 self._emit(step.index, "waiting", "for a free slot on the account")
                 await scheduler.acquire(len(self.plan.steps) - step.index)
                 self._holding[step.index] = False
+            try:
+                # Made once the slot is ours: an Omni shot's reference url is signed anew
+                # here, so a long wait for a slot cannot leave it expired.
+                request: CreateRequest = await self._request(step, row, parent)
+            except BaseException:
+                self._let_go(step)
+                raise
             self._emit(step.index, "submitting", self._describe(step))
             try:
                 with anyio.CancelScope(shield=True):

@@ -452,3 +452,26 @@ def test_the_budget_stops_before_a_shot_that_would_pass_it(sim: Simulator, tmp_p
     with pytest.raises(BudgetExceeded, match=r"2\.6 units spent; segment 2 would cost about 1\.6 more"):
         run_chain(sim, sb, tmp_path)
     assert [c.kind for c in sim.state.creates] == ["text2video", "omni-video"], "nothing past the budget"
+
+
+def test_a_shot_waiting_for_a_slot_still_sends_a_live_url(sim_factory, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    # Signed urls live 2 s here and a shot takes ~4 s: a url signed before waiting for the
+    # account's one slot would be dead by the time the create goes out.
+    sim = sim_factory(concurrency=1, time_scale=0.03, url_ttl_s=2.0)
+    boards = tmp_path / "boards"
+    boards.mkdir()
+    for name in ("a", "b"):
+        (boards / f"{name}.yaml").write_text(
+            f"name: {name}\nstart: {{text2video: {{prompt: p, model: kling-v2-6}}}}\ncontinuation: omni\n"
+            f"segments: [{{prompt: q, duration: 3}}]\noutput: {tmp_path / name}.mp4\n"
+        )
+    args = ["run", str(boards), "--concurrency", "1", "--state-dir", str(tmp_path / "state")]
+    result = CliRunner().invoke(
+        app, [*args, "--archive-dir", str(tmp_path / "archive")], env=provider_env(sim)
+    )
+    assert result.exit_code == 0, result.output
+    refused = sum(
+        n for key, n in sim.state.requests.items() if key.startswith("POST") and key.endswith(" 1201")
+    )
+    assert refused == 0, "no create carried an expired url"
+    assert [c.kind for c in sim.state.creates].count("omni-video") == 2
