@@ -32,7 +32,7 @@ if str(ROOT) not in sys.path:
 
 from chainer.provider.config import ProviderConfig  # noqa: E402
 from chainer.session import simulator_provider  # noqa: E402
-from chainer.simulator import SimConfig  # noqa: E402
+from chainer.simulator import SimConfig, client_env  # noqa: E402
 
 _SIM_SCRIPT = """
 import json, sys, time
@@ -77,14 +77,7 @@ class Sim:
 
     def env(self) -> dict[str, str]:
         """Environment for a `chainer` subprocess talking to this simulator as Kling."""
-        env = {k: v for k, v in os.environ.items() if not k.startswith(("KLING_", "CHAINER_"))}
-        env.update(
-            KLING_ACCESS_KEY=self.config.access_key,
-            KLING_SECRET_KEY=self.config.secret_key,
-            KLING_BASE_URL=self.base_url,
-            CHAINER_TIME_SCALE=str(self.config.time_scale),
-        )
-        return env
+        return client_env(self.config, self.base_url)
 
 
 @contextmanager

@@ -7,6 +7,7 @@ with Simulator(SimConfig(time_scale=0.001)) as sim:
 
 from __future__ import annotations
 
+import os
 import socket
 import tempfile
 import threading
@@ -17,6 +18,20 @@ import uvicorn
 
 from .app import build_app
 from .state import SimConfig, SimState
+
+
+def client_env(config: SimConfig, base_url: str, **extra: str) -> dict[str, str]:
+    """This process's environment, minus any Kling or chainer settings, plus what makes a
+    `chainer` subprocess call the simulator at `base_url` as if it were Kling's official API."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("KLING_", "CHAINER_"))}
+    env.update(
+        KLING_ACCESS_KEY=config.access_key,
+        KLING_SECRET_KEY=config.secret_key,
+        KLING_BASE_URL=base_url,
+        CHAINER_TIME_SCALE=str(config.time_scale),
+        **extra,
+    )
+    return env
 
 
 class Simulator:
@@ -44,6 +59,10 @@ class Simulator:
     @property
     def base_url(self) -> str:
         return f"http://{self.host}:{self.port}"
+
+    def client_env(self, **extra: str) -> dict[str, str]:
+        """Environment for a `chainer` subprocess calling this simulator (see `client_env`)."""
+        return client_env(self.config, self.base_url, **extra)
 
     def start(self) -> Simulator:
         sock = self._bind()
