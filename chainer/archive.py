@@ -28,7 +28,7 @@ import anyio
 import httpx
 from pydantic import BaseModel
 
-from . import media, rules
+from . import media, rules, simulated
 from .errors import ConfigError, DownloadError, MediaError, UrlExpired, VerificationFailed
 from .journal import Journal, StepRow, part_ends
 
@@ -354,6 +354,8 @@ class Manifest(BaseModel):
     storyboard: str
     storyboard_sha256: str
     provider: str
+    #: Made by chainer's offline simulator: no credits spent, not a provider's result.
+    simulated: bool = False
     model: str
     mode: str
     output: str | None
@@ -454,6 +456,7 @@ def write_chain_manifest(journal: Journal, chain_name: str, folder: Path) -> Pat
             storyboard=chain.storyboard,
             storyboard_sha256=chain.storyboard_sha,
             provider=chain.provider,
+            simulated=simulated.is_simulated_provider(chain.provider),
             model=chain.model,
             mode=chain.mode,
             output=chain.output,

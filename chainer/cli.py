@@ -16,13 +16,13 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from . import archive, errors, profiles
+from . import archive, errors, profiles, simulated
 from .journal import Journal
 from .plan import Plan
 from .progress import Mode, Progress, summary_table, write_summary
 from .provider.client import KlingClient
 from .report import write_report
-from .session import EMBEDDED_TIME_SCALE, Session, load_plan
+from .session import EMBEDDED_TIME_SCALE, Session, chain_plan, load_plan
 from .simulator import SimConfig, serve_forever
 from .storyboard import json_schema as storyboard_schema
 
@@ -220,6 +220,15 @@ def run(
         ),
     ] = None,
     sim_time_scale: SimTimeScale = EMBEDDED_TIME_SCALE,
+    simulate: Annotated[
+        bool,
+        typer.Option(
+            "--simulate",
+            help="Rehearse on the built-in offline simulator even where credentials are set; its "
+            "results are kept apart (NAME.simulated.mp4, ARCHIVE_DIR-simulated/). Without credentials "
+            "it is the default only where nothing was ever run for real from STATE_DIR.",
+        ),
+    ] = False,
 ) -> None:
     """Run storyboards to finished videos (many at once share the account), resuming interrupted ones."""
     try:
@@ -261,12 +270,14 @@ def run(
             sim_config=SimConfig(time_scale=sim_time_scale),
             concurrency=concurrency,
             profile=plans[0].provider,
+            simulate=True if simulate else None,
         ) as session:
             if session.simulator is not None:
+                why = "As asked (--simulate)" if simulate else "No Kling credentials configured"
                 talk.print(
-                    "No Kling credentials configured: using the offline simulator at "
-                    f"{session.simulator.base_url} (no credits are spent; set KLING_ACCESS_KEY/"
-                    "KLING_SECRET_KEY or KLING_API_KEY to use Kling).",
+                    f"{why}: using the offline simulator at {session.simulator.base_url} (no credits are "
+                    f"spent; results are kept apart, in *.simulated.mp4 and {session.archive_dir.name}/; "
+                    "set KLING_ACCESS_KEY/KLING_SECRET_KEY or KLING_API_KEY to use Kling).",
                     markup=False,
                 )
             else:
@@ -295,24 +306,30 @@ def run(
                         resend_unknown=resend_unknown,
                         keep=keep_mode,
                     )
+            simulated_run = session.simulator is not None
+            default_summary = state_dir / "last-run.json"
             write_summary(
-                summary or state_dir / "last-run.json",
+                summary or (simulated.summary_path(default_summary) if simulated_run else default_summary),
                 results,
                 extra={
+                    "simulated": simulated_run,
+                    "provider": session.provider.name,
                     "elapsed_s": round(time.monotonic() - started, 3),
                     "peak_concurrency": session.scheduler.peak,
                     "concurrency_limit": session.scheduler.limit,
                     "rejected_creates_1303": session.scheduler.rejections,
                 },
             )
+            shown_archive = archive_dir if not simulated_run else simulated.archive_root(archive_dir)
             report_path = write_report(
-                session.journal, results, session.archive_dir, report or archive_dir / "report.html"
+                session.journal, results, session.archive_dir, report or shown_archive / "report.html"
             )
             if len(results) == 1 and results[0].state == "done":
                 r = results[0]
                 dur = f"{r.duration:.2f} s" if r.duration is not None else "unknown length"
-                talk.print(f"Done: {r.output} ({dur}, {r.units:g} units)", markup=False)
-                talk.print(f"Archive: {archive_dir / r.chain}", markup=False)
+                head = "Done (simulated, no credits spent)" if simulated_run else "Done"
+                talk.print(f"{head}: {r.output} ({dur}, {r.units:g} units)", markup=False)
+                talk.print(f"Archive: {shown_archive / r.chain}", markup=False)
                 talk.print(f"Report: {report_path}", markup=False)
             else:
                 talk.print(summary_table(results))
@@ -407,6 +424,36 @@ def archive_command(
 ) -> None:
     """Download every result not safely archived yet (asking for fresh urls); exit 1 if any could not be."""
 
+    async def archive_journal(path: Path, provider: str) -> tuple[int, int]:
+        """Archive one journal's pending results with its own provider: (saved, problems)."""
+        saved = bad = 0
+        profile_name = provider.removeprefix("simulator").removeprefix("-") or "kling"
+        async with Session.open(
+            state_dir=state_dir,
+            archive_dir=archive_dir,
+            archive_url=archive_url,
+            base_url=base_url,
+            path_prefix=path_prefix,
+            profile=profiles.get(profile_name),
+            sim_config=SimConfig(time_scale=sim_time_scale),
+            simulate=simulated.is_simulated_journal(path),
+        ) as session:
+            if session.journal.path.resolve() != path.resolve():
+                err.print(
+                    f"{path.name}: its chains were made with another provider than the credentials "
+                    f"set now reach ({session.provider.name}); set that provider's credentials",
+                    markup=False,
+                )
+                return 0, 1
+            for chain, step, outcome in await session.archive_pending(names):
+                if outcome == "saved":
+                    saved += 1
+                    out.print(f"{chain} step {step}: saved", markup=False)
+                else:
+                    bad += 1
+                    err.print(f"{chain} step {step}: {outcome}", markup=False)
+        return saved, bad
+
     async def main() -> int:
         journals = sorted(state_dir.glob("journal-*.sqlite"))
         if not journals:
@@ -419,31 +466,12 @@ def archive_command(
                 chains = journal.chains()
             if not chains:
                 continue
-            provider_name = chains[0].provider.removeprefix("simulator").removeprefix("-") or "kling"
-            async with Session.open(
-                state_dir=state_dir,
-                archive_dir=archive_dir,
-                archive_url=archive_url,
-                base_url=base_url,
-                path_prefix=path_prefix,
-                profile=profiles.get(provider_name),
-                sim_config=SimConfig(time_scale=sim_time_scale),
-            ) as session:
-                if session.journal.path.resolve() != path.resolve():
-                    err.print(
-                        f"{path.name}: its chains were made with another provider than the credentials "
-                        f"set now reach ({session.provider.name}); set that provider's credentials",
-                        markup=False,
-                    )
-                    bad += 1
-                    continue
-                for chain, step, outcome in await session.archive_pending(names):
-                    if outcome == "saved":
-                        saved += 1
-                        out.print(f"{chain} step {step}: saved", markup=False)
-                    else:
-                        bad += 1
-                        err.print(f"{chain} step {step}: {outcome}", markup=False)
+            try:
+                got, problems = await archive_journal(path, chains[0].provider)
+            except errors.ConfigError as exc:  # e.g. no credentials for this journal's provider
+                got, problems = 0, 1
+                err.print(f"{path.name}: {exc}", markup=False)
+            saved, bad = saved + got, bad + problems
         if account:
             async with Session.open(
                 state_dir=state_dir,
@@ -516,7 +544,7 @@ def resume(
                     wanted = c.name in names if names else journal.summary(c.name).state != "done"
                     if wanted:
                         try:
-                            found.append((path, c.name, load_plan(c.storyboard, output=c.output)))
+                            found.append((path, c.name, chain_plan(c)))
                         except errors.ChainerError as exc:
                             found.append((path, c.name, exc))
         unknown = set(names or ()) - {name for _, name, _ in found}
@@ -526,46 +554,56 @@ def resume(
             out.print("Nothing to resume: every chain is done.", markup=False)
             return 0
         failures = 0
-        for _, name, plan in found:
+        by_journal: dict[Path, list[Plan]] = {}
+        for path, name, plan in found:
             if isinstance(plan, errors.ChainerError):
                 failures += 1
                 err.print(f"{name}: its storyboard cannot be used: {plan}", markup=False)
-        by_profile: dict[str, list[tuple[Path, Plan]]] = {}
-        for path, _, plan in found:
-            if isinstance(plan, Plan):
-                by_profile.setdefault(plan.provider.name, []).append((path, plan))
-        for group in by_profile.values():
-            async with Session.open(
-                state_dir=state_dir,
-                archive_dir=archive_dir,
-                archive_url=archive_url,
-                base_url=base_url,
-                path_prefix=path_prefix,
-                profile=group[0][1].provider,
-                sim_config=SimConfig(time_scale=sim_time_scale),
-            ) as session:
-                for path, plan in group:
-                    if path.resolve() != session.journal.path.resolve():
-                        failures += 1
-                        err.print(
-                            f"{plan.chain}: started with the provider of {path.name}, but the credentials "
-                            f"set now reach {session.provider.name}; set that provider's credentials",
-                            markup=False,
-                        )
-                        continue
-                    try:
-                        view = Progress([plan], "plain", out)
-                        result = await session.run(plan, on_event=view.on_event, retry_failed=retry_failed)
-                        out.print(f"Done: {result.output}", markup=False)
-                    except (
-                        errors.TaskFailed,
-                        errors.JournalError,
-                        errors.SubmitUnknown,
-                        errors.BudgetExceeded,
-                    ) as exc:
-                        failures += 1
-                        err.print(f"{plan.chain}: {exc}", markup=False)
+            else:
+                by_journal.setdefault(path, []).append(plan)
+        for path, group in by_journal.items():
+            try:
+                failures += await _resume_group(path, group)
+            except errors.ConfigError as exc:  # e.g. this journal's provider has no credentials now
+                failures += len(group)
+                err.print(f"{', '.join(p.chain for p in group)}: {exc}", markup=False)
         return 1 if failures else 0
+
+    async def _resume_group(path: Path, group: list[Plan]) -> int:
+        """Resume the chains of one journal with its own provider; returns how many failed."""
+        failures = 0
+        async with Session.open(
+            state_dir=state_dir,
+            archive_dir=archive_dir,
+            archive_url=archive_url,
+            base_url=base_url,
+            path_prefix=path_prefix,
+            profile=group[0].provider,
+            sim_config=SimConfig(time_scale=sim_time_scale),
+            simulate=simulated.is_simulated_journal(path),
+        ) as session:
+            for plan in group:
+                if path.resolve() != session.journal.path.resolve():
+                    failures += 1
+                    err.print(
+                        f"{plan.chain}: started with the provider of {path.name}, but the credentials "
+                        f"set now reach {session.provider.name}; set that provider's credentials",
+                        markup=False,
+                    )
+                    continue
+                try:
+                    view = Progress([plan], "plain", out)
+                    result = await session.run(plan, on_event=view.on_event, retry_failed=retry_failed)
+                    out.print(f"Done: {result.output}", markup=False)
+                except (
+                    errors.TaskFailed,
+                    errors.JournalError,
+                    errors.SubmitUnknown,
+                    errors.BudgetExceeded,
+                ) as exc:
+                    failures += 1
+                    err.print(f"{plan.chain}: {exc}", markup=False)
+        return failures
 
     _run_async(main)
 
@@ -770,6 +808,13 @@ def sim(
             help="Answer lookups by external_task_id (--no-external-id-lookup: like proxies that cannot)."
         ),
     ] = True,
+    ignore_external_task_id: Annotated[
+        bool,
+        typer.Option(
+            help="Accept external_task_id and throw it away (never stored, echoed or found), as some "
+            "proxies do: a test of chainer's own lookup check."
+        ),
+    ] = False,
     lose_create_rate: Annotated[
         float,
         typer.Option(
@@ -837,6 +882,7 @@ def sim(
         lose_create_rate=lose_create_rate,
         error_rate=error_rate,
         external_id_lookup=external_id_lookup,
+        ignore_external_task_id=ignore_external_task_id,
         rate_limit_per_s=rate_limit,
         unit_budget=unit_budget,
         truncate_download_rate=truncate_download_rate,

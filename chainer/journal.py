@@ -28,9 +28,10 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, get_args
+from typing import Any, Literal, cast, get_args
 
 from .errors import ChainLocked, JournalError
+from .rules import TaskKind
 
 StepState = Literal[
     "planned",
@@ -59,7 +60,7 @@ TRANSITIONS: dict[StepState, tuple[StepState, ...]] = {
     "skipped": (),
 }
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 #: Version 1, as first released. A new journal is this plus every migration, in order,
 #: so the upgrade path is the path every journal takes.
@@ -125,6 +126,16 @@ MIGRATIONS: dict[int, tuple[str, ...]] = {
         # an intermediate result deleted on purpose (keep: final) after the final one was verified
         "ALTER TABLE steps ADD COLUMN pruned_at REAL",
     ),
+    3: (
+        # the storyboard text the chain was started from (or last re-rolled with), so an
+        # edited file can still be finished as it began
+        "ALTER TABLE chains ADD COLUMN storyboard_text TEXT",
+        # what chainer learned about a provider by watching it, e.g. whether it really finds
+        # tasks by external_task_id (a profile's claim is only a default)
+        "CREATE TABLE provider_facts ("
+        " provider TEXT NOT NULL, base_url TEXT NOT NULL, fact TEXT NOT NULL, value TEXT NOT NULL,"
+        " evidence TEXT, at REAL NOT NULL, PRIMARY KEY (provider, base_url, fact))",
+    ),
 }
 
 _STEP_FIELDS = (
@@ -183,6 +194,22 @@ class ChainRow:
     output: str
     state: str
     max_units: float | None
+    #: The storyboard text as the chain was started (None in journals older than schema 4).
+    storyboard_text: str | None = None
+
+
+@dataclass(frozen=True)
+class ProviderFact:
+    """Something chainer saw a provider do (see Journal.fact)."""
+
+    value: str
+    evidence: str | None
+    at: float
+
+
+_CHAIN_COLUMNS = (
+    "name, uid, storyboard, storyboard_sha, provider, model, mode, output, state, max_units, storyboard_text"
+)
 
 
 @dataclass(frozen=True)
@@ -334,18 +361,11 @@ class Journal:
     # ------------------------------------------------------------------ chains
 
     def chain(self, name: str) -> ChainRow | None:
-        row = self.db.execute(
-            "SELECT name, uid, storyboard, storyboard_sha, provider, model, mode, output, state, max_units "
-            "FROM chains WHERE name = ?",
-            (name,),
-        ).fetchone()
+        row = self.db.execute(f"SELECT {_CHAIN_COLUMNS} FROM chains WHERE name = ?", (name,)).fetchone()
         return ChainRow(**dict(row)) if row else None
 
     def chains(self) -> list[ChainRow]:
-        rows = self.db.execute(
-            "SELECT name, uid, storyboard, storyboard_sha, provider, model, mode, output, state, max_units "
-            "FROM chains ORDER BY name"
-        ).fetchall()
+        rows = self.db.execute(f"SELECT {_CHAIN_COLUMNS} FROM chains ORDER BY name").fetchall()
         return [ChainRow(**dict(r)) for r in rows]
 
     def ensure_chain(
@@ -359,15 +379,18 @@ class Journal:
         mode: str,
         output: str,
         steps: list[tuple[int, str, str | None, str]],
+        storyboard_text: str | None = None,
     ) -> ChainRow:
-        """Create the chain and its planned steps once; later calls return it unchanged."""
+        """Create the chain and its planned steps once; later calls return it unchanged
+        (but for the storyboard text of a chain from a journal that did not keep it)."""
         now = time.time()
         with self.transaction() as db:
             if self.chain(name) is None:
                 uid = os.urandom(6).hex()
                 db.execute(
                     "INSERT INTO chains (name, uid, storyboard, storyboard_sha, provider, model, mode, "
-                    "output, state, created_at, updated_at) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+                    "output, state, created_at, updated_at, storyboard_text) "
+                    "VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
                     (
                         name,
                         uid,
@@ -380,6 +403,7 @@ class Journal:
                         "running",
                         now,
                         now,
+                        storyboard_text,
                     ),
                 )
                 for idx, kind, prompt, fingerprint in steps:
@@ -392,6 +416,12 @@ class Journal:
                         "INSERT INTO events (chain, idx, attempt, state, at) VALUES (?,?,?,?,?)",
                         (name, idx, 1, "planned", now),
                     )
+            elif storyboard_text is not None:
+                db.execute(
+                    "UPDATE chains SET storyboard_text = ? WHERE name = ? AND storyboard_text IS NULL "
+                    "AND storyboard_sha = ?",
+                    (storyboard_text, name, storyboard_sha),
+                )
         chain = self.chain(name)
         assert chain is not None
         return chain
@@ -444,6 +474,33 @@ class Journal:
         else:
             state = "in progress"
         return ChainSummary(chain, state, done, total, video_length(steps), units, attention)
+
+    # ------------------------------------------------------------------ provider facts
+
+    def fact(self, provider: str, base_url: str, name: str) -> ProviderFact | None:
+        """What was last seen of `provider` at `base_url` about `name`, if anything."""
+        row = self.db.execute(
+            "SELECT value, evidence, at FROM provider_facts WHERE provider = ? AND base_url = ? AND fact = ?",
+            (provider, base_url, name),
+        ).fetchone()
+        return ProviderFact(row["value"], row["evidence"], row["at"]) if row else None
+
+    def set_fact(self, provider: str, base_url: str, name: str, value: str, evidence: str) -> None:
+        with self.transaction() as db:
+            db.execute(
+                "INSERT INTO provider_facts (provider, base_url, fact, value, evidence, at) "
+                "VALUES (?,?,?,?,?,?) ON CONFLICT (provider, base_url, fact) DO UPDATE SET "
+                "value = excluded.value, evidence = excluded.evidence, at = excluded.at",
+                (provider, base_url, name, value, evidence, time.time()),
+            )
+
+    def latest_created_task(self) -> tuple[TaskKind, str, str] | None:
+        """(kind, task_id, external_task_id) of the newest task this journal created, if any."""
+        row = self.db.execute(
+            "SELECT kind, task_id, external_task_id FROM steps WHERE task_id IS NOT NULL AND "
+            "external_task_id IS NOT NULL AND kind != 'existing' ORDER BY submitted_at DESC LIMIT 1"
+        ).fetchone()
+        return (cast(TaskKind, row["kind"]), row["task_id"], row["external_task_id"]) if row else None
 
     # ------------------------------------------------------------------ steps
 
@@ -518,6 +575,7 @@ class Journal:
         from_idx: int,
         steps: Sequence[tuple[int, str, str | None, str]],
         storyboard_sha: str,
+        storyboard_text: str | None = None,
     ) -> None:
         """Start a new take of every step from `from_idx` on: (idx, kind, prompt, fingerprint)
         for the steps the plan now has; a step the plan no longer has gets a skipped take.
@@ -542,8 +600,9 @@ class Journal:
                     (chain, idx, attempt, state, detail, now),
                 )
             db.execute(
-                "UPDATE chains SET storyboard_sha = ?, state = 'running', updated_at = ? WHERE name = ?",
-                (storyboard_sha, now, chain),
+                "UPDATE chains SET storyboard_sha = ?, storyboard_text = COALESCE(?, storyboard_text), "
+                "state = 'running', updated_at = ? WHERE name = ?",
+                (storyboard_sha, storyboard_text, now, chain),
             )
 
     def new_attempt(self, step: StepRow, detail: str) -> StepRow:

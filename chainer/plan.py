@@ -83,6 +83,8 @@ class Plan:
     target_duration: float | None = None
     keep: Literal["all", "final"] = "all"
     warnings: list[Problem] = field(default_factory=list)
+    #: The storyboard's text as planned (the file may change later).
+    storyboard_text: str = ""
 
     @property
     def total_units(self) -> float:
@@ -142,8 +144,13 @@ class Plan:
 
 
 def rebuild(plan: Plan, *, handoffs: Collection[int]) -> Plan:
-    """`plan` made again from its storyboard file, with hand-offs forced at `handoffs`."""
-    return build(storyboard.load(plan.storyboard), output=plan.output, handoffs=handoffs)
+    """`plan` made again from its storyboard text, with hand-offs forced at `handoffs`."""
+    loaded = (
+        storyboard.loads(plan.storyboard_text.encode(), plan.storyboard)
+        if plan.storyboard_text
+        else storyboard.load(plan.storyboard)
+    )
+    return build(loaded, output=plan.output, handoffs=handoffs)
 
 
 def _sha_file(path: Path) -> str:
@@ -437,6 +444,7 @@ def build(loaded: Loaded, *, output: Path | None = None, handoffs: Collection[in
         chain=sb.name,
         storyboard=loaded.path,
         storyboard_sha256=loaded.sha256,
+        storyboard_text=loaded.text,
         provider=profile,
         model=source.model,
         mode=source.mode,

@@ -26,6 +26,8 @@ from .runner import ChainResult, Event
 
 Mode = Literal["live", "plain", "json", "quiet"]
 
+#: Events the live view also prints above itself: the user must see them, not just a state.
+LOUD = {"retry", "warning", "failed", "submit_unknown"}
 #: Events a plain (non-verbose) log keeps; the others are moment-to-moment detail.
 MILESTONES = {
     "submitted",
@@ -35,6 +37,7 @@ MILESTONES = {
     "done",
     "submit_unknown",
     "retrying",
+    "retry",
     "re-downloading",
     "re-roll",
     "joined",
@@ -103,7 +106,7 @@ class Progress:
                 if self.verbose or event.state in MILESTONES:
                     self.console.print(_line(event), markup=False, soft_wrap=True)
             case "live":
-                if self.verbose:
+                if self.verbose or event.state in LOUD:
                     self.console.print(_line(event), markup=False, soft_wrap=True)
                 if self._live is not None:
                     self._live.update(self._render())

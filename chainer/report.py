@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING
 
 from PIL import Image, ImageDraw, ImageFont
 
-from . import archive, media
+from . import archive, media, simulated
 from .journal import Journal, StepRow, is_handoff, starts_part
 
 if TYPE_CHECKING:
@@ -169,6 +169,7 @@ table{border-collapse:collapse;margin:12px 0;width:100%;background:#fff}
 td,th{border:1px solid #ddd;padding:4px 8px;text-align:left;vertical-align:top}
 th{background:#f0f0f0}.num{text-align:right;white-space:nowrap}.old{color:#888}
 .ok{color:#1a7f37}.bad{color:#b42318}code{font-size:12px}
+.sim{background:#fff4ce;border:1px solid #e0b800;padding:8px 12px;font-weight:600}
 video,img.sheet{max-width:100%;border:1px solid #ccc;background:#000}
 """
 
@@ -206,15 +207,26 @@ def _step_row(r: StepRow, base: Path, *, current: bool) -> str:
 def write_report(journal: Journal, chains: Sequence[ChainResult], archive_dir: Path, dest: Path) -> Path:
     """Write the run's `report.html` at `dest` (atomically), linking into `archive_dir`."""
     base = dest.parent
+    rows = [journal.chain(c.chain) for c in chains]
+    providers = sorted({r.provider for r in rows if r is not None})
+    fake = bool(providers) and all(simulated.is_simulated_provider(p) for p in providers)
+    title = "chainer report (simulated)" if fake else "chainer report"
     parts = [
         "<!doctype html><html><head><meta charset='utf-8'>",
-        "<title>chainer report</title>",
+        f"<title>{title}</title>",
         f"<style>{_STYLE}</style></head><body>",
-        "<h1>chainer report</h1>",
-        f"<p>Written {dt.datetime.now().astimezone():%Y-%m-%d %H:%M %Z}; {len(chains)} chain"
-        f"{'s' if len(chains) != 1 else ''}, "
-        f"{sum(c.state == 'done' for c in chains)} done.</p>",
+        f"<h1>{title}</h1>",
     ]
+    if fake:
+        parts.append(
+            "<p class='sim'>Simulated: these videos were made by chainer's offline simulator. No "
+            "credits were spent, and none of this is a provider's result.</p>"
+        )
+    parts.append(
+        f"<p>Written {dt.datetime.now().astimezone():%Y-%m-%d %H:%M %Z}; {len(chains)} chain"
+        f"{'s' if len(chains) != 1 else ''}, {sum(c.state == 'done' for c in chains)} done; "
+        f"provider: {html.escape(', '.join(providers) or 'none')}.</p>"
+    )
     for c in chains:
         folder = archive_dir / c.chain
         cls = "ok" if c.state == "done" else "bad"

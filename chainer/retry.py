@@ -27,6 +27,14 @@ T = TypeVar("T")
 
 #: The longest wait a Retry-After header can impose.
 MAX_RETRY_AFTER_S = 120.0
+#: How long a request that never reached the provider (connection refused, DNS, TLS) is
+#: tried again before giving up: long enough for a network blip, short enough that a wrong
+#: base URL is reported within a minute instead of hanging.
+UNREACHABLE_DEADLINE_S = 15.0
+
+#: Told about every retry before its wait: (the error, the attempt that failed, the wait the
+#: provider asked for in s, or None when backoff chooses it).
+OnRetry = Callable[[Exception, int, float | None], None]
 
 
 def _retry_after(exc: ApiError) -> bool | float:
@@ -67,16 +75,33 @@ async def retrying(
     deadline_s: float,
     wait_initial: float = 1.0,
     wait_max: float = 30.0,
+    on_retry: OnRetry | None = None,
+    unreachable_deadline_s: float = UNREACHABLE_DEADLINE_S,
 ) -> T:
     """Run `call` until it succeeds, `on` refuses the error, or `deadline_s` passes.
 
-    The last error is raised as it is when giving up, so callers see the real cause.
+    A provider that cannot be reached at all (RequestNotSent) is given only
+    `unreachable_deadline_s`: a wrong URL does not get better by waiting. `on_retry` hears
+    of every retry, so the user sees each one. The last error is raised as it is when
+    giving up, so callers see the real cause.
     """
     started = time.monotonic()
     attempts = 0
+
+    def decide(exc: Exception) -> bool | float:
+        verdict = on(exc)
+        elapsed = time.monotonic() - started
+        if verdict is False or elapsed >= deadline_s:
+            return False
+        if isinstance(exc, RequestNotSent) and elapsed >= unreachable_deadline_s:
+            return False
+        if on_retry is not None:
+            on_retry(exc, attempts, None if isinstance(verdict, bool) else verdict)
+        return verdict
+
     try:
         async for attempt in stamina.retry_context(
-            on=on, attempts=None, timeout=deadline_s, wait_initial=wait_initial, wait_max=wait_max
+            on=decide, attempts=None, timeout=deadline_s, wait_initial=wait_initial, wait_max=wait_max
         ):
             with attempt:
                 attempts = attempt.num

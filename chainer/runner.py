@@ -36,6 +36,7 @@ from PIL import Image
 
 from . import archive, errors, failpoints, media, report, rules
 from .journal import Journal, StepRow, drops_at_joins, part_ends, video_length
+from .lookup import LookupCheck
 from .plan import Plan, Step
 from .polling import PollPolicy, next_delay
 from .provider.client import KlingClient
@@ -49,7 +50,7 @@ from .provider.wire import (
     Text2VideoRequest,
     VideoExtendRequest,
 )
-from .retry import MAX_RETRY_AFTER_S, create_backoff, download_backoff, read_backoff, retrying
+from .retry import MAX_RETRY_AFTER_S, OnRetry, create_backoff, download_backoff, read_backoff, retrying
 from .scheduler import Scheduler
 
 #: How long reads (polls, lookups, downloads) keep retrying transient errors.
@@ -107,6 +108,12 @@ class RunContext:
     mirror: archive.Mirror | None = None
     #: Downloads at once across all chains of a run.
     downloads: anyio.CapacityLimiter = field(default_factory=lambda: anyio.CapacityLimiter(DOWNLOADS_AT_ONCE))
+    #: Whether the provider's lookup by external_task_id is seen to work (checked once a run).
+    lookup: LookupCheck | None = None
+
+    def __post_init__(self) -> None:
+        if self.lookup is None:
+            self.lookup = LookupCheck(self.client, self.journal)
 
 
 class ChainRunner:
@@ -144,6 +151,15 @@ class ChainRunner:
     # ------------------------------------------------------------------ top level
 
     async def run(self) -> ChainResult:
+        try:
+            return await self._run()
+        finally:
+            # However the chain stopped, nothing of it polls any more: its slots go back to
+            # the batch (a task that does exist on the account is then met as a 1303).
+            for idx in list(self._holding):
+                self.ctx.scheduler.release(created=self._holding.pop(idx))
+
+    async def _run(self) -> ChainResult:
         journal = self.ctx.journal
         journal.lock_chain(self.plan.chain)
         chain = journal.ensure_chain(
@@ -155,6 +171,7 @@ class ChainRunner:
             mode=self.plan.mode,
             output=str(self.plan.output.resolve()),
             steps=[(s.index, s.kind, s.prompt, s.fingerprint) for s in self.plan.steps],
+            storyboard_text=self.plan.storyboard_text or None,
         )
         if self.from_step is not None:
             self._reroll(self.from_step)
@@ -300,6 +317,7 @@ class ChainRunner:
             n,
             [(s.index, s.kind, s.prompt, s.fingerprint) for s in self.plan.steps],
             self.plan.storyboard_sha256,
+            self.plan.storyboard_text or None,
         )
         self._emit(n, "re-roll", f"new takes of steps {n} to {len(self.plan.steps) - 1}")
 
@@ -351,6 +369,15 @@ class ChainRunner:
     def _emit(self, idx: int, state: str, message: str = "", total: float | None = None) -> None:
         units = self.units_spent()
         self.ctx.on_event(Event(self.plan.chain, idx, len(self.plan.steps) - 1, state, message, total, units))
+
+    def _on_retry(self, idx: int, what: str) -> OnRetry:
+        """Tell the user of every retry of a request (state `retry`), before its wait."""
+
+        def report(exc: Exception, attempt: int, wait: float | None) -> None:
+            asked = f"; waiting {wait:g} s as the provider asked" if wait is not None else ""
+            self._emit(idx, "retry", f"{what}, attempt {attempt}: {exc}{asked}; trying again")
+
+        return report
 
     # ------------------------------------------------------------------ one step
 
@@ -480,6 +507,7 @@ class ChainRunner:
                 functools.partial(client.get_task, kind, parent.task_id),
                 on=read_backoff,
                 deadline_s=READ_DEADLINE_S,
+                on_retry=self._on_retry(step.index, f"query of task {parent.task_id}"),
             )
         except errors.InvalidRequestError as exc:
             if exc.code != 1203:
@@ -562,12 +590,15 @@ class ChainRunner:
                             functools.partial(client.create, kind, request),
                             on=create_backoff,
                             deadline_s=CREATE_DEADLINE_S,
+                            on_retry=self._on_retry(step.index, f"create {kind}"),
                         )
                         scheduler.confirm()
                         self._holding[step.index] = True
                     failpoints.hit("after-post", step.index)
                     row = journal.transition(row, "submitted", task_id=task.task_id, submitted_at=time.time())
                 self._emit(step.index, "submitted", f"task {task.task_id}")
+                assert row.external_task_id is not None
+                await self._check_lookup(step, kind, task.task_id, row.external_task_id)
                 return row
             except errors.OutcomeUnknown as exc:
                 lost_answers += 1
@@ -605,6 +636,21 @@ class ChainRunner:
             f"{row.external_task_id!r} before running again; chainer will look for it first."
         )
 
+    async def _check_lookup(self, step: Step, kind: rules.TaskKind, task_id: str, ext: str) -> None:
+        """On the run's first task: does the provider find it by external_task_id? (lookup.py)"""
+        assert self.ctx.lookup is not None
+        works = await self.ctx.lookup.check(
+            kind, task_id, ext, on_retry=self._on_retry(step.index, "lookup check")
+        )
+        if works is False:
+            self._emit(
+                step.index,
+                "warning",
+                f"{self.ctx.client.config.name} does not find tasks by external_task_id "
+                f"({self.ctx.lookup.evidence()}); a create whose answer is lost will be looked up in "
+                "the task list instead, or left for you to check: never sent again on a 'not found'",
+            )
+
     def _hold(self, step: Step) -> None:
         """Count `step`'s task against the account: it exists (found, or resumed)."""
         match self._holding.get(step.index):
@@ -632,21 +678,29 @@ class ChainRunner:
         assert row.external_task_id is not None
         ext = row.external_task_id
         lookup = client.config.task_lookup
+        why = f"task lookup: {lookup}"
         match lookup:
             case "external_id":
-                return await retrying(
+                found = await retrying(
                     functools.partial(client.find_by_external_id, kind, ext),
                     on=read_backoff,
                     deadline_s=READ_DEADLINE_S,
+                    on_retry=self._on_retry(step.index, f"lookup of external_task_id {ext}"),
                 )
+                assert self.ctx.lookup is not None
+                trusted = await self.ctx.lookup.verdict(on_retry=self._on_retry(step.index, "lookup check"))
+                if trusted or (found is not None and found.task_info.external_task_id == ext):
+                    return found  # a 'not found' counts only from a lookup seen to work
+                why = (
+                    f"its lookup by external_task_id is not to be trusted ({self.ctx.lookup.evidence()})"
+                    if trusted is False
+                    else "its lookup by external_task_id has not been seen to work yet"
+                )
+                decided, found = await self._scan(step, row, parent)
+                if decided:
+                    return found
             case "list":
-                since_ms = int((journal.intent_time(row) or time.time()) * 1000) - LIST_WINDOW_MS
-                parent_video = parent.video_id if step.kind == "video-extend" and parent else None
-                decided, found = await retrying(
-                    functools.partial(_scan_list, client, kind, ext, parent_video, since_ms),
-                    on=read_backoff,
-                    deadline_s=READ_DEADLINE_S,
-                )
+                decided, found = await self._scan(step, row, parent)
                 if decided:
                     return found
             case "none":
@@ -660,10 +714,23 @@ class ChainRunner:
         raise errors.SubmitUnknown(
             f"step {step.index} of {self.plan.chain!r} ({self._describe(step)}): its create may have reached "
             f"{client.config.name} but the answer was lost, and {client.config.name} cannot be asked which "
-            f"tasks exist (task lookup: {lookup}). Check the provider's console for a {kind} task created "
+            f"tasks exist ({why}). Check the provider's console for a {kind} task created "
             f"around {_local_time(journal.intent_time(row))} with prompt {step.prompt!r}. If there is none, "
             "run again with --resend-unknown; if there is one, wait for it there (chainer cannot adopt it "
             "yet) and do not resend"
+        )
+
+    async def _scan(self, step: Step, row: StepRow, parent: StepRow | None) -> tuple[bool, Task | None]:
+        """Look for `row`'s task in the provider's task list: (decided, task); see _scan_list."""
+        client, kind = self.ctx.client, _task_kind(step)
+        assert row.external_task_id is not None
+        since_ms = int((self.ctx.journal.intent_time(row) or time.time()) * 1000) - LIST_WINDOW_MS
+        parent_video = parent.video_id if step.kind == "video-extend" and parent else None
+        return await retrying(
+            functools.partial(_scan_list, client, kind, row.external_task_id, parent_video, since_ms),
+            on=read_backoff,
+            deadline_s=READ_DEADLINE_S,
+            on_retry=self._on_retry(step.index, f"scan of the {kind} task list"),
         )
 
     def _refused(self, row: StepRow, step: Step, exc: errors.ApiError) -> StepRow:
@@ -685,7 +752,10 @@ class ChainRunner:
         while True:
             failpoints.hit("polling", step.index)
             task = await retrying(
-                functools.partial(client.get_task, kind, task_id), on=read_backoff, deadline_s=READ_DEADLINE_S
+                functools.partial(client.get_task, kind, task_id),
+                on=read_backoff,
+                deadline_s=READ_DEADLINE_S,
+                on_retry=self._on_retry(step.index, f"poll of task {task_id}"),
             )
             match task.task_status:
                 case "submitted" | "processing":
@@ -744,7 +814,9 @@ class ChainRunner:
     async def _download(self, step: Step, row: StepRow) -> StepRow:
         """Archive the step's result and commit it."""
         self._emit(step.index, "downloading", archive.result_name(step.index, row.video_id or ""))
-        row = await download_result(self.ctx, self.folder, row)
+        row = await download_result(
+            self.ctx, self.folder, row, on_retry=self._on_retry(step.index, "download")
+        )
         self._emit(step.index, "downloaded", Path(row.file or "").name, self._length())
         # The contact sheet's picture of this step, taken now (cheap: one seek) rather than by
         # decoding the whole output at the end.
@@ -775,7 +847,9 @@ async def sync_mirror(ctx: RunContext, folder: Path) -> None:
     )
 
 
-async def download_result(ctx: RunContext, folder: Path, row: StepRow) -> StepRow:
+async def download_result(
+    ctx: RunContext, folder: Path, row: StepRow, *, on_retry: OnRetry | None = None
+) -> StepRow:
     """Download, verify and commit the result of a `succeeded` step into `folder`.
 
     A dead signed url is replaced by querying the task again; a task the provider no
@@ -807,7 +881,9 @@ async def download_result(ctx: RunContext, folder: Path, row: StepRow) -> StepRo
             raise
 
     async with ctx.downloads:
-        got = await retrying(attempt, on=download_backoff, deadline_s=READ_DEADLINE_S, wait_initial=0.5)
+        got = await retrying(
+            attempt, on=download_backoff, deadline_s=READ_DEADLINE_S, wait_initial=0.5, on_retry=on_retry
+        )
     failpoints.hit("after-download", row.idx)
     return ctx.journal.transition(
         row,

@@ -10,6 +10,7 @@ offline simulator in-process on a free loopback port: no credits are spent.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import functools
 import os
@@ -24,10 +25,11 @@ import anyio.abc
 import httpx
 from pydantic import SecretStr
 
-from . import archive, errors, rules, storyboard
+from . import archive, errors, rules, simulated, storyboard
 from . import plan as plan_mod
 from .errors import ConfigError
-from .journal import Journal, is_handoff
+from .journal import ChainRow, Journal, is_handoff
+from .lookup import LookupCheck
 from .polling import PollPolicy
 from .profiles import BUILTIN, Profile, from_environment
 from .provider.client import DEFAULT_TIMEOUT, KlingClient
@@ -56,9 +58,35 @@ DEFAULT_CONCURRENCY = 5
 EMBEDDED_TIME_SCALE = 0.05
 
 
+def _may_simulate(simulate: bool | None, state: Path, archive: Path, real: dict[str, list[str]]) -> None:
+    """Refuse the embedded simulator where the user did not ask for it and it is not safe."""
+    if simulate is True:
+        return
+    creds = "KLING_ACCESS_KEY + KLING_SECRET_KEY (official API) or KLING_API_KEY (a proxy)"
+    if simulate is False:
+        raise ConfigError(f"no Kling credentials are set: this needs {creds}")
+    if real:
+        held = "; ".join(f"{journal}: {', '.join(names)}" for journal, names in real.items())
+        raise ConfigError(
+            f"no Kling credentials are set ({creds}), and {state} holds chains run for real ({held}). "
+            "chainer will not switch to the offline simulator here. Set the credentials (a cron job "
+            "needs them in its own environment), or pass --simulate to rehearse on the simulator "
+            f"(its results are kept apart: NAME.simulated.mp4, {simulated.archive_root(archive)}/)"
+        )
+
+
 def load_plan(path: str | os.PathLike[str], *, output: str | os.PathLike[str] | None = None) -> plan_mod.Plan:
     """Load, validate and plan a storyboard file (StoryboardError lists every problem)."""
     return plan_mod.build(storyboard.load(Path(path)), output=Path(output) if output else None)
+
+
+def chain_plan(chain: ChainRow) -> plan_mod.Plan:
+    """The plan a journal's chain was started (or last re-rolled) with, from the storyboard
+    text the journal keeps: an edited or deleted file cannot change a chain in flight."""
+    if chain.storyboard_text is None:  # a journal from before chainer kept the text
+        return load_plan(chain.storyboard, output=chain.output)
+    loaded = storyboard.loads(chain.storyboard_text.encode(), chain.storyboard)
+    return plan_mod.build(loaded, output=Path(chain.output))
 
 
 def imitating(config: SimConfig, profile: Profile) -> SimConfig:
@@ -115,6 +143,14 @@ class Session:
     simulator: Simulator | None = None
     mirror: archive.Mirror | None = None
     downloads: anyio.CapacityLimiter = field(default_factory=lambda: anyio.CapacityLimiter(DOWNLOADS_AT_ONCE))
+    #: One check a session of whether the provider finds tasks by external_task_id.
+    lookup: LookupCheck | None = None
+    #: Chains of the state folder that were run for real (the simulator never touches them).
+    real_chains: frozenset[str] = frozenset()
+
+    def __post_init__(self) -> None:
+        if self.lookup is None:
+            self.lookup = LookupCheck(self.client, self.journal)
 
     @classmethod
     @asynccontextmanager
@@ -130,23 +166,32 @@ class Session:
         concurrency: int | None = None,
         profile: Profile | None = None,
         archive_url: str | None = None,
+        simulate: bool | None = None,
     ) -> AsyncIterator[Session]:
         """Resolve the provider (flags, environment, else the embedded simulator) and open everything.
 
         `profile` is the provider profile the storyboards name; with no credentials set,
         the embedded simulator imitates it (prefix, auth, required fields, limits).
+        `simulate`: True uses the embedded simulator whatever the environment says; False
+        never does (no credentials is then an error); None (the default) uses it only when
+        no credentials are set and nothing was ever run for real from `state_dir`. The
+        simulator's results are kept apart from real ones (see chainer.simulated).
         """
         state = Path(state_dir)
+        archive_root = Path(archive_dir)
+        real = simulated.real_history(state) if state.is_dir() else {}
         async with AsyncExitStack() as stack:
             sim: Simulator | None = None
-            if provider is None:
+            if provider is None and simulate is not True:
                 provider = from_environment(profile=profile, base_url=base_url, path_prefix=path_prefix)
             if provider is None:
+                _may_simulate(simulate, state, archive_root, real)
                 chosen = profile or BUILTIN["kling"]
                 config = imitating(sim_config or SimConfig(time_scale=EMBEDDED_TIME_SCALE, seed=0), chosen)
                 sim = stack.enter_context(Simulator(config, data_dir=state / "simulator"))
-                name = "simulator" if chosen.name == "kling" else f"simulator-{chosen.name}"
+                name = simulated.simulator_name(chosen.name)
                 provider = simulator_provider(sim, time_scale=config.time_scale, name=name)
+                archive_root = simulated.archive_root(archive_root)
             journal = stack.enter_context(Journal(state / f"journal-{provider.name}.sqlite"))
             http = await stack.enter_async_context(httpx.AsyncClient(timeout=DEFAULT_TIMEOUT))
             client = await stack.enter_async_context(KlingClient(provider, http=http))
@@ -155,8 +200,30 @@ class Session:
             scheduler = Scheduler(concurrency or provider.concurrency or DEFAULT_CONCURRENCY)
             mirror = archive.Mirror(archive_url) if archive_url else None
             yield cls(
-                provider, journal, client, http, Path(archive_dir).resolve(), poll, scheduler, sim, mirror
+                provider,
+                journal,
+                client,
+                http,
+                archive_root.resolve(),
+                poll,
+                scheduler,
+                sim,
+                mirror,
+                real_chains=frozenset(name for names in real.values() for name in names),
             )
+
+    def own(self, plan: plan_mod.Plan) -> plan_mod.Plan:
+        """`plan` as this session runs it: on the embedded simulator, with its output kept
+        apart from real results, and refused outright for a chain with real history."""
+        if self.simulator is None:
+            return plan
+        if plan.chain in self.real_chains:
+            raise ConfigError(
+                f"chain {plan.chain!r} was run for real from {self.journal.path.parent}; the offline "
+                "simulator never runs it (its results would mix with paid ones). Set the provider's "
+                "credentials to go on with it, or rehearse under another `name`"
+            )
+        return dataclasses.replace(plan, output=simulated.output_path(plan.output))
 
     async def run(
         self,
@@ -180,7 +247,7 @@ class Session:
         `from_last_frame` starts that step from the last frame of the previous step's
         archived video instead (a hand-off), for when Kling has deleted the video.
         """
-        plan = self._with_journal_handoffs(plan, from_step, from_last_frame)
+        plan = self._with_journal_handoffs(self.own(plan), from_step, from_last_frame)
         ctx = self.context(on_event)
         runner = ChainRunner(
             plan,
@@ -227,6 +294,7 @@ class Session:
             on_event=on_event or (lambda event: None),
             mirror=self.mirror,
             downloads=self.downloads,
+            lookup=self.lookup,
         )
 
     async def archive_pending(self, names: list[str] | None = None) -> list[tuple[str, int, str]]:
@@ -370,7 +438,7 @@ class Session:
             seen[p.chain] = p.storyboard
         outputs: dict[Path, str] = {}
         for p in plans:
-            out = p.output.resolve()
+            out = simulated.output_path(p.output).resolve() if self.simulator else p.output.resolve()
             if out in outputs:
                 raise ConfigError(f"chains {outputs[out]!r} and {p.chain!r} would both write {p.output}")
             outputs[out] = p.chain

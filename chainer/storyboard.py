@@ -208,6 +208,8 @@ class Loaded:
     path: Path
     sha256: str
     positions: dict[Path_, tuple[int, int]]
+    #: The text it was read from (kept in the journal: an edited file can still be finished).
+    text: str = ""
 
     def where(self, *loc: str | int) -> tuple[int, int]:
         """(line, column) of the deepest known node on `loc` (1-based)."""
@@ -366,13 +368,20 @@ def _messages(exc: ValidationError, pos: _Positions, file: str) -> Iterator[Prob
 def load(path: str | Path) -> Loaded:
     """Read, parse and validate a storyboard file; StoryboardError lists every problem."""
     path = Path(path)
-    file = str(path)
     try:
         raw = path.read_bytes()
     except OSError as exc:
         raise StoryboardError(
-            [Problem(file, 1, 1, f"cannot read the storyboard: {exc.strerror or exc}")]
+            [Problem(str(path), 1, 1, f"cannot read the storyboard: {exc.strerror or exc}")]
         ) from exc
+    return loads(raw, path)
+
+
+def loads(raw: bytes, path: str | Path) -> Loaded:
+    """Parse and validate storyboard text as if it were the file at `path` (positions and
+    relative image paths refer to it): how a chain is finished from the text it began with."""
+    path = Path(path)
+    file = str(path)
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
@@ -425,7 +434,7 @@ def load(path: str | Path) -> Loaded:
     except ValidationError as exc:
         problems.extend(_messages(exc, pos, file))
     if storyboard is not None and not problems:
-        return Loaded(storyboard, path, hashlib.sha256(raw).hexdigest(), pos.positions)
+        return Loaded(storyboard, path, hashlib.sha256(raw).hexdigest(), pos.positions, text)
     problems.sort(key=lambda p: (p.line, p.column))
     raise StoryboardError(problems)
 

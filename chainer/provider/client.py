@@ -17,6 +17,8 @@ because a task may exist and be billed.
 from __future__ import annotations
 
 import json
+import socket
+import ssl
 from typing import Any, TypeVar
 
 import httpx
@@ -50,6 +52,34 @@ def _retry_after(response: httpx.Response) -> float | None:
         return max(0.0, float(value))
     except ValueError:
         return None  # an HTTP date: rare for APIs, and backoff covers it
+
+
+def _why_unreachable(exc: httpx.TransportError) -> str:
+    """What a connection failure most likely means, in the user's terms (httpx's own text,
+    "All connection attempts failed", hides the cause: it is further down the chain)."""
+    causes: list[BaseException] = []
+    cause: BaseException | None = exc
+    while cause is not None and len(causes) < 10:
+        causes.append(cause)
+        cause = cause.__cause__ or cause.__context__
+    text = " ".join(str(c) for c in causes).lower()
+    if any(isinstance(c, socket.gaierror) for c in causes):
+        return "its host name does not resolve (check the spelling, and DNS)"
+    if any(isinstance(c, ssl.SSLError) for c in causes):
+        return "the TLS handshake failed (is it https, and the right host?)"
+    if any(isinstance(c, ConnectionRefusedError) for c in causes):
+        return "nothing accepts connections there (a wrong host or port?)"
+    if isinstance(exc, httpx.PoolTimeout):
+        return "no connection to it came free in time"
+    if isinstance(exc, httpx.ConnectTimeout):
+        return "it did not answer the connection in time (a wrong host, a firewall or a proxy)"
+    if any(s in text for s in ("name or service", "nodename", "getaddrinfo", "name resolution")):
+        return "its host name does not resolve (check the spelling, and DNS)"
+    if any(s in text for s in ("ssl", "tls", "certificate")):
+        return "the TLS handshake failed (is it https, and the right host?)"
+    if "refused" in text:
+        return "nothing accepts connections there (a wrong host or port?)"
+    return "the connection could not be made"
 
 
 def api_error(envelope: Envelope, response: httpx.Response) -> errors.ApiError:
@@ -179,7 +209,9 @@ class KlingClient:
             response = await self._http.request(method, url, json=json_body, params=params, auth=self._auth)
         except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as exc:
             raise errors.RequestNotSent(
-                f"{method} {path} could not reach {self.config.base_url}: {exc!r}"
+                f"{method} {url} was never sent: {_why_unreachable(exc)} ({exc or type(exc).__name__}). "
+                f"Nothing was created or charged. Check the base URL ({self.config.base_url}: "
+                "KLING_BASE_URL or --base-url) and the network"
             ) from exc
         except httpx.TransportError as exc:
             raise errors.OutcomeUnknown(f"{method} {path} got no answer: {exc!r}") from exc

@@ -59,6 +59,9 @@ class SimConfig(BaseModel):
     #: False: like some proxies, no lookup by external_task_id (the query parameter is
     #: ignored, the list is returned) and external_task_id is not echoed in task objects.
     external_id_lookup: bool = True
+    #: True: like a proxy that accepts external_task_id and throws it away: never stored, so
+    #: never echoed, never found (lookups answer 1203) and never refused as a duplicate.
+    ignore_external_task_id: bool = False
     refuse_v1_5_extension: bool = False
     #: 1.0 is real time (minutes per task); tests use 0.001 or less.
     time_scale: float = 1.0
@@ -372,7 +375,7 @@ class SimState:
         with self.lock:
             if not isinstance(body, dict):
                 raise SimError(1200, "request body must be a JSON object")
-            ext = _opt_str(body, "external_task_id")
+            ext = None if self.config.ignore_external_task_id else _opt_str(body, "external_task_id")
             if ext is not None and any(t.external_task_id == ext for t in self.tasks.values()):
                 raise SimError(1201, f"external_task_id {ext!r} already exists")
             parent: SimVideo | None = None

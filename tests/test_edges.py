@@ -1,0 +1,184 @@
+"""Money and results safe at the edges a paying user walks first (issue 16).
+
+Each test plays one user's habit (a typo in a URL, a cron job without its environment, a
+folder that cannot be written, a huge target, an edited storyboard, a proxy that ignores
+external_task_id) and asserts what that user sees and what the provider saw.
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+import os
+import re
+import socket
+import subprocess
+from pathlib import Path
+
+import anyio
+
+from chainer import load_plan
+from chainer.runner import ChainResult
+from chainer.session import Session, simulator_provider
+from chainer.simulator import Simulator
+from helpers import CHAINER, provider_env, write_storyboard
+
+SHORT = """
+name: {name}
+start:
+  text2video: {{prompt: "a harbour at dawn {name}", model: kling-v1-6}}
+segments:
+  - prompt: "boats leave"
+  - prompt: "gulls follow"
+"""
+
+
+def refused_port() -> int:
+    """A loopback port nothing listens on (bound, then closed)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def creates_per_step(sim: Simulator) -> collections.Counter[str]:
+    """How many creates the simulator received for each (chain instance, step), by the
+    external_task_id chainer derives: chainer-<uid>-<step>-a<attempt>-<fingerprint>."""
+    counted: collections.Counter[str] = collections.Counter()
+    for create in sim.state.creates:
+        ext = str(create.body.get("external_task_id"))
+        match = re.fullmatch(r"chainer-([0-9a-f]+)-(\d{3})-a\d+-[0-9a-f]+", ext)
+        assert match, f"a create without chainer's external_task_id: {ext}"
+        counted[f"{match[1]}:{match[2]}"] += 1
+    return counted
+
+
+# ---------------------------------------------------------------- case 1: a wrong base URL
+
+
+def test_an_unreachable_base_url_stops_soon_with_the_url_and_every_retry_shown(tmp_path: Path) -> None:
+    url = f"http://127.0.0.1:{refused_port()}"
+    sb = write_storyboard(tmp_path, SHORT.format(name="wrongurl"))
+    env = {
+        "PATH": "/usr/bin:/bin",
+        "KLING_ACCESS_KEY": "a",
+        "KLING_SECRET_KEY": "b",
+        "KLING_BASE_URL": url,
+    }
+    # The bound is the work (a handful of refused connections), not the assertion.
+    proc = subprocess.run(
+        [CHAINER, "run", str(sb), "--verbose", "--state-dir", str(tmp_path / "state")],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode != 0
+    assert f"{url}/v1/videos/text2video was never sent" in proc.stderr
+    assert "nothing accepts connections there" in proc.stderr
+    assert "Nothing was created or charged" in proc.stderr
+    # every retry was shown as it happened, before the final error
+    retries = [line for line in proc.stdout.splitlines() if ": retry " in line]
+    assert len(retries) >= 2, proc.stdout
+    assert all("create text2video, attempt" in line for line in retries)
+    gave_up = re.search(r"gave up after (\d+) attempts in (\d+) s", proc.stderr)
+    assert gave_up, proc.stderr
+    assert int(gave_up[2]) < 60, "a wrong URL must be reported within a minute"
+    # the step is back to planned: nothing is believed to exist
+    status = subprocess.run(
+        [CHAINER, "status", "--state-dir", str(tmp_path / "state")],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert "in progress" in status.stdout and "0/3" in status.stdout
+
+
+# ---------------------------------------------------------------- case 6: a lookup assumed, not known
+
+
+def test_a_provider_that_ignores_external_task_id_never_gets_a_create_twice(
+    tmp_path: Path, sim_factory
+) -> None:  # type: ignore[no-untyped-def]
+    """The profile claims lookups by external_task_id; the provider accepts the field and
+    throws it away, and loses 30 % of create answers. Not one step may be created twice."""
+    sim = sim_factory(ignore_external_task_id=True, lose_create_rate=0.3, seed=7, concurrency=5)
+    plans = [load_plan(write_storyboard(tmp_path, SHORT.format(name=f"c{n:02d}"), f"c{n:02d}.yaml")) for n in range(20)]
+
+    async def main() -> list[ChainResult]:
+        provider = simulator_provider(sim, time_scale=sim.config.time_scale)
+        assert provider.task_lookup == "external_id"  # the claim under test
+        async with Session.open(
+            state_dir=tmp_path / "state", archive_dir=tmp_path / "archive", provider=provider
+        ) as session:
+            return await session.run_many(plans)
+
+    results = anyio.run(main)
+    lost = sum(n for key, n in sim.state.requests.items() if key.endswith(" 502"))
+    assert lost >= 5, "the fault must actually have happened for this test to mean anything"
+    counted = creates_per_step(sim)
+    assert max(counted.values()) == 1, [k for k, n in counted.items() if n > 1]
+    # lost extensions were found again by their parent video in the list; lost starts,
+    # which nothing can identify there, wait for the user instead of being resent
+    states = collections.Counter(r.state for r in results)
+    assert states["done"] >= 5 and states["done"] + states["needs_attention"] == 20, states
+    for r in results:
+        if r.state == "needs_attention":
+            assert "--resend-unknown" in r.message and "lookup by external_task_id" in r.message, r.message
+
+
+# ---------------------------------------------------------------- case 2: no credentials in a real folder
+
+
+def no_credentials() -> dict[str, str]:
+    return {k: v for k, v in os.environ.items() if not k.startswith(("KLING_", "CHAINER_"))}
+
+
+def test_missing_credentials_never_let_the_simulator_touch_real_results(sim, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    sb = write_storyboard(tmp_path, SHORT.format(name="paid"), "paid.yaml")
+    real = subprocess.run(
+        [CHAINER, "run", "paid.yaml", "--quiet"], cwd=tmp_path, env=provider_env(sim), capture_output=True, text=True, timeout=240
+    )
+    assert real.returncode == 0, real.stderr
+    output, manifest = tmp_path / "out" / "paid.mp4", tmp_path / "archive" / "paid" / "manifest.json"
+    before = {p: p.read_bytes() for p in (output, manifest, tmp_path / ".chainer" / "last-run.json")}
+    assert json.loads(manifest.read_text())["simulated"] is False
+    creates = len(sim.state.creates)
+
+    # a cron job that lost its environment: refused, nothing written
+    cron = subprocess.run(
+        [CHAINER, "run", "paid.yaml"], cwd=tmp_path, env=no_credentials(), capture_output=True, text=True, timeout=120
+    )
+    assert cron.returncode == 2
+    assert "will not switch to the offline simulator" in cron.stderr and "journal-kling.sqlite: paid" in cron.stderr
+    assert "--simulate" in cron.stderr
+    # asked for the simulator, the chain with real history is still refused
+    asked = subprocess.run(
+        [CHAINER, "run", "paid.yaml", "--simulate"], cwd=tmp_path, env=no_credentials(), capture_output=True, text=True, timeout=120
+    )
+    assert asked.returncode != 0 and "the offline simulator never runs it" in asked.stderr
+    for path, data in before.items():
+        assert path.read_bytes() == data, f"{path} changed"
+    assert not (tmp_path / "archive-simulated" / "paid").exists()
+    assert not list((tmp_path / "out").glob("*.simulated.mp4"))
+    assert len(sim.state.creates) == creates
+
+    # a rehearsal of another storyboard, asked for, is kept apart and says what it is
+    write_storyboard(tmp_path, SHORT.format(name="rehearsal"), "rehearsal.yaml")
+    rehearsal = subprocess.run(
+        [CHAINER, "run", "rehearsal.yaml", "--simulate", "--sim-time-scale", "0.0005"],
+        cwd=tmp_path, env=no_credentials(), capture_output=True, text=True, timeout=240,
+    )
+    assert rehearsal.returncode == 0, rehearsal.stderr
+    assert "Done (simulated, no credits spent): out/rehearsal.simulated.mp4" in rehearsal.stdout
+    assert (tmp_path / "out" / "rehearsal.simulated.mp4").is_file()
+    assert not (tmp_path / "out" / "rehearsal.mp4").exists()
+    sim_manifest = json.loads((tmp_path / "archive-simulated" / "rehearsal" / "manifest.json").read_text())
+    assert sim_manifest["simulated"] is True and sim_manifest["provider"] == "simulator"
+    report = (tmp_path / "archive-simulated" / "report.html").read_text()
+    assert "chainer report (simulated)" in report and "No credits were spent" in report
+    assert json.loads((tmp_path / ".chainer" / "last-run.simulated.json").read_text())["simulated"] is True
+    for path, data in before.items():
+        assert path.read_bytes() == data, f"{path} changed"
+    assert "simulator" not in (tmp_path / "archive" / "report.html").read_text().split("provider:")[1][:40]
