@@ -29,7 +29,7 @@ import httpx
 from pydantic import BaseModel
 
 from . import media, rules, simulated
-from .errors import ConfigError, DownloadError, MediaError, UrlExpired, VerificationFailed
+from .errors import ConfigError, DownloadError, MediaError, UrlExpired, VerificationFailed, WriteError
 from .journal import Journal, StepRow, part_ends
 
 DURATION_TOLERANCE_S = 0.2
@@ -65,7 +65,26 @@ async def download(
     reported_duration: float | None,
     progress: Callable[[int], None] | None = None,
 ) -> Downloaded:
-    """Fetch `url` into `dest` (resuming a previous .part), verify it, and return what was stored."""
+    """Fetch `url` into `dest` (resuming a previous .part), verify it, and return what was
+    stored. A disk that refuses the bytes is a WriteError (retrying would not help)."""
+    try:
+        return await _download(http, url, dest, reported_duration=reported_duration, progress=progress)
+    except OSError as exc:
+        raise WriteError(
+            f"cannot write {dest.parent}: {exc.strerror or exc}. Make room or fix the folder's "
+            "permissions; the result stays at the provider (30 days from its creation) and `chainer "
+            "archive` or the same run fetches it then"
+        ) from exc
+
+
+async def _download(
+    http: httpx.AsyncClient,
+    url: str,
+    dest: Path,
+    *,
+    reported_duration: float | None,
+    progress: Callable[[int], None] | None = None,
+) -> Downloaded:
     dest.parent.mkdir(parents=True, exist_ok=True)
     part = dest.with_name(dest.name + ".part")
     meta = _sidecar(part)

@@ -25,7 +25,8 @@ The tree separates the questions a caller must answer after a failure:
     ├── DownloadError            a result could not be fetched (transient: retry)
     │   ├── UrlExpired           the signed url is dead: query the task for a fresh one
     │   └── VerificationFailed   the bytes arrived but are not the video reported (kept aside)
-    └── MediaError               an ffmpeg/ffprobe call failed (carries the command and stderr)
+    ├── MediaError               an ffmpeg/ffprobe call failed (carries the command and stderr)
+    └── WriteError               a file chainer must write could not be (full disk, no permission)
 
 "The remote task failed" (TaskFailed) is kept apart from "the API call failed"
 (ProviderError): the first cost money and needs a new prompt, the second usually needs
@@ -221,3 +222,8 @@ class MediaError(ChainerError):
             tail = "\n".join(stderr.strip().splitlines()[-8:])
             parts.append("ffmpeg said:\n" + tail)
         super().__init__("\n".join(parts))
+
+
+class WriteError(ChainerError):
+    """A file chainer must write (a result, the output, a folder's probe) could not be
+    written: a full disk or a folder without write permission. Not retried: it needs you."""

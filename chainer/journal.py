@@ -470,7 +470,16 @@ class Journal:
             s.state in ("downloaded", "skipped") or (s.kind == "existing" and s.state == "succeeded")
             for s in steps
         ):
-            state = "done"
+            state = "done" if chain.state == "done" else "in progress"
+            if chain.state != "done":
+                attention = (
+                    f"every result is archived, but the output {chain.output} was not written; run the "
+                    "chain again to write it (nothing is paid again)"
+                )
+            elif not Path(chain.output).exists():
+                attention = (
+                    f"the output {chain.output} is gone; run the chain again to write it from the archive"
+                )
         else:
             state = "in progress"
         return ChainSummary(chain, state, done, total, video_length(steps), units, attention)

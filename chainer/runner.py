@@ -215,19 +215,15 @@ class ChainRunner:
             raise _first_error(group) from None
         assert parent is not None
         rows = journal.steps(chain.name)
-        ends = part_ends(rows)
-        files = [self._part_file(r) for r in ends]
-        if len(files) == 1:
-            archive.publish(files[0], self.plan.output)
-            duration = parent.probed_duration or parent.duration
-        else:
-            self._emit(parent.idx, "joining", f"{len(files)} parts")
-            joined = await anyio.to_thread.run_sync(
-                functools.partial(archive.publish_joined, files, self.plan.output, drops=drops_at_joins(rows))
-            )
-            duration = joined.frames / media.probe(self.plan.output).fps
-            how = "stream copy" if joined.method == "copy" else f"re-encoded: {joined.reason}"
-            self._emit(parent.idx, "joined", f"{len(files)} parts, {how}", duration)
+        try:
+            duration = await self._publish(rows, parent)
+        except OSError as exc:
+            raise errors.WriteError(
+                f"chain {chain.name!r}: every result is paid for and archived in {self.folder} "
+                f"(manifest.json lists them), but the output {self.plan.output} could not be written: "
+                f"{exc.strerror or exc}. Make room or fix the folder, then run the same command again: it "
+                "writes the output from the archive and pays for nothing again"
+            ) from exc
         try:
             await anyio.to_thread.run_sync(
                 functools.partial(
@@ -241,7 +237,7 @@ class ChainRunner:
         except errors.MediaError as exc:  # the video is done and archived; the sheet is a courtesy
             self._emit(parent.idx, "warning", f"no contact sheet: {exc}")
         if (self.keep or self.plan.keep) == "final":
-            await self._prune(keep={r.idx for r in ends})
+            await self._prune(keep={r.idx for r in part_ends(rows)})
         await self._write_manifest()
         journal.set_chain_state(chain.name, "done")
         self._emit(parent.idx, "done", f"wrote {self.plan.output}", duration)
@@ -252,6 +248,21 @@ class ChainRunner:
             duration=duration,
             units=self.units_spent(),
         )
+
+    async def _publish(self, rows: list[StepRow], last: StepRow) -> float | None:
+        """Write the chain's output from its archived parts; returns its length."""
+        files = [self._part_file(r) for r in part_ends(rows)]
+        if len(files) == 1:
+            archive.publish(files[0], self.plan.output)
+            return last.probed_duration or last.duration
+        self._emit(last.idx, "joining", f"{len(files)} parts")
+        joined = await anyio.to_thread.run_sync(
+            functools.partial(archive.publish_joined, files, self.plan.output, drops=drops_at_joins(rows))
+        )
+        duration = joined.frames / media.probe(self.plan.output).fps
+        how = "stream copy" if joined.method == "copy" else f"re-encoded: {joined.reason}"
+        self._emit(last.idx, "joined", f"{len(files)} parts, {how}", duration)
+        return duration
 
     def _part_file(self, row: StepRow) -> Path:
         """The archived video of a part's last step (the existing video of step 0 has none)."""

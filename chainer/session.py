@@ -10,6 +10,7 @@ offline simulator in-process on a free loopback port: no credits are spent.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime as dt
 import functools
@@ -25,7 +26,7 @@ import anyio.abc
 import httpx
 from pydantic import SecretStr
 
-from . import archive, errors, rules, simulated, storyboard
+from . import archive, errors, preflight, rules, simulated, storyboard
 from . import plan as plan_mod
 from .errors import ConfigError
 from .journal import ChainRow, Journal, is_handoff
@@ -248,6 +249,7 @@ class Session:
         archived video instead (a hand-off), for when Kling has deleted the video.
         """
         plan = self._with_journal_handoffs(self.own(plan), from_step, from_last_frame)
+        self.preflight([plan])
         ctx = self.context(on_event)
         runner = ChainRunner(
             plan,
@@ -259,6 +261,23 @@ class Session:
             from_step=from_step,
         )
         return await runner.run()
+
+    def preflight(self, plans: list[plan_mod.Plan]) -> None:
+        """Before anything is spent: can every folder these plans write be written, with room?"""
+        needs = [preflight.Need(self.journal.path.parent, 1_000_000, "the journal")]
+        for p in plans:
+            done: set[int] = set()
+            if self.journal.chain(p.chain) is not None:
+                done = {r.idx for r in self.journal.steps(p.chain) if r.state == "downloaded"}
+            rate = (
+                preflight.SIMULATED_BYTES_PER_SECOND
+                if self.provider.offline
+                else preflight.BYTES_PER_SECOND.get(p.mode, max(preflight.BYTES_PER_SECOND.values()))
+            )
+            results, output = preflight.expected_bytes(p, rate=rate, done=done)
+            needs.append(preflight.Need(self.archive_dir / p.chain, results, f"{p.chain}'s results"))
+            needs.append(preflight.Need(p.output.resolve().parent, output, f"{p.chain}'s output"))
+        preflight.check(needs)
 
     def _with_journal_handoffs(
         self, plan: plan_mod.Plan, from_step: int | None, from_last_frame: bool
@@ -442,6 +461,11 @@ class Session:
             if out in outputs:
                 raise ConfigError(f"chains {outputs[out]!r} and {p.chain!r} would both write {p.output}")
             outputs[out] = p.chain
+        owned = []
+        for p in plans:
+            with contextlib.suppress(ConfigError):  # refused chains are reported by run() below
+                owned.append(self.own(p))
+        self.preflight(owned)  # the whole batch's needs at once, per file system
         results: dict[str, ChainResult] = {}
         fatal: list[errors.ChainerError] = []
 

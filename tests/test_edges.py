@@ -16,8 +16,10 @@ import subprocess
 from pathlib import Path
 
 import anyio
+import pytest
 
 from chainer import load_plan
+from chainer.errors import ConfigError, WriteError
 from chainer.runner import ChainResult
 from chainer.session import Session, simulator_provider
 from chainer.simulator import Simulator
@@ -182,3 +184,80 @@ def test_missing_credentials_never_let_the_simulator_touch_real_results(sim, tmp
     for path, data in before.items():
         assert path.read_bytes() == data, f"{path} changed"
     assert "simulator" not in (tmp_path / "archive" / "report.html").read_text().split("provider:")[1][:40]
+
+
+# ---------------------------------------------------------------- case 3: folders checked before spending
+
+
+def test_a_folder_that_cannot_be_written_is_refused_before_any_create(sim, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    write_storyboard(tmp_path, SHORT.format(name="nowhere"), "nowhere.yaml")
+    (tmp_path / "blocker").write_text("a file where a folder should be")
+    for flags, folder in (
+        (["-o", "blocker/x.mp4"], "blocker"),
+        (["--archive-dir", "blocker/archive"], "blocker/archive"),
+    ):
+        proc = subprocess.run(
+            [CHAINER, "run", "nowhere.yaml", *flags], cwd=tmp_path, env=provider_env(sim), capture_output=True, text=True, timeout=120
+        )
+        assert proc.returncode == 2, proc.stderr
+        assert f"cannot write to {tmp_path / folder}" in proc.stderr and "Nothing was sent" in proc.stderr
+        assert "Traceback" not in proc.stderr
+    assert not sim.state.creates
+
+
+def test_too_little_free_space_is_refused_before_any_create(sim, tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    import shutil
+
+    real = shutil.disk_usage
+    monkeypatch.setattr(
+        "chainer.preflight.shutil.disk_usage", lambda p: real(p)._replace(free=2_000_000)
+    )
+    plan = load_plan(write_storyboard(tmp_path, SHORT.format(name="big"), "big.yaml"))
+
+    async def main() -> None:
+        provider = simulator_provider(sim, time_scale=sim.config.time_scale).model_copy(update={"offline": False})
+        async with Session.open(state_dir=tmp_path / "s", archive_dir=tmp_path / "a", provider=provider) as session:
+            with pytest.raises(ConfigError) as caught:
+                await session.run(plan)
+            assert "2.0 MB free, but this run needs about" in str(caught.value)
+            assert "big's results" in str(caught.value) and "Nothing was sent" in str(caught.value)
+
+    anyio.run(main)
+    assert not sim.state.creates
+
+
+def test_an_output_that_fails_after_paying_leaves_everything_archived_and_status_truthful(
+    sim, tmp_path: Path, monkeypatch
+) -> None:  # type: ignore[no-untyped-def]
+    import errno
+
+    from chainer import archive
+    from chainer.journal import Journal
+
+    plan = load_plan(write_storyboard(tmp_path, SHORT.format(name="full"), "full.yaml"))
+    publish = archive.publish
+
+    def full_disk(src: Path, dest: Path) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    async def main() -> ChainResult:
+        provider = simulator_provider(sim, time_scale=sim.config.time_scale)
+        async with Session.open(state_dir=tmp_path / "s", archive_dir=tmp_path / "a", provider=provider) as session:
+            return await session.run(plan)
+
+    monkeypatch.setattr(archive, "publish", full_disk)
+    with pytest.raises(WriteError) as caught:
+        anyio.run(main)
+    message = str(caught.value)
+    assert f"archived in {tmp_path / 'a' / 'full'}" in message and "No space left on device" in message
+    assert "pays for nothing again" in message
+    with Journal(tmp_path / "s" / "journal-simulator.sqlite") as journal:
+        assert all(r.state == "downloaded" for r in journal.steps("full"))
+        summary = journal.summary("full")
+    assert summary.state == "in progress" and "was not written" in summary.attention
+    assert (tmp_path / "a" / "full" / "manifest.json").is_file()
+    creates = len(sim.state.creates)
+    monkeypatch.setattr(archive, "publish", publish)
+    result = anyio.run(main)
+    assert result.state == "done" and result.output is not None and result.output.is_file()
+    assert len(sim.state.creates) == creates, "writing the output again pays for nothing"
