@@ -17,6 +17,7 @@ from rich.console import Console
 from rich.table import Table
 
 from . import archive, errors, profiles, simulated
+from .budget import remaining_units
 from .journal import Journal
 from .plan import Plan
 from .progress import Mode, Progress, summary_table, write_summary
@@ -28,6 +29,8 @@ from .storyboard import json_schema as storyboard_schema
 
 #: `chainer status` warns about results not archived this close to their deletion.
 WARN_DAYS = 7
+#: A run that may spend more units than this asks first (about 20 minutes of std video).
+DEFAULT_CONFIRM_UNITS = 250.0
 
 # ---- options several commands share (one definition each)
 BaseUrl = Annotated[
@@ -171,10 +174,29 @@ def run(
         typer.Option(
             "--max-units",
             min=0.0,
-            help="Credit budget per chain: stop before a task whose estimate would pass it "
-            "(overrides the storyboard's max_units).",
+            help="Credit budget for the whole run, every chain together (what they spent before an "
+            "interruption counts): stop before a task whose estimate would pass it. A storyboard's "
+            "max_units caps its own chain.",
         ),
     ] = None,
+    yes: Annotated[
+        bool,
+        typer.Option(
+            "--yes",
+            "-y",
+            help="Go ahead without asking when the run may spend more than --confirm-above units.",
+        ),
+    ] = False,
+    confirm_above: Annotated[
+        float,
+        typer.Option(
+            "--confirm-above",
+            envvar="CHAINER_CONFIRM_UNITS",
+            min=0.0,
+            help="Ask before a run that may spend more units than this (on a terminal; elsewhere "
+            "refuse without --yes).",
+        ),
+    ] = DEFAULT_CONFIRM_UNITS,
     keep: Annotated[
         str | None,
         typer.Option(
@@ -282,6 +304,8 @@ def run(
                 )
             else:
                 talk.print(f"Provider: {session.provider.name} at {session.provider.base_url}", markup=False)
+            if session.simulator is None:
+                _confirm_spending(session, plans, max_units, confirm_above, yes)
             started = time.monotonic()
             with Progress(plans, mode, out, verbose=verbose) as progress:
                 if len(plans) == 1:  # one chain: its error is the command's error
@@ -290,7 +314,7 @@ def run(
                             plans[0],
                             on_event=progress.on_event,
                             retry_failed=retry_failed,
-                            max_units=max_units,
+                            budget=max_units,
                             resend_unknown=resend_unknown,
                             keep=keep_mode,
                             from_step=from_step,
@@ -302,7 +326,7 @@ def run(
                         plans,
                         on_event=progress.on_event,
                         retry_failed=retry_failed,
-                        max_units=max_units,
+                        budget=max_units,
                         resend_unknown=resend_unknown,
                         keep=keep_mode,
                     )
@@ -338,6 +362,39 @@ def run(
             return 0 if all(r.state == "done" for r in results) else 1
 
     _run_async(main)
+
+
+def _confirm_spending(
+    session: Session, plans: list[Plan], budget: float | None, threshold: float, yes: bool
+) -> None:
+    """Ask (on a terminal) or refuse (elsewhere) before a run that may spend more than `threshold`."""
+    estimate = sum(remaining_units(p, session.journal) for p in plans)
+    at_most = min(estimate, budget) if budget is not None else estimate
+    if yes or at_most <= threshold:
+        return
+    price = _money(plans[0].provider, at_most)
+    what = (
+        f"this run may spend about {at_most:g} units{price} on {session.provider.name} "
+        f"({len(plans)} chain{'s' if len(plans) != 1 else ''}"
+        + (f", capped by --max-units {budget:g}" if budget is not None and budget < estimate else "")
+        + ")"
+    )
+    if sys.stdin.isatty() and out.is_terminal:
+        if typer.confirm(f"{what[0].upper()}{what[1:]}. Go on?", default=False):
+            return
+        raise errors.ConfigError("not confirmed; nothing was sent")
+    raise errors.ConfigError(
+        f"{what}, above the confirmation threshold of {threshold:g} (--confirm-above, "
+        "CHAINER_CONFIRM_UNITS). Nothing was sent. Pass --yes to go on, or --max-units to cap "
+        "what it may spend"
+    )
+
+
+def _money(profile: profiles.Profile, units: float) -> str:
+    """`units` in the profile's money, when it gives a price (`unit_price`), as ' (about 1.40 USD)'."""
+    if profile.unit_price is None:
+        return ""
+    return f" (about {units * profile.unit_price:.2f} {profile.currency})"
 
 
 def _storyboard_files(items: list[Path]) -> list[Path]:
@@ -638,6 +695,7 @@ def providers(ctx: typer.Context) -> None:
             "extend_v1_5": p.extend_v1_5,
             "task_lookup": p.task_lookup,
             "concurrency": p.concurrency,
+            "unit_price": f"{p.unit_price:g} {p.currency}" if p.unit_price is not None else "(not set)",
         }
         for key, value in settings.items():
             out.print(f"    {key} = {str(value).lower() if isinstance(value, bool) else value}", markup=False)
@@ -729,7 +787,8 @@ def plan(
     )
     other = next(k for k in data if k.startswith("estimated_units_if_"))
     out.print(
-        f"Estimated units: {p.total_units:g} ({other.removeprefix('estimated_units_if_')} would be "
+        f"Estimated units: {p.total_units:g}{_money(p.provider, p.total_units)} "
+        f"({other.removeprefix('estimated_units_if_')} would be "
         f"{data[other]:g}); the provider's final_unit_deduction is what counts.",
         markup=False,
     )

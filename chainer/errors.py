@@ -22,6 +22,7 @@ The tree separates the questions a caller must answer after a failure:
     ├── BudgetExceeded           the next task would pass the chain's credit budget
     ├── ChainLocked              another process owns this chain
     ├── JournalError             the local journal is unusable or disagrees with the request
+    │   └── StoryboardChanged    a chain's storyboard was edited after some of it was sent
     ├── DownloadError            a result could not be fetched (transient: retry)
     │   ├── UrlExpired           the signed url is dead: query the task for a fresh one
     │   └── VerificationFailed   the bytes arrived but are not the video reported (kept aside)
@@ -195,6 +196,11 @@ class ChainLocked(ChainerError):
 
 class JournalError(ChainerError):
     """The journal cannot be used as it is (corrupt, newer schema, changed request)."""
+
+
+class StoryboardChanged(JournalError):
+    """The storyboard of a chain was edited after some of its changed steps were sent; the
+    message offers the ways on (finish it as it began, or branch with the new text)."""
 
 
 class DownloadError(ChainerError):

@@ -448,11 +448,7 @@ class Journal:
         steps = self.steps(name)
         done = sum(1 for s in steps if s.state in ("downloaded", "succeeded") and s.kind != "existing")
         total = sum(1 for s in steps if s.kind != "existing" and s.state != "skipped")
-        units = float(
-            self.db.execute("SELECT COALESCE(SUM(units), 0) FROM steps WHERE chain = ?", (name,)).fetchone()[
-                0
-            ]
-        )
+        units = self.units(name)
         attention = ""
         state: ChainState
         failed = next((s for s in steps if s.state == "failed"), None)
@@ -502,6 +498,13 @@ class Journal:
                 "value = excluded.value, evidence = excluded.evidence, at = excluded.at",
                 (provider, base_url, name, value, evidence, time.time()),
             )
+
+    def units(self, chain: str) -> float:
+        """Units the provider reported for every attempt of every step of `chain`."""
+        row = self.db.execute(
+            "SELECT COALESCE(SUM(units), 0) FROM steps WHERE chain = ?", (chain,)
+        ).fetchone()
+        return float(row[0])
 
     def latest_created_task(self) -> tuple[TaskKind, str, str] | None:
         """(kind, task_id, external_task_id) of the newest task this journal created, if any."""
@@ -577,6 +580,54 @@ class Journal:
             (step.chain, step.idx, step.attempt),
         ).fetchone()
         return float(row[0]) if row and row[0] is not None else None
+
+    def replan(
+        self,
+        chain: str,
+        from_idx: int,
+        steps: Sequence[tuple[int, str, str | None, str]],
+        storyboard_sha: str,
+        storyboard_text: str | None,
+    ) -> None:
+        """Take an edited storyboard's steps from `from_idx` on, where none of them was ever
+        sent (each is `planned`): rewritten in place, new ones added, dropped ones skipped."""
+        now = time.time()
+        current = {r.idx: r for r in self.steps(chain)}
+        if any(r.state != "planned" for i, r in current.items() if i >= from_idx):
+            raise JournalError(f"chain {chain!r}: a step from {from_idx} on was already sent")
+        wanted = {idx: (kind, prompt, fp) for idx, kind, prompt, fp in steps if idx >= from_idx}
+        detail = json.dumps("storyboard edited before this step was sent")
+        with self.transaction() as db:
+            for idx in sorted(set(wanted) | {i for i in current if i >= from_idx}):
+                old = current.get(idx)
+                if idx not in wanted:
+                    assert old is not None
+                    db.execute(
+                        "UPDATE steps SET state = 'skipped', updated_at = ? "
+                        "WHERE chain = ? AND idx = ? AND attempt = ?",
+                        (now, chain, idx, old.attempt),
+                    )
+                elif old is not None:
+                    db.execute(
+                        "UPDATE steps SET kind = ?, prompt = ?, fingerprint = ?, updated_at = ? "
+                        "WHERE chain = ? AND idx = ? AND attempt = ?",
+                        (*wanted[idx], now, chain, idx, old.attempt),
+                    )
+                else:
+                    db.execute(
+                        "INSERT INTO steps (chain, idx, attempt, kind, prompt, fingerprint, state, "
+                        "updated_at) VALUES (?,?,1,?,?,?,'planned',?)",
+                        (chain, idx, *wanted[idx], now),
+                    )
+                db.execute(
+                    "INSERT INTO events (chain, idx, attempt, state, detail, at) VALUES (?,?,?,?,?,?)",
+                    (chain, idx, old.attempt if old else 1, "replanned", detail, now),
+                )
+            db.execute(
+                "UPDATE chains SET storyboard_sha = ?, storyboard_text = COALESCE(?, storyboard_text), "
+                "state = 'running', updated_at = ? WHERE name = ?",
+                (storyboard_sha, storyboard_text, now, chain),
+            )
 
     def reroll(
         self,

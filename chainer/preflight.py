@@ -39,20 +39,28 @@ class Need:
     what: str
 
 
-def expected_bytes(plan: Plan, *, rate: float, done: Iterable[int] = ()) -> tuple[int, int]:
-    """(archive bytes, output bytes) `plan` still needs; steps in `done` are already archived.
+def expected_bytes(
+    plan: Plan, *, rate: float, done: Iterable[int] = (), max_units: float | None = None
+) -> tuple[int, int]:
+    """(archive bytes, output bytes) `plan` still needs; steps in `done` are already archived,
+    and no step past what `max_units` pays for is counted.
 
     A step's archived result is its part's video so far (a shot is a part of its own).
     """
     skip = set(done)
-    archive = 0.0
+    archive = units = 0.0
     part_start = 0.0
+    last = plan.steps[0]
     for step in plan.steps:
+        units += step.units
+        if max_units is not None and units > max_units + 1e-9:
+            break
+        last = step
         if step.handoff or step.kind == "omni-video":
             part_start = plan.steps[step.index - 1].max_total if step.index else 0.0
         if step.kind != "existing" and step.index not in skip:
             archive += (step.max_total - part_start) * rate
-    output = plan.steps[-1].max_total * rate
+    output = last.max_total * rate
     return int(archive * MARGIN), int(output * MARGIN)
 
 

@@ -47,6 +47,9 @@ class Profile(BaseModel):
     task_lookup: TaskLookup = "external_id"
     #: Tasks in flight at once when nothing else is known (accounts differ: 3-10 is common).
     concurrency: int = 5
+    #: What one unit costs, if you want plans and confirmations in money (your contract's price).
+    unit_price: float | None = None
+    currency: str = "USD"
 
 
 BUILTIN: dict[str, Profile] = {

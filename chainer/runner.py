@@ -22,6 +22,7 @@ from __future__ import annotations
 import base64
 import datetime as dt
 import functools
+import itertools
 import random
 import time
 from collections.abc import Callable
@@ -35,6 +36,7 @@ from anyio.abc import TaskGroup
 from PIL import Image
 
 from . import archive, errors, failpoints, media, report, rules
+from .budget import RunBudget
 from .journal import Journal, StepRow, drops_at_joins, part_ends, video_length
 from .lookup import LookupCheck
 from .plan import Plan, Step
@@ -110,6 +112,8 @@ class RunContext:
     downloads: anyio.CapacityLimiter = field(default_factory=lambda: anyio.CapacityLimiter(DOWNLOADS_AT_ONCE))
     #: Whether the provider's lookup by external_task_id is seen to work (checked once a run).
     lookup: LookupCheck | None = None
+    #: The whole run's credit budget (--max-units), shared by its chains.
+    budget: RunBudget | None = None
 
     def __post_init__(self) -> None:
         if self.lookup is None:
@@ -129,6 +133,7 @@ class ChainRunner:
         resend_unknown: bool = False,
         keep: Literal["all", "final"] | None = None,
         from_step: int | None = None,
+        settle_before: int | None = None,
     ):
         self.plan = plan
         #: The command line's retention wins over the storyboard's.
@@ -142,6 +147,9 @@ class ChainRunner:
         self.max_units = max_units if max_units is not None else plan.max_units
         #: Re-roll: regenerate the steps from this one on as new takes (see `_reroll`).
         self.from_step = from_step
+        #: Before a re-roll from this step: finish what is in flight from here on (it is paid
+        #: for), create nothing new from here on, publish nothing.
+        self.settle_before = settle_before
         self._fresh_intents: set[int] = set()
         #: Contact sheet pictures taken as each result lands, by (step, take).
         self._thumbs: dict[tuple[int, int], Image.Image] = {}
@@ -175,44 +183,25 @@ class ChainRunner:
         )
         if self.from_step is not None:
             self._reroll(self.from_step)
-        rows = [r for r in journal.steps(chain.name) if r.idx < len(self.plan.steps) or r.state != "skipped"]
-        changed = [
-            s.index for s, r in zip(self.plan.steps, rows, strict=False) if s.fingerprint != r.fingerprint
-        ]
-        if changed or len(rows) != len(self.plan.steps):
-            first = changed[0] if changed else min(len(rows), len(self.plan.steps))
-            raise errors.JournalError(
-                f"the storyboard of chain {chain.name!r} changed since it was started (first changed step: "
-                f"{first}); chainer will not mix old and new steps. Re-roll from there to keep the steps "
-                f"before it (--from-step {max(first, 1)}), or run it under a new `name`"
-            )
+        self._match_storyboard()
         journal.set_max_units(chain.name, self.max_units)
         parent: StepRow | None = None
+        stop: errors.ChainerError | None = None
         try:
             async with anyio.create_task_group() as background:
-                for n, step in enumerate(self.plan.steps):
-                    row = journal.step(chain.name, step.index)
-                    if row.state == "planned" and step.optional and parent is not None:
-                        reason = self._no_longer_needed(step, parent)
-                        if reason:
-                            row = journal.transition(row, "skipped", reason)
-                            self._emit(step.index, "skipped", reason)
-                    if row.state == "skipped":
-                        continue
-                    if row.state == "failed" and self.retry_failed:
-                        row = journal.new_attempt(row, "--retry-failed")
-                        self._emit(
-                            step.index, "retrying", f"attempt {row.attempt} after: {row.error or 'failure'}"
-                        )
-                    # A result is archived while the next step is already generating (it only
-                    # needs the video id), unless the next step starts from this file.
-                    after = self.plan.steps[n + 1] if n + 1 < len(self.plan.steps) else None
-                    overlap = background if after is not None and not after.handoff else None
-                    row = await self._advance(step, row, parent, background=overlap)
-                    parent = row
-                    await self._write_manifest()
+                try:
+                    parent = await self._walk(background)
+                except (errors.BudgetExceeded, errors.TaskFailed) as exc:
+                    stop = exc  # leaving the group still waits for the downloads of what was paid for
         except BaseExceptionGroup as group:
             raise _first_error(group) from None
+        if stop is not None:
+            await self._write_manifest()
+            await self._write_partial(stop)
+            raise stop
+        if self.settle_before is not None:
+            await self._write_manifest()
+            return ChainResult(chain.name, "needs_attention", None, self._length(), self.units_spent())
         assert parent is not None
         rows = journal.steps(chain.name)
         try:
@@ -249,17 +238,104 @@ class ChainRunner:
             units=self.units_spent(),
         )
 
-    async def _publish(self, rows: list[StepRow], last: StepRow) -> float | None:
-        """Write the chain's output from its archived parts; returns its length."""
+    def _match_storyboard(self) -> None:
+        """The journal's steps must be the plan's. An edit of steps never sent is taken (the
+        user's change, nothing paid is touched); an edit of a step already sent is refused
+        with the ways on: finish the chain as it began, or branch with the new text."""
+        journal, name = self.ctx.journal, self.plan.chain
+        rows = [r for r in journal.steps(name) if r.idx < len(self.plan.steps) or r.state != "skipped"]
+        steps = self.plan.steps
+        changed = [s.index for s, r in zip(steps, rows, strict=False) if s.fingerprint != r.fingerprint]
+        if not changed and len(rows) == len(steps):
+            return
+        first = changed[0] if changed else min(len(rows), len(steps))
+        sent = [r for r in rows if r.idx >= first and r.state != "planned"]
+        if not sent:
+            journal.replan(
+                name,
+                first,
+                [(s.index, s.kind, s.prompt, s.fingerprint) for s in steps],
+                self.plan.storyboard_sha256,
+                self.plan.storyboard_text or None,
+            )
+            self._emit(
+                first, "replanned", f"steps {first}.. taken from the edited storyboard (none was sent)"
+            )
+            return
+        branch = max(first, 1)
+        raise errors.StoryboardChanged(
+            f"the storyboard of chain {name!r} changed since it was started: step {first} changed, and step "
+            f"{sent[0].idx} was already sent ({sent[0].state.replace('_', ' ')}). chainer will not mix old "
+            f"and new steps. Either finish the chain as it began: `chainer resume {name}` (it uses the "
+            "storyboard text kept in the journal); or branch with the new text from step "
+            f"{branch} (--from-step {branch}): `chainer run {self.plan.storyboard} --from-step {branch}` "
+            "(steps before it are kept; a task still in flight is finished and archived first, it is "
+            "paid for)"
+        )
+
+    async def _walk(self, background: TaskGroup) -> StepRow:
+        """Advance every step in order; returns the last one. Downloads overlap in `background`."""
+        journal, chain = self.ctx.journal, self.plan.chain
+        parent: StepRow | None = None
+        for n, step in enumerate(self.plan.steps):
+            row = journal.step(chain, step.index)
+            if self._settling(step) and row.state in ("planned", "failed"):
+                break
+            if row.state == "planned" and step.optional and parent is not None:
+                reason = self._no_longer_needed(step, parent)
+                if reason:
+                    row = journal.transition(row, "skipped", reason)
+                    self._emit(step.index, "skipped", reason)
+            if row.state == "skipped":
+                continue
+            if row.state == "failed" and self.retry_failed:
+                row = journal.new_attempt(row, "--retry-failed")
+                self._emit(step.index, "retrying", f"attempt {row.attempt} after: {row.error or 'failure'}")
+            # A result is archived while the next step is already generating (it only
+            # needs the video id), unless the next step starts from this file.
+            after = self.plan.steps[n + 1] if n + 1 < len(self.plan.steps) else None
+            overlap = background if after is not None and not after.handoff else None
+            row = await self._advance(step, row, parent, background=overlap)
+            parent = row
+            await self._write_manifest()
+        assert parent is not None
+        return parent
+
+    async def _write_partial(self, stop: errors.ChainerError) -> None:
+        """After a stop (budget, a failed task): the video of every step archived so far, at
+        OUTPUT.partial.mp4, so what was paid for can be watched; said in a note on `stop`."""
+        rows = list(
+            itertools.takewhile(
+                lambda r: r.state in ("downloaded", "skipped"), self.ctx.journal.steps(self.plan.chain)
+            )
+        )
+        rows = [r for r in rows if r.state == "downloaded"]
+        if not rows:
+            return
+        dest = partial_path(self.plan.output)
+        try:
+            length = await self._publish(rows, rows[-1], dest)
+        except (errors.ChainerError, OSError) as exc:
+            stop.add_note(f"the video so far could not be written to {dest}: {exc}")
+            return
+        self._emit(rows[-1].idx, "partial", f"wrote {dest}", length)
+        where = f"steps 0-{rows[-1].idx}" if rows[-1].idx else "step 0"
+        stop.add_note(
+            f"the video so far ({where}, {length or 0:.2f} s) is at {dest}; every result is archived"
+        )
+
+    async def _publish(self, rows: list[StepRow], last: StepRow, dest: Path | None = None) -> float | None:
+        """Write the chain's output (or `dest`) from its archived parts; returns its length."""
+        dest = dest or self.plan.output
         files = [self._part_file(r) for r in part_ends(rows)]
         if len(files) == 1:
-            archive.publish(files[0], self.plan.output)
+            archive.publish(files[0], dest)
             return last.probed_duration or last.duration
         self._emit(last.idx, "joining", f"{len(files)} parts")
         joined = await anyio.to_thread.run_sync(
-            functools.partial(archive.publish_joined, files, self.plan.output, drops=drops_at_joins(rows))
+            functools.partial(archive.publish_joined, files, dest, drops=drops_at_joins(rows))
         )
-        duration = joined.frames / media.probe(self.plan.output).fps
+        duration = joined.frames / media.probe(dest).fps
         how = "stream copy" if joined.method == "copy" else f"re-encoded: {joined.reason}"
         self._emit(last.idx, "joined", f"{len(files)} parts, {how}", duration)
         return duration
@@ -360,13 +436,13 @@ class ChainRunner:
 
     def units_spent(self) -> float:
         """Units the provider reported for this chain's tasks (every attempt counts)."""
-        rows = self.ctx.journal.db.execute(
-            "SELECT COALESCE(SUM(units), 0) FROM steps WHERE chain = ?", (self.plan.chain,)
-        ).fetchone()
-        return float(rows[0])
+        return self.ctx.journal.units(self.plan.chain)
 
     def _check_budget(self, step: Step) -> None:
-        """Refuse to submit `step` if its estimated cost would take the chain past its budget."""
+        """Refuse to submit `step` if its estimated cost would take the chain past its budget,
+        or the run past the run's budget (chainer.budget)."""
+        if self.ctx.budget is not None:
+            self.ctx.budget.check(self.plan.chain, self._describe(step), step.units)
         if self.max_units is None:
             return
         spent = self.units_spent()
@@ -400,6 +476,8 @@ class ChainRunner:
         journal = self.ctx.journal
         while True:
             match row.state:
+                case "planned" if self._settling(step):
+                    return row
                 case "planned":
                     if step.kind == "existing":
                         row = journal.transition(
@@ -445,6 +523,10 @@ class ChainRunner:
                     )
                 case _:
                     assert_never(row.state)
+
+    def _settling(self, step: Step) -> bool:
+        """Whether `step` is one that a coming re-roll makes anew: finish it, never create it."""
+        return self.settle_before is not None and step.index >= self.settle_before
 
     def _describe(self, step: Step) -> str:
         return "the start" if step.index == 0 else f"segment {step.index}"
@@ -576,6 +658,8 @@ class ChainRunner:
                     )
                 if row.state == "submit_unknown":
                     row = journal.transition(row, "submit_intent", "lookup found no task")
+            if self._settling(step):
+                return journal.transition(row, "planned", "not created: the re-roll makes it anew")
             if step.index not in self._holding:
                 self._emit(step.index, "waiting", "for a free slot on the account")
                 await scheduler.acquire(len(self.plan.steps) - step.index)
@@ -904,6 +988,11 @@ async def download_result(
         size=got.size,
         probed_duration=got.probed_duration,
     )
+
+
+def partial_path(output: Path) -> Path:
+    """Where a stopped chain's video so far goes: `out/x.mp4` -> `out/x.partial.mp4`."""
+    return output.with_name(f"{output.stem}.partial{output.suffix}")
 
 
 def _first_error(group: BaseExceptionGroup[BaseException]) -> BaseException:

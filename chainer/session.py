@@ -28,6 +28,7 @@ from pydantic import SecretStr
 
 from . import archive, errors, preflight, rules, simulated, storyboard
 from . import plan as plan_mod
+from .budget import RunBudget
 from .errors import ConfigError
 from .journal import ChainRow, Journal, is_handoff
 from .lookup import LookupCheck
@@ -237,11 +238,15 @@ class Session:
         keep: Literal["all", "final"] | None = None,
         from_step: int | None = None,
         from_last_frame: bool = False,
+        budget: float | None = None,
+        run_budget: RunBudget | None = None,
     ) -> ChainResult:
         """Run (or resume) one chain to its finished video.
 
         `retry_failed` gives a failed step a new attempt (a new external_task_id, a new
-        charge); `max_units` overrides the storyboard's budget; `resend_unknown` sends again
+        charge); `max_units` overrides the storyboard's budget for this chain; `budget` is
+        the run's budget (as `run_many`'s, for a run of one; `run_budget`: one shared with
+        other chains); `resend_unknown` sends again
         a create whose answer was lost at a provider that cannot be asked (after the user
         checked that no task was made); `from_step` re-rolls: steps from there on are made
         again as new takes, branching at the previous step's video, the old takes kept;
@@ -249,8 +254,15 @@ class Session:
         archived video instead (a hand-off), for when Kling has deleted the video.
         """
         plan = self._with_journal_handoffs(self.own(plan), from_step, from_last_frame)
-        self.preflight([plan])
-        ctx = self.context(on_event)
+        cap = run_budget.limit if run_budget is not None else budget
+        self.preflight([plan], budget=cap if max_units is None else min(max_units, cap or max_units))
+        if run_budget is None and budget is not None:
+            run_budget = RunBudget(budget, self.journal)
+        if run_budget is not None:
+            run_budget.add(plan)
+        ctx = dataclasses.replace(self.context(on_event), budget=run_budget)
+        if from_step is not None:
+            await self._settle(plan.chain, from_step, ctx)
         runner = ChainRunner(
             plan,
             ctx,
@@ -262,8 +274,22 @@ class Session:
         )
         return await runner.run()
 
-    def preflight(self, plans: list[plan_mod.Plan]) -> None:
-        """Before anything is spent: can every folder these plans write be written, with room?"""
+    async def _settle(self, name: str, from_step: int, ctx: RunContext) -> None:
+        """Before re-rolling `name` from `from_step`: finish the tasks still in flight from
+        there on (they are paid for: their results are archived as earlier takes), from the
+        storyboard text the chain began with, creating nothing new."""
+        chain = self.journal.chain(name)
+        if chain is None:
+            return
+        in_flight = ("submit_intent", "submit_unknown", "submitted", "succeeded")
+        if not any(r.idx >= from_step and r.state in in_flight for r in self.journal.steps(name)):
+            return
+        old = self._with_journal_handoffs(self.own(chain_plan(chain)), None, False)
+        await ChainRunner(old, ctx, settle_before=from_step).run()
+
+    def preflight(self, plans: list[plan_mod.Plan], *, budget: float | None = None) -> None:
+        """Before anything is spent: can every folder these plans write be written, with room
+        for as much of them as their budgets (each chain's, the run's) can pay for?"""
         needs = [preflight.Need(self.journal.path.parent, 1_000_000, "the journal")]
         for p in plans:
             done: set[int] = set()
@@ -274,7 +300,10 @@ class Session:
                 if self.provider.offline
                 else preflight.BYTES_PER_SECOND.get(p.mode, max(preflight.BYTES_PER_SECOND.values()))
             )
-            results, output = preflight.expected_bytes(p, rate=rate, done=done)
+            caps = [u for u in (p.max_units, budget) if u is not None]
+            results, output = preflight.expected_bytes(
+                p, rate=rate, done=done, max_units=min(caps) if caps else None
+            )
             needs.append(preflight.Need(self.archive_dir / p.chain, results, f"{p.chain}'s results"))
             needs.append(preflight.Need(p.output.resolve().parent, output, f"{p.chain}'s output"))
         preflight.check(needs)
@@ -440,12 +469,15 @@ class Session:
         max_units: float | None = None,
         resend_unknown: bool = False,
         keep: Literal["all", "final"] | None = None,
+        budget: float | None = None,
     ) -> list[ChainResult]:
         """Run (or resume) many chains at once under the account's concurrency limit.
 
-        One chain's failure (a refused prompt, a bad source, a budget) does not stop the
-        others; an account-level error (credentials, balance, permission) stops them all
-        at once and is raised.
+        `budget` caps the units all of them together may spend (chainer.budget);
+        `max_units` caps each chain (overriding the storyboards' own). One chain's
+        failure (a refused prompt, a bad source, a budget) does not stop the others; an
+        account-level error (credentials, balance, permission) stops them all at once and is
+        raised.
         """
         seen: dict[str, Path] = {}
         for p in plans:
@@ -465,9 +497,13 @@ class Session:
         for p in plans:
             with contextlib.suppress(ConfigError):  # refused chains are reported by run() below
                 owned.append(self.own(p))
-        self.preflight(owned)  # the whole batch's needs at once, per file system
+        self.preflight(owned, budget=budget)  # the whole batch's needs at once, per file system
         results: dict[str, ChainResult] = {}
         fatal: list[errors.ChainerError] = []
+        shared = RunBudget(budget, self.journal) if budget is not None else None
+        for p in owned:
+            if shared is not None:
+                shared.add(p)
 
         async def one(plan: plan_mod.Plan, group: anyio.abc.TaskGroup) -> None:
             try:
@@ -478,6 +514,7 @@ class Session:
                     max_units=max_units,
                     resend_unknown=resend_unknown,
                     keep=keep,
+                    run_budget=shared,
                 )
             except (errors.AuthError, errors.AccountError) as exc:
                 fatal.append(exc)
@@ -504,5 +541,10 @@ class Session:
             summary = self.journal.summary(plan.chain)
             duration, units = summary.duration, summary.units
         return ChainResult(
-            chain=plan.chain, state=state, output=None, duration=duration, units=units, message=str(exc)
+            chain=plan.chain,
+            state=state,
+            output=None,
+            duration=duration,
+            units=units,
+            message="; ".join([str(exc), *getattr(exc, "__notes__", [])]),
         )

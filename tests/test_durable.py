@@ -62,6 +62,9 @@ def downgrade_to_v1(path: Path) -> None:
     db = sqlite3.connect(path)
     for version in range(SCHEMA_VERSION - 1, 0, -1):
         for statement in reversed(MIGRATIONS[version]):
+            if statement.startswith("CREATE TABLE"):
+                db.execute(f"DROP TABLE {statement.split()[2]}")
+                continue
             table, column = statement.split()[2], statement.split()[5]
             db.execute(f"ALTER TABLE {table} DROP COLUMN {column}")
     db.execute("PRAGMA user_version=1")

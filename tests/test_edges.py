@@ -17,13 +17,13 @@ from pathlib import Path
 
 import anyio
 import pytest
+from helpers import CHAINER, provider_env, write_storyboard
 
 from chainer import load_plan
 from chainer.errors import ConfigError, WriteError
 from chainer.runner import ChainResult
 from chainer.session import Session, simulator_provider
 from chainer.simulator import Simulator
-from helpers import CHAINER, provider_env, write_storyboard
 
 SHORT = """
 name: {name}
@@ -106,7 +106,10 @@ def test_a_provider_that_ignores_external_task_id_never_gets_a_create_twice(
     """The profile claims lookups by external_task_id; the provider accepts the field and
     throws it away, and loses 30 % of create answers. Not one step may be created twice."""
     sim = sim_factory(ignore_external_task_id=True, lose_create_rate=0.3, seed=7, concurrency=5)
-    plans = [load_plan(write_storyboard(tmp_path, SHORT.format(name=f"c{n:02d}"), f"c{n:02d}.yaml")) for n in range(20)]
+    plans = [
+        load_plan(write_storyboard(tmp_path, SHORT.format(name=f"c{n:02d}"), f"c{n:02d}.yaml"))
+        for n in range(20)
+    ]
 
     async def main() -> list[ChainResult]:
         provider = simulator_provider(sim, time_scale=sim.config.time_scale)
@@ -138,9 +141,14 @@ def no_credentials() -> dict[str, str]:
 
 
 def test_missing_credentials_never_let_the_simulator_touch_real_results(sim, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
-    sb = write_storyboard(tmp_path, SHORT.format(name="paid"), "paid.yaml")
+    write_storyboard(tmp_path, SHORT.format(name="paid"), "paid.yaml")
     real = subprocess.run(
-        [CHAINER, "run", "paid.yaml", "--quiet"], cwd=tmp_path, env=provider_env(sim), capture_output=True, text=True, timeout=240
+        [CHAINER, "run", "paid.yaml", "--quiet"],
+        cwd=tmp_path,
+        env=provider_env(sim),
+        capture_output=True,
+        text=True,
+        timeout=240,
     )
     assert real.returncode == 0, real.stderr
     output, manifest = tmp_path / "out" / "paid.mp4", tmp_path / "archive" / "paid" / "manifest.json"
@@ -150,14 +158,27 @@ def test_missing_credentials_never_let_the_simulator_touch_real_results(sim, tmp
 
     # a cron job that lost its environment: refused, nothing written
     cron = subprocess.run(
-        [CHAINER, "run", "paid.yaml"], cwd=tmp_path, env=no_credentials(), capture_output=True, text=True, timeout=120
+        [CHAINER, "run", "paid.yaml"],
+        cwd=tmp_path,
+        env=no_credentials(),
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert cron.returncode == 2
-    assert "will not switch to the offline simulator" in cron.stderr and "journal-kling.sqlite: paid" in cron.stderr
+    assert (
+        "will not switch to the offline simulator" in cron.stderr
+        and "journal-kling.sqlite: paid" in cron.stderr
+    )
     assert "--simulate" in cron.stderr
     # asked for the simulator, the chain with real history is still refused
     asked = subprocess.run(
-        [CHAINER, "run", "paid.yaml", "--simulate"], cwd=tmp_path, env=no_credentials(), capture_output=True, text=True, timeout=120
+        [CHAINER, "run", "paid.yaml", "--simulate"],
+        cwd=tmp_path,
+        env=no_credentials(),
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert asked.returncode != 0 and "the offline simulator never runs it" in asked.stderr
     for path, data in before.items():
@@ -170,7 +191,11 @@ def test_missing_credentials_never_let_the_simulator_touch_real_results(sim, tmp
     write_storyboard(tmp_path, SHORT.format(name="rehearsal"), "rehearsal.yaml")
     rehearsal = subprocess.run(
         [CHAINER, "run", "rehearsal.yaml", "--simulate", "--sim-time-scale", "0.0005"],
-        cwd=tmp_path, env=no_credentials(), capture_output=True, text=True, timeout=240,
+        cwd=tmp_path,
+        env=no_credentials(),
+        capture_output=True,
+        text=True,
+        timeout=240,
     )
     assert rehearsal.returncode == 0, rehearsal.stderr
     assert "Done (simulated, no credits spent): out/rehearsal.simulated.mp4" in rehearsal.stdout
@@ -197,7 +222,12 @@ def test_a_folder_that_cannot_be_written_is_refused_before_any_create(sim, tmp_p
         (["--archive-dir", "blocker/archive"], "blocker/archive"),
     ):
         proc = subprocess.run(
-            [CHAINER, "run", "nowhere.yaml", *flags], cwd=tmp_path, env=provider_env(sim), capture_output=True, text=True, timeout=120
+            [CHAINER, "run", "nowhere.yaml", *flags],
+            cwd=tmp_path,
+            env=provider_env(sim),
+            capture_output=True,
+            text=True,
+            timeout=120,
         )
         assert proc.returncode == 2, proc.stderr
         assert f"cannot write to {tmp_path / folder}" in proc.stderr and "Nothing was sent" in proc.stderr
@@ -209,14 +239,16 @@ def test_too_little_free_space_is_refused_before_any_create(sim, tmp_path: Path,
     import shutil
 
     real = shutil.disk_usage
-    monkeypatch.setattr(
-        "chainer.preflight.shutil.disk_usage", lambda p: real(p)._replace(free=2_000_000)
-    )
+    monkeypatch.setattr("chainer.preflight.shutil.disk_usage", lambda p: real(p)._replace(free=2_000_000))
     plan = load_plan(write_storyboard(tmp_path, SHORT.format(name="big"), "big.yaml"))
 
     async def main() -> None:
-        provider = simulator_provider(sim, time_scale=sim.config.time_scale).model_copy(update={"offline": False})
-        async with Session.open(state_dir=tmp_path / "s", archive_dir=tmp_path / "a", provider=provider) as session:
+        provider = simulator_provider(sim, time_scale=sim.config.time_scale).model_copy(
+            update={"offline": False}
+        )
+        async with Session.open(
+            state_dir=tmp_path / "s", archive_dir=tmp_path / "a", provider=provider
+        ) as session:
             with pytest.raises(ConfigError) as caught:
                 await session.run(plan)
             assert "2.0 MB free, but this run needs about" in str(caught.value)
@@ -242,7 +274,9 @@ def test_an_output_that_fails_after_paying_leaves_everything_archived_and_status
 
     async def main() -> ChainResult:
         provider = simulator_provider(sim, time_scale=sim.config.time_scale)
-        async with Session.open(state_dir=tmp_path / "s", archive_dir=tmp_path / "a", provider=provider) as session:
+        async with Session.open(
+            state_dir=tmp_path / "s", archive_dir=tmp_path / "a", provider=provider
+        ) as session:
             return await session.run(plan)
 
     monkeypatch.setattr(archive, "publish", full_disk)
@@ -261,3 +295,160 @@ def test_an_output_that_fails_after_paying_leaves_everything_archived_and_status
     result = anyio.run(main)
     assert result.state == "done" and result.output is not None and result.output.is_file()
     assert len(sim.state.creates) == creates, "writing the output again pays for nothing"
+
+
+# ---------------------------------------------------------------- case 4: a guard on cost
+
+
+def test_a_costly_run_is_not_started_without_a_yes(sim, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    write_storyboard(tmp_path, SHORT.format(name="long") + "target_duration: 3000\n", "long.yaml")
+    plan = subprocess.run(
+        [CHAINER, "plan", "long.yaml"], cwd=tmp_path, capture_output=True, text=True, timeout=120
+    )
+    assert plan.returncode == 0 and "Estimated units: 750 " in plan.stdout, plan.stdout[-300:]
+    proc = subprocess.run(
+        [CHAINER, "run", "long.yaml"],
+        cwd=tmp_path,
+        env=provider_env(sim),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 2
+    assert (
+        "this run may spend about 750 units" in proc.stderr
+        and "above the confirmation threshold of 250" in proc.stderr
+    )
+    assert "Pass --yes" in proc.stderr and "Nothing was sent" in proc.stderr
+    assert not sim.state.creates
+    # a budget below the threshold is consent enough: it caps what the run may spend
+    capped = subprocess.run(
+        [CHAINER, "run", "long.yaml", "--max-units", "2", "--quiet"],
+        cwd=tmp_path,
+        env=provider_env(sim),
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+    assert capped.returncode == 4, capped.stderr  # BudgetExceeded's exit code
+    assert len(sim.state.creates) == 2
+    assert "past the run's budget of 2 (--max-units)" in capped.stderr
+    assert "is at out/long.partial.mp4; every result is archived" in capped.stderr
+    assert (tmp_path / "out" / "long.partial.mp4").is_file() and not (tmp_path / "out" / "long.mp4").exists()
+
+
+def test_a_batch_budget_caps_the_whole_run_and_a_stop_keeps_what_was_paid_for(sim, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    from chainer import media
+    from chainer.journal import Journal
+
+    for n in range(3):
+        write_storyboard(tmp_path, SHORT.format(name=f"b{n}"), f"b{n}.yaml")
+    proc = subprocess.run(
+        [CHAINER, "run", "b0.yaml", "b1.yaml", "b2.yaml", "--max-units", "7", "--summary", "sum.json"],
+        cwd=tmp_path,
+        env=provider_env(sim),
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+    assert proc.returncode == 1, proc.stderr
+    summary = json.loads((tmp_path / "sum.json").read_text())
+    assert sum(c["units"] for c in summary["chains"]) <= 7
+    stopped = [c for c in summary["chains"] if c["state"] == "needs_attention"]
+    assert stopped and all("past the run's budget of 7 (--max-units)" in c["message"] for c in stopped)
+    assert len(sim.state.creates) == 7, "the budget is used up to the last unit, no further"
+    with Journal(tmp_path / ".chainer" / "journal-kling.sqlite") as journal:
+        made = {(c.name, r.idx): r for c in journal.chains() for r in journal.steps(c.name) if r.task_id}
+    assert len(made) == 7 and all(r.state == "downloaded" for r in made.values()), (
+        "every paid result archived"
+    )
+    for chain in stopped:
+        done = [r for (name, _), r in made.items() if name == chain["chain"]]
+        if not done:
+            continue
+        partial = tmp_path / "out" / f"{chain['chain']}.partial.mp4"
+        assert (
+            f"is at {partial.relative_to(tmp_path)}" in chain["message"] or str(partial) in chain["message"]
+        )
+        last = max(done, key=lambda r: r.idx)
+        assert abs(media.probe(partial).duration - (last.probed_duration or 0)) < 0.2
+        assert not (tmp_path / "out" / f"{chain['chain']}.mp4").exists()
+
+
+# ---------------------------------------------------------------- case 5: an edited storyboard mid-chain
+
+EDITED = """
+name: edited
+start:
+  text2video: {{prompt: "a quiet street", model: kling-v1-6}}
+segments:
+  - prompt: "a cat crosses"
+  - prompt: "{second}"
+  - prompt: "{third}"
+"""
+
+
+def interrupted_then_edited(sim: Simulator, tmp_path: Path, **edit: str) -> Path:
+    """Run EDITED until step 2 is being polled, kill it there (SIGKILL), then edit the file."""
+    sb = write_storyboard(tmp_path, EDITED.format(second="a dog follows", third="rain begins"), "edited.yaml")
+    killed = subprocess.run(
+        [CHAINER, "run", "edited.yaml", "--quiet"],
+        cwd=tmp_path,
+        env=provider_env(sim, CHAINER_FAILPOINT="polling@2"),
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+    assert killed.returncode == -9, killed.stderr
+    sb.write_text(EDITED.format(**{"second": "a dog follows", "third": "rain begins", **edit}))
+    return sb
+
+
+def run_cli(sim: Simulator, tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [CHAINER, *args], cwd=tmp_path, env=provider_env(sim), capture_output=True, text=True, timeout=240
+    )
+
+
+def prompts_sent(sim: Simulator) -> list[str]:
+    return [str(c.body.get("prompt")) for c in sim.state.creates]
+
+
+def test_an_edit_of_a_step_already_sent_offers_both_ways_and_resume_finishes_as_begun(
+    sim, tmp_path: Path
+) -> None:  # type: ignore[no-untyped-def]
+    interrupted_then_edited(sim, tmp_path, second="a horse gallops")
+    refused = run_cli(sim, tmp_path, "run", "edited.yaml")
+    assert refused.returncode == 1
+    assert "step 2 changed, and step 2 was already sent (submitted)" in refused.stderr
+    assert "`chainer resume edited`" in refused.stderr and "--from-step 2" in refused.stderr
+    resumed = run_cli(sim, tmp_path, "resume", "edited")
+    assert resumed.returncode == 0, resumed.stderr
+    assert prompts_sent(sim) == ["a quiet street", "a cat crosses", "a dog follows", "rain begins"]
+    assert (tmp_path / "out" / "edited.mp4").is_file()
+
+
+def test_an_edit_of_a_step_already_sent_can_branch_with_the_new_text(sim, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    interrupted_then_edited(sim, tmp_path, second="a horse gallops")
+    branched = run_cli(sim, tmp_path, "run", "edited.yaml", "--from-step", "2")
+    assert branched.returncode == 0, branched.stderr
+    # the task in flight was finished and kept (paid for), then step 2 made anew with the new text
+    assert prompts_sent(sim) == [
+        "a quiet street",
+        "a cat crosses",
+        "a dog follows",
+        "a horse gallops",
+        "rain begins",
+    ]
+    manifest = json.loads((tmp_path / "archive" / "edited" / "manifest.json").read_text())
+    earlier = [t for t in manifest["earlier_takes"] if t["index"] == 2]
+    assert earlier and earlier[0]["prompt"] == "a dog follows" and earlier[0]["file"]
+    assert (tmp_path / "archive" / "edited" / earlier[0]["file"]).is_file()
+    assert [s["prompt"] for s in manifest["steps"]][2] == "a horse gallops"
+
+
+def test_an_edit_of_steps_not_yet_sent_is_simply_taken(sim, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    interrupted_then_edited(sim, tmp_path, third="snow falls instead")
+    again = run_cli(sim, tmp_path, "run", "edited.yaml")
+    assert again.returncode == 0, again.stderr
+    assert prompts_sent(sim) == ["a quiet street", "a cat crosses", "a dog follows", "snow falls instead"]
