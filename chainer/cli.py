@@ -502,7 +502,7 @@ def archive_command(
                     markup=False,
                 )
                 return 0, 1
-            for chain, step, outcome in await session.archive_pending(names):
+            for chain, step, outcome in await session.archive_pending(names, on_retry=_show_retry):
                 if outcome == "saved":
                     saved += 1
                     out.print(f"{chain} step {step}: saved", markup=False)
@@ -538,7 +538,7 @@ def archive_command(
                 path_prefix=path_prefix,
                 sim_config=SimConfig(time_scale=sim_time_scale),
             ) as session:
-                for video_id, outcome in await session.sweep_account():
+                for video_id, outcome in await session.sweep_account(on_retry=_show_retry):
                     if outcome == "saved":
                         saved += 1
                         out.print(f"account video {video_id}: saved", markup=False)
@@ -549,6 +549,12 @@ def archive_command(
         return 1 if bad else 0
 
     _run_async(main)
+
+
+def _show_retry(exc: Exception, attempt: int, wait: float | None) -> None:
+    """Every retry of a request is shown (the run's events do this for `chainer run`)."""
+    asked = f"; waiting {wait:g} s as the provider asked" if wait is not None else ""
+    err.print(f"retry, attempt {attempt}: {exc}{asked}; trying again", markup=False)
 
 
 def _expiry_note(journal: Journal, name: str) -> str:

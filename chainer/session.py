@@ -37,7 +37,7 @@ from .profiles import BUILTIN, Profile, from_environment
 from .provider.client import DEFAULT_TIMEOUT, KlingClient
 from .provider.config import ProviderConfig
 from .provider.wire import Task
-from .retry import download_backoff, read_backoff, retrying
+from .retry import OnRetry, download_backoff, read_backoff, retrying
 from .runner import (
     DOWNLOADS_AT_ONCE,
     READ_DEADLINE_S,
@@ -345,7 +345,9 @@ class Session:
             lookup=self.lookup,
         )
 
-    async def archive_pending(self, names: list[str] | None = None) -> list[tuple[str, int, str]]:
+    async def archive_pending(
+        self, names: list[str] | None = None, *, on_retry: OnRetry | None = None
+    ) -> list[tuple[str, int, str]]:
         """Download every result of this journal's chains that is not safely archived yet.
 
         Returns (chain, step, outcome) for each result looked at: "saved", or why not.
@@ -372,7 +374,7 @@ class Session:
                 touched = True
                 left = archive.time_left(row.remote_created_ms)
                 try:
-                    await download_result(ctx, folder, row)
+                    await download_result(ctx, folder, row, on_retry=on_retry)
                     outcomes.append((chain.name, row.idx, "saved"))
                 except errors.ChainerError as exc:
                     gone = left is not None and left.total_seconds() < 0
@@ -388,7 +390,7 @@ class Session:
             await sync_mirror(ctx, folder)
         return outcomes
 
-    async def sweep_account(self) -> list[tuple[str, str]]:
+    async def sweep_account(self, *, on_retry: OnRetry | None = None) -> list[tuple[str, str]]:
         """Archive every succeeded video on the account that the archive does not hold yet.
 
         Walks the task lists of text2video, image2video and video-extend page by page;
@@ -408,6 +410,7 @@ class Session:
                     functools.partial(self.client.list_tasks, kind, page=page, page_size=SWEEP_PAGE_SIZE),
                     on=read_backoff,
                     deadline_s=READ_DEADLINE_S,
+                    on_retry=on_retry,
                 )
                 for task in tasks:
                     video = task.video
@@ -419,6 +422,7 @@ class Session:
                             functools.partial(self._fetch_for_sweep, kind, task, dest),
                             on=download_backoff,
                             deadline_s=READ_DEADLINE_S,
+                            on_retry=on_retry,
                         )
                     except errors.ChainerError as exc:
                         outcomes.append((video.id, f"not saved: {exc}"))

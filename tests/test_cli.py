@@ -58,11 +58,15 @@ def test_run_without_credentials_uses_the_offline_simulator(tmp_path: Path) -> N
     )
     assert proc.returncode == 0, proc.stderr
     assert "offline simulator" in proc.stdout and "no credits are spent" in proc.stdout
-    assert "Done: out/lighthouse.mp4" in proc.stdout
-    info = media.probe(tmp_path / "out" / "lighthouse.mp4")
+    # simulated results never share a path with real ones (issue 16)
+    assert "Done (simulated, no credits spent): out/lighthouse.simulated.mp4" in proc.stdout
+    assert "Archive: archive-simulated/lighthouse" in proc.stdout
+    assert "Report: archive-simulated/report.html" in proc.stdout
+    info = media.probe(tmp_path / "out" / "lighthouse.simulated.mp4")
     assert info.is_h264_mp4 and 17.0 <= info.duration <= 20.2
-    archived = sorted((tmp_path / "archive" / "lighthouse").glob("*.mp4"))
+    archived = sorted((tmp_path / "archive-simulated" / "lighthouse").glob("*.mp4"))
     assert len(archived) == 4
+    assert not (tmp_path / "out" / "lighthouse.mp4").exists() and not (tmp_path / "archive").exists()
 
 
 def test_bad_storyboard_exits_2_with_positions_and_sends_nothing(tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]

@@ -42,6 +42,11 @@ def refused_port() -> int:
         return int(s.getsockname()[1])
 
 
+def chainer(cwd: Path, env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    """`chainer ARGS` run as a process in `cwd` (bounded by its work; the timeout is a safety net)."""
+    return subprocess.run([CHAINER, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
+
+
 def creates_per_step(sim: Simulator) -> collections.Counter[str]:
     """How many creates the simulator received for each (chain instance, step), by the
     external_task_id chainer derives: chainer-<uid>-<step>-a<attempt>-<fingerprint>."""
@@ -67,14 +72,7 @@ def test_an_unreachable_base_url_stops_soon_with_the_url_and_every_retry_shown(t
         "KLING_BASE_URL": url,
     }
     # The bound is the work (a handful of refused connections), not the assertion.
-    proc = subprocess.run(
-        [CHAINER, "run", str(sb), "--verbose", "--state-dir", str(tmp_path / "state")],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    proc = chainer(tmp_path, env, "run", str(sb), "--verbose", "--state-dir", str(tmp_path / "state"))
     assert proc.returncode != 0
     assert f"{url}/v1/videos/text2video was never sent" in proc.stderr
     assert "nothing accepts connections there" in proc.stderr
@@ -87,13 +85,7 @@ def test_an_unreachable_base_url_stops_soon_with_the_url_and_every_retry_shown(t
     assert gave_up, proc.stderr
     assert int(gave_up[2]) < 60, "a wrong URL must be reported within a minute"
     # the step is back to planned: nothing is believed to exist
-    status = subprocess.run(
-        [CHAINER, "status", "--state-dir", str(tmp_path / "state")],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    status = chainer(tmp_path, env, "status", "--state-dir", str(tmp_path / "state"))
     assert "in progress" in status.stdout and "0/3" in status.stdout
 
 
@@ -142,14 +134,7 @@ def no_credentials() -> dict[str, str]:
 
 def test_missing_credentials_never_let_the_simulator_touch_real_results(sim, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     write_storyboard(tmp_path, SHORT.format(name="paid"), "paid.yaml")
-    real = subprocess.run(
-        [CHAINER, "run", "paid.yaml", "--quiet"],
-        cwd=tmp_path,
-        env=provider_env(sim),
-        capture_output=True,
-        text=True,
-        timeout=240,
-    )
+    real = chainer(tmp_path, provider_env(sim), "run", "paid.yaml", "--quiet")
     assert real.returncode == 0, real.stderr
     output, manifest = tmp_path / "out" / "paid.mp4", tmp_path / "archive" / "paid" / "manifest.json"
     before = {p: p.read_bytes() for p in (output, manifest, tmp_path / ".chainer" / "last-run.json")}
@@ -157,14 +142,7 @@ def test_missing_credentials_never_let_the_simulator_touch_real_results(sim, tmp
     creates = len(sim.state.creates)
 
     # a cron job that lost its environment: refused, nothing written
-    cron = subprocess.run(
-        [CHAINER, "run", "paid.yaml"],
-        cwd=tmp_path,
-        env=no_credentials(),
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    cron = chainer(tmp_path, no_credentials(), "run", "paid.yaml")
     assert cron.returncode == 2
     assert (
         "will not switch to the offline simulator" in cron.stderr
@@ -172,14 +150,7 @@ def test_missing_credentials_never_let_the_simulator_touch_real_results(sim, tmp
     )
     assert "--simulate" in cron.stderr
     # asked for the simulator, the chain with real history is still refused
-    asked = subprocess.run(
-        [CHAINER, "run", "paid.yaml", "--simulate"],
-        cwd=tmp_path,
-        env=no_credentials(),
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    asked = chainer(tmp_path, no_credentials(), "run", "paid.yaml", "--simulate")
     assert asked.returncode != 0 and "the offline simulator never runs it" in asked.stderr
     for path, data in before.items():
         assert path.read_bytes() == data, f"{path} changed"
@@ -189,13 +160,8 @@ def test_missing_credentials_never_let_the_simulator_touch_real_results(sim, tmp
 
     # a rehearsal of another storyboard, asked for, is kept apart and says what it is
     write_storyboard(tmp_path, SHORT.format(name="rehearsal"), "rehearsal.yaml")
-    rehearsal = subprocess.run(
-        [CHAINER, "run", "rehearsal.yaml", "--simulate", "--sim-time-scale", "0.0005"],
-        cwd=tmp_path,
-        env=no_credentials(),
-        capture_output=True,
-        text=True,
-        timeout=240,
+    rehearsal = chainer(
+        tmp_path, no_credentials(), "run", "rehearsal.yaml", "--simulate", "--sim-time-scale", "0.0005"
     )
     assert rehearsal.returncode == 0, rehearsal.stderr
     assert "Done (simulated, no credits spent): out/rehearsal.simulated.mp4" in rehearsal.stdout
@@ -221,14 +187,7 @@ def test_a_folder_that_cannot_be_written_is_refused_before_any_create(sim, tmp_p
         (["-o", "blocker/x.mp4"], "blocker"),
         (["--archive-dir", "blocker/archive"], "blocker/archive"),
     ):
-        proc = subprocess.run(
-            [CHAINER, "run", "nowhere.yaml", *flags],
-            cwd=tmp_path,
-            env=provider_env(sim),
-            capture_output=True,
-            text=True,
-            timeout=120,
-        )
+        proc = chainer(tmp_path, provider_env(sim), "run", "nowhere.yaml", *flags)
         assert proc.returncode == 2, proc.stderr
         assert f"cannot write to {tmp_path / folder}" in proc.stderr and "Nothing was sent" in proc.stderr
         assert "Traceback" not in proc.stderr
@@ -302,18 +261,9 @@ def test_an_output_that_fails_after_paying_leaves_everything_archived_and_status
 
 def test_a_costly_run_is_not_started_without_a_yes(sim, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     write_storyboard(tmp_path, SHORT.format(name="long") + "target_duration: 3000\n", "long.yaml")
-    plan = subprocess.run(
-        [CHAINER, "plan", "long.yaml"], cwd=tmp_path, capture_output=True, text=True, timeout=120
-    )
+    plan = chainer(tmp_path, no_credentials(), "plan", "long.yaml")
     assert plan.returncode == 0 and "Estimated units: 750 " in plan.stdout, plan.stdout[-300:]
-    proc = subprocess.run(
-        [CHAINER, "run", "long.yaml"],
-        cwd=tmp_path,
-        env=provider_env(sim),
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    proc = chainer(tmp_path, provider_env(sim), "run", "long.yaml")
     assert proc.returncode == 2
     assert (
         "this run may spend about 750 units" in proc.stderr
@@ -322,14 +272,7 @@ def test_a_costly_run_is_not_started_without_a_yes(sim, tmp_path: Path) -> None:
     assert "Pass --yes" in proc.stderr and "Nothing was sent" in proc.stderr
     assert not sim.state.creates
     # a budget below the threshold is consent enough: it caps what the run may spend
-    capped = subprocess.run(
-        [CHAINER, "run", "long.yaml", "--max-units", "2", "--quiet"],
-        cwd=tmp_path,
-        env=provider_env(sim),
-        capture_output=True,
-        text=True,
-        timeout=240,
-    )
+    capped = chainer(tmp_path, provider_env(sim), "run", "long.yaml", "--max-units", "2", "--quiet")
     assert capped.returncode == 4, capped.stderr  # BudgetExceeded's exit code
     assert len(sim.state.creates) == 2
     assert "past the run's budget of 2 (--max-units)" in capped.stderr
@@ -343,13 +286,17 @@ def test_a_batch_budget_caps_the_whole_run_and_a_stop_keeps_what_was_paid_for(si
 
     for n in range(3):
         write_storyboard(tmp_path, SHORT.format(name=f"b{n}"), f"b{n}.yaml")
-    proc = subprocess.run(
-        [CHAINER, "run", "b0.yaml", "b1.yaml", "b2.yaml", "--max-units", "7", "--summary", "sum.json"],
-        cwd=tmp_path,
-        env=provider_env(sim),
-        capture_output=True,
-        text=True,
-        timeout=240,
+    proc = chainer(
+        tmp_path,
+        provider_env(sim),
+        "run",
+        "b0.yaml",
+        "b1.yaml",
+        "b2.yaml",
+        "--max-units",
+        "7",
+        "--summary",
+        "sum.json",
     )
     assert proc.returncode == 1, proc.stderr
     summary = json.loads((tmp_path / "sum.json").read_text())
@@ -391,13 +338,8 @@ segments:
 def interrupted_then_edited(sim: Simulator, tmp_path: Path, **edit: str) -> Path:
     """Run EDITED until step 2 is being polled, kill it there (SIGKILL), then edit the file."""
     sb = write_storyboard(tmp_path, EDITED.format(second="a dog follows", third="rain begins"), "edited.yaml")
-    killed = subprocess.run(
-        [CHAINER, "run", "edited.yaml", "--quiet"],
-        cwd=tmp_path,
-        env=provider_env(sim, CHAINER_FAILPOINT="polling@2"),
-        capture_output=True,
-        text=True,
-        timeout=240,
+    killed = chainer(
+        tmp_path, provider_env(sim, CHAINER_FAILPOINT="polling@2"), "run", "edited.yaml", "--quiet"
     )
     assert killed.returncode == -9, killed.stderr
     sb.write_text(EDITED.format(**{"second": "a dog follows", "third": "rain begins", **edit}))
@@ -405,9 +347,7 @@ def interrupted_then_edited(sim: Simulator, tmp_path: Path, **edit: str) -> Path
 
 
 def run_cli(sim: Simulator, tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [CHAINER, *args], cwd=tmp_path, env=provider_env(sim), capture_output=True, text=True, timeout=240
-    )
+    return chainer(tmp_path, provider_env(sim), *args)
 
 
 def prompts_sent(sim: Simulator) -> list[str]:

@@ -43,8 +43,8 @@ def test_python_example_runs_on_the_simulator(tmp_path: Path) -> None:
     )
     assert proc.returncode == 0, proc.stderr
     assert "using the offline simulator" in proc.stdout
-    assert "final video: out/lighthouse.mp4" in proc.stdout
-    assert (tmp_path / "out" / "lighthouse.mp4").is_file()
+    assert "final video: out/lighthouse.simulated.mp4" in proc.stdout
+    assert (tmp_path / "out" / "lighthouse.simulated.mp4").is_file()
 
 
 def test_example_report_regenerates_with_its_documented_command(tmp_path: Path) -> None:
