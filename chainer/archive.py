@@ -452,6 +452,12 @@ def publish_joined(parts: Sequence[Path], dest: Path, *, drops: Sequence[bool]) 
     return joined
 
 
+def is_deleted(created_ms: int | None, *, now: dt.datetime | None = None) -> bool:
+    """Whether the provider has deleted a video created at `created_ms` (30 days on)."""
+    left = time_left(created_ms, now=now)
+    return left is not None and left.total_seconds() < 0
+
+
 def time_left(created_ms: int | None, *, now: dt.datetime | None = None) -> dt.timedelta | None:
     """How long until the provider deletes a video created at `created_ms` (negative: gone)."""
     expiry = expires_at(created_ms)

@@ -6,9 +6,10 @@ import dataclasses
 import json
 import sys
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 import anyio
 import stamina.instrumentation
@@ -484,24 +485,16 @@ def archive_command(
     async def archive_journal(path: Path, provider: str) -> tuple[int, int]:
         """Archive one journal's pending results with its own provider: (saved, problems)."""
         saved = bad = 0
-        profile_name = provider.removeprefix("simulator").removeprefix("-") or "kling"
-        async with Session.open(
+        async with _journal_session(
+            path,
+            provider,
             state_dir=state_dir,
             archive_dir=archive_dir,
             archive_url=archive_url,
             base_url=base_url,
             path_prefix=path_prefix,
-            profile=profiles.get(profile_name),
             sim_config=SimConfig(time_scale=sim_time_scale),
-            simulate=simulated.is_simulated_journal(path),
         ) as session:
-            if session.journal.path.resolve() != path.resolve():
-                err.print(
-                    f"{path.name}: its chains were made with another provider than the credentials "
-                    f"set now reach ({session.provider.name}); set that provider's credentials",
-                    markup=False,
-                )
-                return 0, 1
             for chain, step, outcome in await session.archive_pending(names, on_retry=_show_retry):
                 if outcome == "saved":
                     saved += 1
@@ -527,7 +520,7 @@ def archive_command(
                 got, problems = await archive_journal(path, chains[0].provider)
             except errors.ConfigError as exc:  # e.g. no credentials for this journal's provider
                 got, problems = 0, 1
-                err.print(f"{path.name}: {exc}", markup=False)
+                err.print(str(exc) if str(exc).startswith(path.name) else f"{path.name}: {exc}", markup=False)
             saved, bad = saved + got, bad + problems
         if account:
             async with Session.open(
@@ -551,6 +544,57 @@ def archive_command(
     _run_async(main)
 
 
+@asynccontextmanager
+async def _journal_session(path: Path, provider: str, **common: Any) -> AsyncIterator[Session]:
+    """A session on the provider a journal's chains were made with (the simulator for a
+    simulated journal, the credentials for a real one), or ConfigError saying what is off."""
+    profile_name = provider.removeprefix("simulator").removeprefix("-") or "kling"
+    async with Session.open(
+        **common, profile=profiles.get(profile_name), simulate=simulated.is_simulated_journal(path)
+    ) as session:
+        if session.journal.path.resolve() != path.resolve():
+            raise errors.ConfigError(
+                f"{path.name}: its chains were made with another provider than the credentials set now "
+                f"reach ({session.provider.name}); set that provider's credentials"
+            )
+        yield session
+
+
+@app.command()
+def adopt(
+    chain: Annotated[str, typer.Argument(help="The chain (see `chainer status`).")],
+    step: Annotated[
+        int, typer.Argument(help="The step whose task is unknown (its number in `chainer plan`).")
+    ],
+    task_id: Annotated[str, typer.Argument(help="The provider's task id, from its console or task list.")],
+    state_dir: StateDir = Path(".chainer"),
+    base_url: BaseUrl = None,
+    path_prefix: PathPrefix = None,
+) -> None:
+    """Attach an existing task to a step whose create's answer was lost (or that failed), after
+    checking with the provider that it is that step's task; the next run goes on from it."""
+
+    async def main() -> int:
+        for path in sorted(state_dir.glob("journal-*.sqlite")):
+            with Journal(path) as journal:
+                row = journal.chain(chain)
+            if row is None:
+                continue
+            async with _journal_session(
+                path, row.provider, state_dir=state_dir, base_url=base_url, path_prefix=path_prefix
+            ) as session:
+                adopted = await session.adopt(chain, step, task_id)
+            out.print(
+                f"step {step} of {chain} is now task {adopted.task_id}; `chainer resume {chain}` (or running "
+                "its storyboard) goes on from it: nothing is created for it again",
+                markup=False,
+            )
+            return 0
+        raise errors.ConfigError(f"no chain named {chain!r} in {state_dir} (see `chainer status`)")
+
+    _run_async(main)
+
+
 def _show_retry(exc: Exception, attempt: int, wait: float | None) -> None:
     """Every retry of a request is shown (the run's events do this for `chainer run`)."""
     asked = f"; waiting {wait:g} s as the provider asked" if wait is not None else ""
@@ -569,7 +613,9 @@ def _expiry_note(journal: Journal, name: str) -> str:
         if left.total_seconds() < 0:
             notes.append(
                 f"step {row.idx}: not archived and deleted by the provider on "
-                f"{archive.expires_at(row.remote_created_ms):%Y-%m-%d}"
+                f"{archive.expires_at(row.remote_created_ms):%Y-%m-%d}; make it again with "
+                f"`chainer run STORYBOARD --from-step {row.idx}` (--from-last-frame if step {row.idx - 1}'s "
+                "video is gone too)"
             )
         elif left.days < WARN_DAYS:
             notes.append(

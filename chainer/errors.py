@@ -23,6 +23,7 @@ The tree separates the questions a caller must answer after a failure:
     ├── ChainLocked              another process owns this chain
     ├── JournalError             the local journal is unusable or disagrees with the request
     │   └── StoryboardChanged    a chain's storyboard was edited after some of it was sent
+    ├── ResultDeleted            the provider deleted a result (30 days on) before it was archived
     ├── DownloadError            a result could not be fetched (transient: retry)
     │   ├── UrlExpired           the signed url is dead: query the task for a fresh one
     │   └── VerificationFailed   the bytes arrived but are not the video reported (kept aside)
@@ -201,6 +202,11 @@ class JournalError(ChainerError):
 class StoryboardChanged(JournalError):
     """The storyboard of a chain was edited after some of its changed steps were sent; the
     message offers the ways on (finish it as it began, or branch with the new text)."""
+
+
+class ResultDeleted(ChainerError):
+    """The provider has deleted a result (30 days after its creation) before chainer archived
+    it: no retry can bring it back; the message says how to make the step again."""
 
 
 class DownloadError(ChainerError):

@@ -459,8 +459,11 @@ class Journal:
         elif unknown is not None:
             state = "needs attention"
             attention = (
-                f"step {unknown.idx}: the answer to its create was lost; the next run looks up "
-                f"external_task_id {unknown.external_task_id} first"
+                f"step {unknown.idx}: the answer to its create was lost; the next run looks for the task "
+                f"again (external_task_id {unknown.external_task_id}, or the task list) before sending "
+                f"anything. Where the provider cannot tell, find it in its console and attach it with "
+                f"`chainer adopt {name} {unknown.idx} TASK_ID`, or, if there is none, run with "
+                "--resend-unknown"
             )
         elif all(
             s.state in ("downloaded", "skipped") or (s.kind == "existing" and s.state == "succeeded")
@@ -498,6 +501,16 @@ class Journal:
                 "value = excluded.value, evidence = excluded.evidence, at = excluded.at",
                 (provider, base_url, name, value, evidence, time.time()),
             )
+
+    def held_task_ids(self) -> set[str]:
+        """Every task id any step of any chain of this journal holds (all attempts)."""
+        rows = self.db.execute("SELECT task_id FROM steps WHERE task_id IS NOT NULL").fetchall()
+        return {r[0] for r in rows}
+
+    def holder(self, task_id: str) -> StepRow | None:
+        """The step (any attempt) that holds `task_id`, if one does."""
+        row = self.db.execute("SELECT * FROM steps WHERE task_id = ? LIMIT 1", (task_id,)).fetchone()
+        return self._row(row) if row else None
 
     def units(self, chain: str) -> float:
         """Units the provider reported for every attempt of every step of `chain`."""
@@ -664,6 +677,19 @@ class Journal:
                 "state = 'running', updated_at = ? WHERE name = ?",
                 (storyboard_sha, storyboard_text, now, chain),
             )
+
+    def adopt(self, step: StepRow, task_id: str, *, external_task_id: str, submitted_at: float) -> StepRow:
+        """Attach an existing task to `step` (planned, submit_intent, submit_unknown or failed):
+        the step becomes `submitted` with that task, as if its own create had been answered."""
+        if step.state == "failed":
+            step = self.new_attempt(step, f"adopting task {task_id}")
+        if step.state == "planned":
+            step = self.transition(
+                step, "submit_intent", f"adopting task {task_id}", external_task_id=external_task_id
+            )
+        return self.transition(
+            step, "submitted", f"adopted task {task_id}", task_id=task_id, submitted_at=submitted_at
+        )
 
     def new_attempt(self, step: StepRow, detail: str) -> StepRow:
         """Start attempt n+1 of a failed step: planned again, so it gets a new external_task_id."""

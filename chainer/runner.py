@@ -25,7 +25,7 @@ import functools
 import itertools
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal, assert_never, cast
@@ -52,7 +52,15 @@ from .provider.wire import (
     Text2VideoRequest,
     VideoExtendRequest,
 )
-from .retry import MAX_RETRY_AFTER_S, OnRetry, create_backoff, download_backoff, read_backoff, retrying
+from .retry import (
+    MAX_RETRY_AFTER_S,
+    UNREACHABLE_DEADLINE_S,
+    OnRetry,
+    create_backoff,
+    download_backoff,
+    read_backoff,
+    retrying,
+)
 from .scheduler import Scheduler
 
 #: How long reads (polls, lookups, downloads) keep retrying transient errors.
@@ -155,6 +163,8 @@ class ChainRunner:
         self._thumbs: dict[tuple[int, int], Image.Image] = {}
         #: Steps holding one of the account's slots -> whether their task surely exists.
         self._holding: dict[int, bool] = {}
+        #: Tasks a list scan could not tell apart from ours, by step (offered for adoption).
+        self._candidates: dict[int, list[Task]] = {}
 
     # ------------------------------------------------------------------ top level
 
@@ -376,7 +386,7 @@ class ChainRunner:
                 f"--from-step {n}: step {n - 1} of {name!r} has no video yet; run the chain first"
             )
         in_flight = ("submit_intent", "submit_unknown", "submitted", "succeeded")
-        busy = [r.idx for r in rows if r.idx >= n and r.state in in_flight]
+        busy = [r.idx for r in rows if r.idx >= n and r.state in in_flight and not is_lost(r)]
         if busy:
             raise errors.JournalError(
                 f"--from-step {n}: step {busy[0]} of {name!r} has a task in flight or a result not yet "
@@ -462,6 +472,8 @@ class ChainRunner:
 
         def report(exc: Exception, attempt: int, wait: float | None) -> None:
             asked = f"; waiting {wait:g} s as the provider asked" if wait is not None else ""
+            if isinstance(exc, errors.RequestNotSent):
+                asked += f"; giving up {UNREACHABLE_DEADLINE_S:g} s after the first try"
             self._emit(idx, "retry", f"{what}, attempt {attempt}: {exc}{asked}; trying again")
 
         return report
@@ -806,31 +818,57 @@ class ChainRunner:
             return None
         if row.state != "submit_unknown":
             row = journal.transition(row, "submit_unknown", "no way to look the task up")
+        candidates = self._candidates.get(step.index, [])
+        listed = "".join(
+            f"\n  chainer adopt {self.plan.chain} {step.index} {t.task_id}   # {kind}, created "
+            f"{_local_time(t.created_at / 1000 if t.created_at else None)}, {t.task_status}"
+            for t in candidates[:10]
+        )
+        seen = (
+            f" The provider's task list shows {len(candidates)} {kind} task(s) of that time that no step "
+            f"holds; if one of them is this step's, attach it (nothing is paid again):{listed}"
+            if candidates
+            else ""
+        )
         raise errors.SubmitUnknown(
             f"step {step.index} of {self.plan.chain!r} ({self._describe(step)}): its create may have reached "
             f"{client.config.name} but the answer was lost, and {client.config.name} cannot be asked which "
             f"tasks exist ({why}). Check the provider's console for a {kind} task created "
-            f"around {_local_time(journal.intent_time(row))} with prompt {step.prompt!r}. If there is none, "
-            "run again with --resend-unknown; if there is one, wait for it there (chainer cannot adopt it "
-            "yet) and do not resend"
+            f"around {_local_time(journal.intent_time(row))} with prompt {step.prompt!r}. If there is one, "
+            f"attach it with `chainer adopt {self.plan.chain} {step.index} TASK_ID`; if there is none, run "
+            f"again with --resend-unknown.{seen}"
         )
 
     async def _scan(self, step: Step, row: StepRow, parent: StepRow | None) -> tuple[bool, Task | None]:
-        """Look for `row`'s task in the provider's task list: (decided, task); see _scan_list."""
+        """Look for `row`'s task in the provider's task list: (decided, task); see _scan_list.
+        What it could not decide between is kept for the message that asks the user."""
         client, kind = self.ctx.client, _task_kind(step)
         assert row.external_task_id is not None
         since_ms = int((self.ctx.journal.intent_time(row) or time.time()) * 1000) - LIST_WINDOW_MS
         parent_video = parent.video_id if step.kind == "video-extend" and parent else None
-        return await retrying(
-            functools.partial(_scan_list, client, kind, row.external_task_id, parent_video, since_ms),
+        held = self.ctx.journal.held_task_ids()
+        scan = await retrying(
+            functools.partial(_scan_list, client, kind, row.external_task_id, parent_video, since_ms, held),
             on=read_backoff,
             deadline_s=READ_DEADLINE_S,
             on_retry=self._on_retry(step.index, f"scan of the {kind} task list"),
         )
+        self._candidates[step.index] = scan.candidates
+        return scan.decided, scan.found
 
     def _refused(self, row: StepRow, step: Step, exc: errors.ApiError) -> StepRow:
-        row = self.ctx.journal.transition(row, "failed", str(exc), error=str(exc))
-        self._emit(step.index, "failed", str(exc))
+        """The provider refused the create (nothing was made): the step fails with the reason,
+        and the way on where there is one."""
+        reason = str(exc)
+        if step.kind == "video-extend" and exc.code == 1203:
+            reason += (
+                f". The video it extends is gone from the provider (it deletes videos "
+                f"{rules.RETENTION_DAYS} days after they are made); nothing was charged. Make this step from "
+                f"the archived file's last frame instead: `chainer run {self.plan.storyboard} --from-step "
+                f"{step.index} --from-last-frame`"
+            )
+        row = self.ctx.journal.transition(row, "failed", reason, error=reason)
+        self._emit(step.index, "failed", reason)
         return row
 
     async def _await_task(self, step: Step, row: StepRow) -> StepRow:
@@ -846,12 +884,17 @@ class ChainRunner:
         self._emit(step.index, "processing", f"task {task_id}")
         while True:
             failpoints.hit("polling", step.index)
-            task = await retrying(
-                functools.partial(client.get_task, kind, task_id),
-                on=read_backoff,
-                deadline_s=READ_DEADLINE_S,
-                on_retry=self._on_retry(step.index, f"poll of task {task_id}"),
-            )
+            try:
+                task = await retrying(
+                    functools.partial(client.get_task, kind, task_id),
+                    on=read_backoff,
+                    deadline_s=READ_DEADLINE_S,
+                    on_retry=self._on_retry(step.index, f"poll of task {task_id}"),
+                )
+            except errors.InvalidRequestError as exc:
+                if exc.code != 1203:
+                    raise
+                return self._forgotten(step, row, exc)
             match task.task_status:
                 case "submitted" | "processing":
                     elapsed = time.time() - submitted
@@ -876,6 +919,20 @@ class ChainRunner:
                     return row
                 case _:
                     assert_never(task.task_status)
+
+    def _forgotten(self, step: Step, row: StepRow, exc: errors.ApiError) -> StepRow:
+        """The provider answers "not found" for a task it accepted: the step stops, failed,
+        with the ways on (its charge, if any, is the provider's to explain)."""
+        self._let_go(step)
+        reason = (
+            f"the provider no longer knows task {row.task_id} (created {_local_time(row.submitted_at)}; "
+            f"it answered {exc}). If the task shows in the provider's console, attach it: `chainer adopt "
+            f"{self.plan.chain} {step.index} TASK_ID`; otherwise make the step again as a new task, "
+            "charged again: run with --retry-failed"
+        )
+        row = self.ctx.journal.transition(row, "failed", reason, error=reason, finished_at=time.time())
+        self._emit(step.index, "failed", reason)
+        return row
 
     def _succeeded(self, step: Step, row: StepRow, task: Task) -> StepRow:
         video = task.video
@@ -956,10 +1013,24 @@ async def download_result(
     task_id = row.task_id
     url = row.video_url
 
+    def lost() -> errors.ResultDeleted:
+        """The journal records the loss (the step fails with the way on), then it is raised."""
+        message = lost_message(ctx.journal, row)
+        ctx.journal.transition(row, "failed", message, error=message)
+        return errors.ResultDeleted(message)
+
+    if archive.is_deleted(row.remote_created_ms):  # known from its age: no request can help
+        raise lost()
+
     async def attempt() -> archive.Downloaded:
         nonlocal url
         if url is None:
-            task = await ctx.client.get_task(kind, task_id)
+            try:
+                task = await ctx.client.get_task(kind, task_id)
+            except errors.InvalidRequestError as exc:
+                if exc.code == 1203:  # the provider's "not found" for a task it made: gone
+                    raise lost() from exc
+                raise
             url = task.video.url if task.video else None
             if url is None:
                 raise errors.VerificationFailed(f"task {task_id} no longer offers its video")
@@ -990,6 +1061,25 @@ async def download_result(
     )
 
 
+def lost_message(journal: Journal, row: StepRow) -> str:
+    """What a user reads when a result was deleted by the provider before it was archived."""
+    chain = journal.chain(row.chain)
+    deleted = archive.expires_at(row.remote_created_ms)
+    how = (
+        f"was deleted by the provider on {deleted:%Y-%m-%d} ({rules.RETENTION_DAYS} days after it was made)"
+        if deleted is not None and archive.is_deleted(row.remote_created_ms)
+        else f"is gone from the provider (it no longer knows the task; it deletes results "
+        f"{rules.RETENTION_DAYS} days after they are made)"
+    )
+    storyboard = chain.storyboard if chain else "STORYBOARD"
+    return (
+        f"LOST: step {row.idx} of {row.chain!r}: its video {row.video_id} (task {row.task_id}) {how} "
+        f"before it was archived; it is lost. To make the step again: `chainer run {storyboard} "
+        f"--from-step {row.idx}` (with --from-last-frame when the video before it is gone too: it then "
+        "starts from the archived file's last frame)"
+    )
+
+
 def partial_path(output: Path) -> Path:
     """Where a stopped chain's video so far goes: `out/x.mp4` -> `out/x.partial.mp4`."""
     return output.with_name(f"{output.stem}.partial{output.suffix}")
@@ -1009,6 +1099,11 @@ def _first_error(group: BaseExceptionGroup[BaseException]) -> BaseException:
     return next((e for e in flat if isinstance(e, errors.ChainerError)), flat[0])
 
 
+def is_lost(row: StepRow) -> bool:
+    """A result the provider has deleted before it was archived."""
+    return row.state == "succeeded" and archive.is_deleted(row.remote_created_ms)
+
+
 def _task_kind(step: Step) -> rules.TaskKind:
     if step.kind == "existing":
         raise AssertionError("an existing video has no task kind")
@@ -1021,17 +1116,35 @@ def _local_time(epoch: float | None) -> str:
     return dt.datetime.fromtimestamp(epoch).astimezone().strftime("%Y-%m-%d %H:%M:%S %Z")
 
 
+@dataclass(frozen=True)
+class ListScan:
+    """What the provider's task list says about a lost create."""
+
+    #: True when the list can tell whether our task exists (then `found` is it, or None).
+    decided: bool
+    found: Task | None
+    #: Recent tasks of the step's kind that no step of the journal holds (for an extension,
+    #: only those extending the step's parent video): what the user may adopt.
+    candidates: list[Task]
+
+
 async def _scan_list(
-    client: KlingClient, kind: rules.TaskKind, ext: str, parent_video: str | None, since_ms: int
-) -> tuple[bool, Task | None]:
-    """Look for our task in the provider's task list: (decided, task).
+    client: KlingClient,
+    kind: rules.TaskKind,
+    ext: str,
+    parent_video: str | None,
+    since_ms: int,
+    held: Collection[str] = (),
+) -> ListScan:
+    """Look for our task in the provider's task list.
 
     Decided when the provider echoes external_task_id (ours is there or not), or, for an
     extension, when the tasks extending our parent video can be counted (none: not
-    created; one: ours). Undecided otherwise.
+    created; one: ours). Tasks the journal already holds (earlier attempts, other steps and
+    chains) are never counted as ours. Undecided otherwise.
     """
     echoes = False
-    by_parent: list[Task] = []
+    candidates: list[Task] = []
     for page in range(1, LIST_PAGES + 1):
         tasks = await client.list_tasks(kind, page=page, page_size=LIST_PAGE_SIZE)
         recent = [t for t in tasks if (t.created_at or 0) >= since_ms]
@@ -1039,17 +1152,19 @@ async def _scan_list(
             if task.task_info.external_task_id is not None:
                 echoes = True
                 if task.task_info.external_task_id == ext:
-                    return True, task
+                    return ListScan(True, task, [task])
+            if task.task_id in held:
+                continue
             parent = task.task_info.parent_video
-            if parent_video is not None and parent is not None and parent.id == parent_video:
-                by_parent.append(task)
+            if parent_video is None or (parent is not None and parent.id == parent_video):
+                candidates.append(task)
         if len(tasks) < LIST_PAGE_SIZE or len(recent) < len(tasks):
             break  # the end of the list, or past the window (lists are newest first)
     if echoes:
-        return True, None
-    if parent_video is not None and len(by_parent) <= 1:
-        return True, by_parent[0] if by_parent else None
-    return False, None
+        return ListScan(True, None, candidates)
+    if parent_video is not None and len(candidates) <= 1:
+        return ListScan(True, candidates[0] if candidates else None, candidates)
+    return ListScan(False, None, candidates)
 
 
 def _wait(seconds: float) -> float:

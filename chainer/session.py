@@ -15,11 +15,12 @@ import dataclasses
 import datetime as dt
 import functools
 import os
+import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import anyio
 import anyio.abc
@@ -30,7 +31,7 @@ from . import archive, errors, preflight, rules, simulated, storyboard
 from . import plan as plan_mod
 from .budget import RunBudget
 from .errors import ConfigError
-from .journal import ChainRow, Journal, is_handoff
+from .journal import ChainRow, Journal, StepRow, is_handoff
 from .lookup import LookupCheck
 from .polling import PollPolicy
 from .profiles import BUILTIN, Profile, from_environment
@@ -46,6 +47,7 @@ from .runner import (
     Event,
     RunContext,
     download_result,
+    is_lost,
     sync_mirror,
 )
 from .scheduler import Scheduler
@@ -282,7 +284,8 @@ class Session:
         if chain is None:
             return
         in_flight = ("submit_intent", "submit_unknown", "submitted", "succeeded")
-        if not any(r.idx >= from_step and r.state in in_flight for r in self.journal.steps(name)):
+        rows = self.journal.steps(name)
+        if not any(r.idx >= from_step and r.state in in_flight and not is_lost(r) for r in rows):
             return
         old = self._with_journal_handoffs(self.own(chain_plan(chain)), None, False)
         await ChainRunner(old, ctx, settle_before=from_step).run()
@@ -345,6 +348,57 @@ class Session:
             lookup=self.lookup,
         )
 
+    async def adopt(self, name: str, idx: int, task_id: str) -> StepRow:
+        """Attach task `task_id` (found in the provider's console or list) to step `idx` of chain
+        `name`, after checking with the provider that it exists, is of the step's kind and,
+        for an extension, extends the step's parent video. The next run goes on from it."""
+        journal = self.journal
+        if journal.chain(name) is None:
+            raise ConfigError(f"no chain named {name!r} in {journal.path}")
+        journal.lock_chain(name)
+        row = journal.step(name, idx)
+        if row.kind == "existing" or row.state not in (
+            "planned",
+            "submit_intent",
+            "submit_unknown",
+            "failed",
+        ):
+            raise ConfigError(
+                f"step {idx} of {name!r} is {row.state.replace('_', ' ')}: only a step whose task is not "
+                "known (planned, submit unknown, failed) can adopt one"
+            )
+        holder = journal.holder(task_id)
+        if holder is not None:
+            raise ConfigError(
+                f"task {task_id} already belongs to step {holder.idx} (attempt {holder.attempt}) of "
+                f"{holder.chain!r}; a task is paid for once and used once"
+            )
+        kind = cast(rules.TaskKind, row.kind)
+        try:
+            task = await retrying(
+                functools.partial(self.client.get_task, kind, task_id),
+                on=read_backoff,
+                deadline_s=READ_DEADLINE_S,
+            )
+        except errors.InvalidRequestError as exc:
+            if exc.code != 1203:
+                raise
+            raise ConfigError(
+                f"{self.provider.name} has no {kind} task {task_id} (step {idx} of {name!r} is a {kind}): "
+                f"{exc}"
+            ) from exc
+        if kind == "video-extend":
+            parent = journal.step(name, idx - 1)
+            extends = task.task_info.parent_video.id if task.task_info.parent_video else None
+            if extends is None or extends != parent.video_id:
+                raise ConfigError(
+                    f"task {task_id} extends video {extends or '(none given)'}, but step {idx} of {name!r} "
+                    f"extends step {idx - 1}'s video {parent.video_id}: not this step's task"
+                )
+        ext = task.task_info.external_task_id or row.external_task_id or f"adopted-{task_id}"
+        created = task.created_at / 1000 if task.created_at else time.time()
+        return journal.adopt(row, task.task_id, external_task_id=ext, submitted_at=created)
+
     async def archive_pending(
         self, names: list[str] | None = None, *, on_retry: OnRetry | None = None
     ) -> list[tuple[str, int, str]]:
@@ -372,19 +426,13 @@ class Session:
                     continue
                 self.journal.lock_chain(chain.name)
                 touched = True
-                left = archive.time_left(row.remote_created_ms)
                 try:
                     await download_result(ctx, folder, row, on_retry=on_retry)
                     outcomes.append((chain.name, row.idx, "saved"))
+                except errors.ResultDeleted as exc:
+                    outcomes.append((chain.name, row.idx, str(exc)))
                 except errors.ChainerError as exc:
-                    gone = left is not None and left.total_seconds() < 0
-                    deleted = archive.expires_at(row.remote_created_ms)
-                    why = (
-                        f"LOST: deleted by the provider on {deleted:%Y-%m-%d} (30 days on): {exc}"
-                        if gone
-                        else f"not saved: {exc}"
-                    )
-                    outcomes.append((chain.name, row.idx, why))
+                    outcomes.append((chain.name, row.idx, f"not saved: {exc}"))
             if touched:
                 archive.write_chain_manifest(self.journal, chain.name, folder)
             await sync_mirror(ctx, folder)
