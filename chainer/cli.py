@@ -523,23 +523,43 @@ def archive_command(
                 err.print(str(exc) if str(exc).startswith(path.name) else f"{path.name}: {exc}", markup=False)
             saved, bad = saved + got, bad + problems
         if account:
-            async with Session.open(
-                state_dir=state_dir,
-                archive_dir=archive_dir,
-                archive_url=archive_url,
-                base_url=base_url,
-                path_prefix=path_prefix,
-                sim_config=SimConfig(time_scale=sim_time_scale),
-            ) as session:
-                for video_id, outcome in await session.sweep_account(on_retry=_show_retry):
-                    if outcome == "saved":
-                        saved += 1
-                        out.print(f"account video {video_id}: saved", markup=False)
-                    else:
-                        bad += 1
-                        err.print(f"account video {video_id}: {outcome}", markup=False)
+            try:
+                got, problems = await sweep(journals)
+            except errors.ChainerError as exc:
+                got, problems = 0, 1
+                err.print(f"account sweep: {exc}", markup=False)
+            saved, bad = saved + got, bad + problems
         out.print(f"{saved} result(s) saved; {bad} problem(s).", markup=False)
         return 1 if bad else 0
+
+    async def sweep(journals: list[Path]) -> tuple[int, int]:
+        """The account sweep, on the profile the chains ran with; (saved, problems)."""
+        known: set[str] = set()
+        chains_profile: profiles.Profile | None = None
+        for path in journals:
+            with Journal(path) as journal:
+                for c in journal.chains():
+                    known |= {r.video_id for r in journal.steps(c.name) if r.video_id}
+                    if chains_profile is None and not simulated.is_simulated_journal(path):
+                        chains_profile = profiles.get(c.provider)
+        saved = bad = 0
+        async with Session.open(
+            state_dir=state_dir,
+            archive_dir=archive_dir,
+            archive_url=archive_url,
+            base_url=base_url,
+            path_prefix=path_prefix,
+            sim_config=SimConfig(time_scale=sim_time_scale),
+            profile=chains_profile,
+        ) as session:
+            for what, outcome in await session.sweep_account(on_retry=_show_retry, known=known):
+                if outcome == "saved":
+                    saved += 1
+                    out.print(f"{what}: saved", markup=False)
+                else:
+                    bad += 1
+                    err.print(f"{what}: {outcome}", markup=False)
+        return saved, bad
 
     _run_async(main)
 

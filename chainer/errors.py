@@ -11,6 +11,7 @@ The tree separates the questions a caller must answer after a failure:
     │   │                        happened, so it must be reconciled, never blindly re-sent
     │   │   └── SubmitUnknown    ... and the provider cannot be asked: the user must check
     │   ├── ProtocolError        the provider answered with something that is not its protocol
+    │   │   └── LookupUndecided  a lookup by external_task_id got an answer that cannot tell
     │   └── ApiError             the provider answered with a non-zero business code
     │       ├── AuthError            1000-1004
     │       ├── AccountError         1100-1103 (arrears, no resource pack, no permission)
@@ -119,6 +120,11 @@ class SubmitUnknown(OutcomeUnknown):
 
 class ProtocolError(ProviderError):
     """The provider's answer does not follow the Kling protocol (bad JSON, wrong shape)."""
+
+
+class LookupUndecided(ProtocolError):
+    """A lookup by external_task_id was answered with something that cannot tell whether the
+    task exists (e.g. the task list, without our id in it): "cannot tell", never "none"."""
 
 
 class ApiError(ProviderError):

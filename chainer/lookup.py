@@ -80,6 +80,8 @@ class LookupCheck:
                 deadline_s=CHECK_DEADLINE_S,
                 on_retry=on_retry,
             )
+        except errors.LookupUndecided:
+            found = None  # it answers with its list: it does not find by external_task_id
         except errors.ProviderError:
             return None  # no verdict: a later run checks again
         works = found is not None and found.task_id == task_id

@@ -274,9 +274,9 @@ class ChainRunner:
             return
         branch = max(first, 1)
         raise errors.StoryboardChanged(
-            f"the storyboard of chain {name!r} changed since it was started: step {first} changed, and step "
-            f"{sent[0].idx} was already sent ({sent[0].state.replace('_', ' ')}). chainer will not mix old "
-            f"and new steps. Either finish the chain as it began: `chainer resume {name}` (it uses the "
+            f"the storyboard of chain {name!r} changed since it was started (first changed step: {first}), "
+            f"and step {sent[0].idx} was already sent ({sent[0].state.replace('_', ' ')}). chainer will not "
+            f"mix old and new steps. Either finish the chain as it began: `chainer resume {name}` (it uses the "
             "storyboard text kept in the journal); or branch with the new text from step "
             f"{branch} (--from-step {branch}): `chainer run {self.plan.storyboard} --from-step {branch}` "
             "(steps before it are kept; a task still in flight is finished and archived first, it is "
@@ -788,12 +788,15 @@ class ChainRunner:
         why = f"task lookup: {lookup}"
         match lookup:
             case "external_id":
-                found = await retrying(
-                    functools.partial(client.find_by_external_id, kind, ext),
-                    on=read_backoff,
-                    deadline_s=READ_DEADLINE_S,
-                    on_retry=self._on_retry(step.index, f"lookup of external_task_id {ext}"),
-                )
+                try:
+                    found = await retrying(
+                        functools.partial(client.find_by_external_id, kind, ext),
+                        on=read_backoff,
+                        deadline_s=READ_DEADLINE_S,
+                        on_retry=self._on_retry(step.index, f"lookup of external_task_id {ext}"),
+                    )
+                except errors.LookupUndecided:
+                    found = None  # cannot tell: the list scan below decides, or the user
                 assert self.ctx.lookup is not None
                 trusted = await self.ctx.lookup.verdict(on_retry=self._on_retry(step.index, "lookup check"))
                 if trusted or (found is not None and found.task_info.external_task_id == ext):

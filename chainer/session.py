@@ -16,7 +16,7 @@ import datetime as dt
 import functools
 import os
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Collection
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -438,66 +438,87 @@ class Session:
             await sync_mirror(ctx, folder)
         return outcomes
 
-    async def sweep_account(self, *, on_retry: OnRetry | None = None) -> list[tuple[str, str]]:
+    async def sweep_account(
+        self, *, on_retry: OnRetry | None = None, known: Collection[str] = ()
+    ) -> list[tuple[str, str]]:
         """Archive every succeeded video on the account that the archive does not hold yet.
 
-        Walks the task lists of text2video, image2video and video-extend page by page;
-        videos of chainer's chains and earlier sweeps are skipped. Returns (video, outcome).
+        Walks the task list of every kind page by page; videos of this journal's chains, of
+        `known` (other journals' chains) and of earlier sweeps are skipped. A list that
+        cannot be read is reported by its endpoint and the others are still swept.
+        Returns (what, outcome): ("account video ID", "saved" or why not), and
+        ("task list GET URL", why it could not be read).
         """
         folder = self.archive_dir / archive.ACCOUNT_FOLDER
         manifest = archive.read_account_manifest(folder, self.provider.name)
-        known = {v.video_id for v in manifest.videos}
+        have = {v.video_id for v in manifest.videos} | set(known)
         for chain in self.journal.chains():
-            known |= {
+            have |= {
                 r.video_id for r in self.journal.steps(chain.name) if r.video_id and r.state == "downloaded"
             }
         outcomes: list[tuple[str, str]] = []
         for kind in rules.TASK_KINDS:
-            for page in range(1, SWEEP_MAX_PAGES + 1):
-                tasks = await retrying(
-                    functools.partial(self.client.list_tasks, kind, page=page, page_size=SWEEP_PAGE_SIZE),
-                    on=read_backoff,
-                    deadline_s=READ_DEADLINE_S,
-                    on_retry=on_retry,
-                )
-                for task in tasks:
-                    video = task.video
-                    if task.task_status != "succeed" or video is None or video.id in known:
-                        continue
-                    dest = folder / f"{kind}-{archive.safe_id(task.task_id)}-{archive.safe_id(video.id)}.mp4"
-                    try:
-                        got = await retrying(
-                            functools.partial(self._fetch_for_sweep, kind, task, dest),
-                            on=download_backoff,
-                            deadline_s=READ_DEADLINE_S,
-                            on_retry=on_retry,
-                        )
-                    except errors.ChainerError as exc:
-                        outcomes.append((video.id, f"not saved: {exc}"))
-                        continue
-                    manifest.videos.append(
-                        archive.AccountVideo(
-                            kind=kind,
-                            task_id=task.task_id,
-                            video_id=video.id,
-                            prompt=None,
-                            reported_duration=video.seconds,
-                            probed_duration=got.probed_duration,
-                            units=task.units,
-                            file=dest.name,
-                            sha256=got.sha256,
-                            size=got.size,
-                            created_at=archive.from_ms(task.created_at),
-                            expires_at=archive.expires_at(task.created_at),
-                            archived_at=dt.datetime.now(dt.UTC),
-                        )
-                    )
-                    archive.write_account_manifest(folder, manifest)
-                    known.add(video.id)
-                    outcomes.append((video.id, "saved"))
-                if len(tasks) < SWEEP_PAGE_SIZE:
-                    break
+            try:
+                await self._sweep_list(kind, folder, manifest, have, outcomes, on_retry)
+            except errors.ProviderError as exc:
+                where = f"task list GET {self.provider.endpoint(f'/v1/videos/{kind}')}"
+                outcomes.append((where, f"cannot be read, so its videos were not swept: {exc}"))
         return outcomes
+
+    async def _sweep_list(
+        self,
+        kind: rules.TaskKind,
+        folder: Path,
+        manifest: archive.AccountManifest,
+        have: set[str],
+        outcomes: list[tuple[str, str]],
+        on_retry: OnRetry | None,
+    ) -> None:
+        """Sweep one kind's task list into `folder` (see sweep_account)."""
+        for page in range(1, SWEEP_MAX_PAGES + 1):
+            tasks = await retrying(
+                functools.partial(self.client.list_tasks, kind, page=page, page_size=SWEEP_PAGE_SIZE),
+                on=read_backoff,
+                deadline_s=READ_DEADLINE_S,
+                on_retry=on_retry,
+            )
+            for task in tasks:
+                video = task.video
+                if task.task_status != "succeed" or video is None or video.id in have:
+                    continue
+                dest = folder / f"{kind}-{archive.safe_id(task.task_id)}-{archive.safe_id(video.id)}.mp4"
+                try:
+                    got = await retrying(
+                        functools.partial(self._fetch_for_sweep, kind, task, dest),
+                        on=download_backoff,
+                        deadline_s=READ_DEADLINE_S,
+                        on_retry=on_retry,
+                    )
+                except errors.ChainerError as exc:
+                    outcomes.append((f"account video {video.id}", f"not saved: {exc}"))
+                    continue
+                manifest.videos.append(
+                    archive.AccountVideo(
+                        kind=kind,
+                        task_id=task.task_id,
+                        video_id=video.id,
+                        prompt=None,
+                        reported_duration=video.seconds,
+                        probed_duration=got.probed_duration,
+                        units=task.units,
+                        file=dest.name,
+                        sha256=got.sha256,
+                        size=got.size,
+                        created_at=archive.from_ms(task.created_at),
+                        expires_at=archive.expires_at(task.created_at),
+                        archived_at=dt.datetime.now(dt.UTC),
+                    )
+                )
+                archive.write_account_manifest(folder, manifest)
+                have.add(video.id)
+                outcomes.append((f"account video {video.id}", "saved"))
+            if len(tasks) < SWEEP_PAGE_SIZE:
+                break
 
     async def _fetch_for_sweep(self, kind: rules.TaskKind, task: Task, dest: Path) -> archive.Downloaded:
         try:

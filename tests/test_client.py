@@ -266,6 +266,19 @@ def test_lookup_accepts_object_or_list_answers() -> None:
         assert found.task_id == "1001"  # type: ignore[attr-defined]
 
 
+def test_a_list_without_our_id_in_answer_to_a_lookup_cannot_tell() -> None:
+    """A provider that ignores the lookup parameter answers with its task list: the absence of
+    our id there proves nothing (issue 22), so it is LookupUndecided, never None."""
+    other = {**TASK, "task_info": {"external_task_id": "someone-else"}}
+    for data in ([], [other]):
+
+        def handler(request: httpx.Request, data: object = data) -> httpx.Response:
+            return httpx.Response(200, json=envelope(data))
+
+        with pytest.raises(errors.LookupUndecided, match="ignores the lookup"):
+            run(OFFICIAL, handler, lambda c: c.find_by_external_id("text2video", "ext-1"))
+
+
 def test_environment_selects_dialect_or_none() -> None:
     assert from_environment({}) is None
     official = from_environment({"KLING_ACCESS_KEY": "a", "KLING_SECRET_KEY": "the-secret-b"})

@@ -360,7 +360,7 @@ def test_an_edit_of_a_step_already_sent_offers_both_ways_and_resume_finishes_as_
     interrupted_then_edited(sim, tmp_path, second="a horse gallops")
     refused = run_cli(sim, tmp_path, "run", "edited.yaml")
     assert refused.returncode == 1
-    assert "step 2 changed, and step 2 was already sent (submitted)" in refused.stderr
+    assert "(first changed step: 2), and step 2 was already sent (submitted)" in refused.stderr
     assert "`chainer resume edited`" in refused.stderr and "--from-step 2" in refused.stderr
     resumed = run_cli(sim, tmp_path, "resume", "edited")
     assert resumed.returncode == 0, resumed.stderr

@@ -139,3 +139,46 @@ def test_a_task_the_provider_forgets_stops_its_step_with_the_task_named(sim, tmp
     status = " ".join(chainer(sim, tmp_path, "status").stdout.split())
     assert "failed" in status and f"no longer knows task {forgotten}" in status
     assert re.search(r"stuck\s+kling\s+failed", chainer(sim, tmp_path, "status").stdout)
+
+
+def test_the_account_sweep_names_a_list_it_cannot_read_and_sweeps_the_others(
+    sim_factory, tmp_path: Path
+) -> None:  # type: ignore[no-untyped-def]
+    import os
+
+    sim = sim_factory(
+        dialect="proxy",
+        path_prefix="/kling",
+        require_parent_task_id=True,
+        prompt_max_chars=500,
+        external_id_lookup=False,
+        unlisted_kinds=["omni-video"],
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("KLING_", "CHAINER_"))}
+    env.update(
+        KLING_API_KEY="sim-api-key",
+        KLING_BASE_URL=sim.base_url,
+        CHAINER_TIME_SCALE=str(sim.config.time_scale),
+    )
+
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [CHAINER, *args], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300
+        )
+
+    mine = STORY.replace("output: out.mp4", "provider: cometapi").format(first="a boat")
+    write_storyboard(tmp_path, mine, "stuck.yaml")
+    assert run("run", "stuck.yaml").returncode == 0
+    outside = (
+        STORY.replace("stuck", "other").replace("output: out.mp4", "provider: cometapi").format(first="x")
+    )
+    write_storyboard(tmp_path, outside, "other.yaml")
+    assert run("run", "other.yaml", "--state-dir", "elsewhere").returncode == 0  # not in this journal
+    theirs = {sim.state.tasks[c.task_id].video_id for c in sim.state.creates[3:]}
+
+    swept = run("archive", "--account")
+    assert swept.returncode == 1
+    assert f"task list GET {sim.base_url}/kling/v1/videos/omni-video: cannot be read" in swept.stderr
+    saved = set(re.findall(r"account video (\S+): saved", swept.stdout))
+    assert saved == theirs, "the other lists were swept, and none of this journal's own videos"
+    assert "3 result(s) saved; 1 problem(s)." in swept.stdout

@@ -107,6 +107,7 @@ def test_resume_finds_chains_of_any_profile_offline(tmp_path: Path) -> None:
         timeout=120,
     )
     assert done.returncode == 0, done.stderr
-    assert "Done:" in done.stdout and (tmp_path / "comet.mp4").is_file()
+    # simulated results are kept apart from real ones (issue 16): comet.mp4 -> comet.simulated.mp4
+    assert "Done:" in done.stdout and (tmp_path / "comet.simulated.mp4").is_file()
     log = (tmp_path / ".chainer" / "simulator" / "state.jsonl").read_text()
     assert log.count('"e":"task"') == 3, "every step created exactly once across the kill"

@@ -153,7 +153,8 @@ class KlingClient:
         """The task created with `external_task_id`, or None if the provider has none.
 
         Uses the query-parameter form (kling-api.md §8 lists both forms); a 1203 "not
-        found" and an empty answer both mean no such task.
+        found" and an empty answer both mean no such task (whether that can be trusted is
+        chainer.lookup's question); a task list in answer raises LookupUndecided.
         """
         try:
             data, rid = await self._call(
@@ -165,12 +166,16 @@ class KlingClient:
             raise
         if isinstance(data, list):
             # A provider that ignores the parameter answers with its task list: only an
-            # exact echo of our id identifies our task there.
+            # exact echo of our id identifies our task there, and its absence proves nothing.
             for item in data:
                 task = self._parse(Task, item, kind, rid)
                 if task.task_info.external_task_id == external_task_id:
                     return task
-            return None
+            raise errors.LookupUndecided(
+                f"asked for the {kind} task with external_task_id {external_task_id!r}, the provider "
+                f"answered with a list of {len(data)} task(s) without it: it ignores the lookup",
+                request_id=rid,
+            )
         if not data:
             return None
         task = self._parse(Task, data, kind, rid)

@@ -201,6 +201,8 @@ def build_app(state: SimState, *, admin: bool = False) -> Starlette:
                     state.find(kind, request.query_params["external_task_id"]), base(request)
                 )
             else:
+                if kind in state.config.unlisted_kinds:
+                    raise SimError(1203, f"no task list for {kind} here")
                 page = _int_param(request, "pageNum", 1, 1, 1000)
                 size = _int_param(request, "pageSize", 30, 1, 500)
                 data = [state.task_json(t, base(request)) for t in state.page(kind, page, size)]

@@ -59,6 +59,9 @@ class SimConfig(BaseModel):
     #: False: like some proxies, no lookup by external_task_id (the query parameter is
     #: ignored, the list is returned) and external_task_id is not echoed in task objects.
     external_id_lookup: bool = True
+    #: Task kinds whose list endpoint this provider lacks (answered 404, code 1203), as a
+    #: proxy without the omni-video list.
+    unlisted_kinds: list[str] = Field(default_factory=list)
     #: True: like a proxy that accepts external_task_id and throws it away: never stored, so
     #: never echoed, never found (lookups answer 1203) and never refused as a duplicate.
     ignore_external_task_id: bool = False
