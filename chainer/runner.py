@@ -276,8 +276,8 @@ class ChainRunner:
         raise errors.StoryboardChanged(
             f"the storyboard of chain {name!r} changed since it was started (first changed step: {first}), "
             f"and step {sent[0].idx} was already sent ({sent[0].state.replace('_', ' ')}). chainer will not "
-            f"mix old and new steps. Either finish the chain as it began: `chainer resume {name}` (it uses the "
-            "storyboard text kept in the journal); or branch with the new text from step "
+            f"mix old and new steps. Either finish the chain as it began: `chainer resume {name}` (it uses "
+            "the storyboard text kept in the journal); or branch with the new text from step "
             f"{branch} (--from-step {branch}): `chainer run {self.plan.storyboard} --from-step {branch}` "
             "(steps before it are kept; a task still in flight is finished and archived first, it is "
             "paid for)"
