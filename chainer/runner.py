@@ -1016,27 +1016,26 @@ async def download_result(
     task_id = row.task_id
     url = row.video_url
 
-    def lost() -> errors.ResultDeleted:
+    def lost(answer: Exception | None = None) -> errors.ResultDeleted:
         """The journal records the loss (the step fails with the way on), then it is raised."""
-        message = lost_message(ctx.journal, row)
+        message = lost_message(ctx.journal, row, str(answer) if answer else None)
         ctx.journal.transition(row, "failed", message, error=message)
         return errors.ResultDeleted(message)
 
-    if archive.is_deleted(row.remote_created_ms):  # known from its age: no request can help
-        raise lost()
-
     async def attempt() -> archive.Downloaded:
         nonlocal url
-        if url is None:
+        fresh = url is None
+        if fresh:
             try:
                 task = await ctx.client.get_task(kind, task_id)
             except errors.InvalidRequestError as exc:
                 if exc.code == 1203:  # the provider's "not found" for a task it made: gone
-                    raise lost() from exc
+                    raise lost(exc) from exc
                 raise
             url = task.video.url if task.video else None
             if url is None:
                 raise errors.VerificationFailed(f"task {task_id} no longer offers its video")
+        assert url is not None
         try:
             return await archive.download(
                 ctx.http,
@@ -1045,7 +1044,11 @@ async def download_result(
                 reported_duration=row.duration,
                 progress=lambda done: failpoints.hit("mid-download", row.idx),
             )
-        except errors.UrlExpired:
+        except errors.UrlExpired as exc:
+            if fresh and archive.is_deleted(row.remote_created_ms):
+                # Older than the provider keeps videos, and a url signed just now is refused
+                # too: the provider's answer and the age agree, so no retry can help.
+                raise lost(exc) from None
             url = None  # the next attempt asks the provider for a fresh signed url
             raise
 
@@ -1064,22 +1067,23 @@ async def download_result(
     )
 
 
-def lost_message(journal: Journal, row: StepRow) -> str:
+def lost_message(journal: Journal, row: StepRow, answer: str | None = None) -> str:
     """What a user reads when a result was deleted by the provider before it was archived."""
     chain = journal.chain(row.chain)
     deleted = archive.expires_at(row.remote_created_ms)
+    said = f"; the provider answered: {answer}" if answer else ""
     how = (
-        f"was deleted by the provider on {deleted:%Y-%m-%d} ({rules.RETENTION_DAYS} days after it was made)"
+        f"deleted by the provider on {deleted:%Y-%m-%d} ({rules.RETENTION_DAYS} days after it was made{said})"
         if deleted is not None and archive.is_deleted(row.remote_created_ms)
-        else f"is gone from the provider (it no longer knows the task; it deletes results "
-        f"{rules.RETENTION_DAYS} days after they are made)"
+        else f"gone from the provider (it deletes results {rules.RETENTION_DAYS} days after they are "
+        f"made{said})"
     )
     storyboard = chain.storyboard if chain else "STORYBOARD"
     return (
-        f"LOST: step {row.idx} of {row.chain!r}: its video {row.video_id} (task {row.task_id}) {how} "
-        f"before it was archived; it is lost. To make the step again: `chainer run {storyboard} "
-        f"--from-step {row.idx}` (with --from-last-frame when the video before it is gone too: it then "
-        "starts from the archived file's last frame)"
+        f"LOST: {how}: step {row.idx} of {row.chain!r}, video {row.video_id} (task {row.task_id}), was not "
+        f"archived in time. To make the step again: `chainer run {storyboard} --from-step {row.idx}` (with "
+        "--from-last-frame when the video before it is gone too: it then starts from the archived "
+        "file's last frame)"
     )
 
 

@@ -202,6 +202,8 @@ class Session:
             poll = PollPolicy().scaled(provider.time_scale)
             # Absolute, so a chain resumed from another working directory finds its files.
             scheduler = Scheduler(concurrency or provider.concurrency or DEFAULT_CONCURRENCY)
+            if sim is not None and archive_url:  # the mirror of real results is never written either
+                archive_url = simulated.archive_url(archive_url)
             mirror = archive.Mirror(archive_url) if archive_url else None
             yield cls(
                 provider,

@@ -8,8 +8,9 @@ replace paid results with simulated ones. So:
   (no journal of a real provider with a chain in the state folder);
 - a chain with real history is never run by the simulator, even when asked;
 - simulated results never share a path with real ones: `out/x.mp4` becomes
-  `out/x.simulated.mp4`, the archive `archive/` becomes `archive-simulated/`, the run
-  summary `last-run.json` becomes `last-run.simulated.json`.
+  `out/x.simulated.mp4`, the archive `archive/` becomes `archive-simulated/` (and its
+  mirror `s3://b/archive` becomes `s3://b/archive-simulated`), the run summary
+  `last-run.json` becomes `last-run.simulated.json`.
 """
 
 from __future__ import annotations
@@ -49,6 +50,12 @@ def archive_root(path: Path) -> Path:
     if path.name.endswith("-" + MARK):
         return path
     return path.with_name(f"{path.name}-{MARK}")
+
+
+def archive_url(url: str) -> str:
+    """`s3://bucket/archive` -> `s3://bucket/archive-simulated` (the mirror, kept apart too)."""
+    url = url.rstrip("/")
+    return url if url.endswith("-" + MARK) else f"{url}-{MARK}"
 
 
 def summary_path(path: Path) -> Path:

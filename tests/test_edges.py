@@ -392,3 +392,34 @@ def test_an_edit_of_steps_not_yet_sent_is_simply_taken(sim, tmp_path: Path) -> N
     again = run_cli(sim, tmp_path, "run", "edited.yaml")
     assert again.returncode == 0, again.stderr
     assert prompts_sent(sim) == ["a quiet street", "a cat crosses", "a dog follows", "snow falls instead"]
+
+
+def test_simulated_paths_are_apart_from_real_ones_and_stable() -> None:
+    from chainer import simulated
+
+    assert simulated.output_path(Path("out/x.mp4")) == Path("out/x.simulated.mp4")
+    assert simulated.output_path(Path("out/x.simulated.mp4")) == Path("out/x.simulated.mp4")  # a resume
+    assert simulated.archive_root(Path("/data/archive")) == Path("/data/archive-simulated")
+    assert simulated.archive_url("s3://b/archive/") == "s3://b/archive-simulated"
+    assert simulated.summary_path(Path(".chainer/last-run.json")) == Path(".chainer/last-run.simulated.json")
+    assert simulated.is_simulated_journal(Path("journal-simulator-cometapi.sqlite"))
+    assert not simulated.is_simulated_journal(Path("journal-kling.sqlite"))
+    assert not simulated.is_simulated_provider("simulatorx")
+
+
+def test_expected_bytes_count_each_part_from_its_own_start_and_stop_at_the_budget(tmp_path: Path) -> None:
+    from chainer import preflight
+
+    plan = load_plan(write_storyboard(tmp_path, SHORT.format(name="size") + "target_duration: 300\n"))
+    assert plan.handoffs, "the plan must cross the cap for this test to mean anything"
+    results, output = preflight.expected_bytes(plan, rate=1.0)
+    # every result is its part's video so far: the sum restarts at each hand-off
+    starts = [0.0] + [plan.steps[i - 1].max_total for i in plan.handoffs]
+    parts = [s.max_total - max(b for b in starts if b <= s.max_total - 1e-9) for s in plan.steps]
+    assert results == int(sum(parts) * preflight.MARGIN)
+    assert output == int(plan.steps[-1].max_total * preflight.MARGIN)
+    capped, capped_output = preflight.expected_bytes(plan, rate=1.0, max_units=2)
+    assert capped == int((plan.steps[0].max_total + plan.steps[1].max_total) * preflight.MARGIN)
+    assert capped_output == int(plan.steps[1].max_total * preflight.MARGIN)
+    done, _ = preflight.expected_bytes(plan, rate=1.0, done=[s.index for s in plan.steps])
+    assert done == 0

@@ -107,14 +107,15 @@ def test_a_result_deleted_before_it_was_archived_is_known_at_once_and_can_be_mad
     sim.state.advance(31 * DAY)  # the provider deletes everything 30 days on
     archived = chainer(sim, tmp_path, "archive")
     assert archived.returncode == 1
-    assert "stuck step 2: LOST: step 2 of 'stuck'" in archived.stderr and "it is lost" in archived.stderr
+    assert "stuck step 2: LOST: gone from the provider" in archived.stderr
+    assert "step 2 of 'stuck'" in archived.stderr and "was not archived in time" in archived.stderr
     assert "--from-step 2" in archived.stderr
     # one retry: the stored url had expired, and the fresh one's query answers 'not found'
     assert archived.stderr.count("retry, attempt") <= 1, "a result the provider deleted is not retried"
     status = " ".join(chainer(sim, tmp_path, "status").stdout.split())
     assert "step 2 failed: LOST" in status and "--from-step 2" in status
     resumed = chainer(sim, tmp_path, "run", "stuck.yaml")
-    assert resumed.returncode == 1 and "it is lost" in resumed.stderr
+    assert resumed.returncode == 1 and "was not archived in time" in resumed.stderr
     creates = len(sim.state.creates)
     # step 1's video is gone too, so the re-roll starts from its archived file's last frame
     plain = chainer(sim, tmp_path, "run", "stuck.yaml", "--from-step", "2")
