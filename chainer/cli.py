@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import datetime as dt
 import json
 import sys
 import time
@@ -17,7 +18,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from . import archive, errors, profiles, simulated
+from . import archive, balance, errors, profiles, simulated
 from .budget import remaining_units
 from .journal import Journal
 from .plan import Plan
@@ -180,6 +181,14 @@ def run(
             "max_units caps its own chain.",
         ),
     ] = None,
+    ignore_balance: Annotated[
+        bool,
+        typer.Option(
+            "--ignore-balance",
+            help="Run even though the account's resource packs look too small for the plan's estimate "
+            "(the run then stops at the first create the provider refuses, code 1102).",
+        ),
+    ] = False,
     yes: Annotated[
         bool,
         typer.Option(
@@ -305,6 +314,7 @@ def run(
                 )
             else:
                 talk.print(f"Provider: {session.provider.name} at {session.provider.base_url}", markup=False)
+            await _check_balance(session, plans, max_units, ignore_balance, talk)
             if session.simulator is None:
                 _confirm_spending(session, plans, max_units, confirm_above, yes)
             started = time.monotonic()
@@ -389,6 +399,32 @@ def _confirm_spending(
         "CHAINER_CONFIRM_UNITS). Nothing was sent. Pass --yes to go on, or --max-units to cap "
         "what it may spend"
     )
+
+
+async def _check_balance(
+    session: Session, plans: list[Plan], budget: float | None, ignore: bool, talk: Console
+) -> None:
+    """Before spending: can the account's packs cover the run? Refuses (unless `ignore`), warns
+    of a pack that expires before the run's expected end; proxies: not available, go on."""
+    found = await balance.fetch(session.client)
+    talk.print(found.describe(), markup=False)
+    estimate = sum(remaining_units(p, session.journal) for p in plans)
+    if budget is not None:
+        estimate = min(estimate, budget)
+    took = balance.expected_seconds(
+        plans, concurrency=session.scheduler.limit, time_scale=session.provider.time_scale
+    )
+    ends = dt.datetime.now().astimezone() + dt.timedelta(seconds=took)
+    problem, warnings = balance.assess(found, estimate, ends_at=ends)
+    for warning in warnings:
+        err.print(f"warning: {warning}", markup=False)
+    if problem is not None and not ignore:
+        raise errors.ConfigError(
+            f"{problem}. Nothing was sent. Top up the account, cap the run with --max-units, or pass "
+            "--ignore-balance to go on anyway"
+        )
+    if problem is not None:
+        err.print(f"warning: {problem}; going on as asked (--ignore-balance)", markup=False)
 
 
 def _money(profile: profiles.Profile, units: float) -> str:
@@ -793,9 +829,16 @@ def providers_check(
             raise errors.ConfigError(f"no credentials set: {name} needs {needs}")
         async with KlingClient(provider) as client:
             tasks = await client.list_tasks("text2video", page=1, page_size=1)
+            found = await balance.fetch(client)
+        packs = "".join(
+            f"\n    {p.resource_pack_name or p.resource_pack_id} ({p.resource_pack_type or 'untyped'}): "
+            f"{p.remaining_quantity:g} of {p.total_quantity:g} units left, {p.status}, valid until "
+            f"{balance.day(p.invalid_time)}"
+            for p in found.packs
+        )
         return (
             f"{name}: credentials and base URL work ({provider.endpoint('/v1/videos/text2video')}, "
-            f"{len(tasks)} task(s) on the first page)"
+            f"{len(tasks)} task(s) on the first page)\n{found.describe()}{packs}"
         )
 
     try:
@@ -865,6 +908,30 @@ def plan(
         markup=False,
     )
     for warning in p.warnings:
+        err.print(f"warning: {warning}", markup=False)
+    _plan_balance(p)
+
+
+def _plan_balance(p: Plan) -> None:
+    """With credentials set, what the account's packs hold against the plan (a free read)."""
+    try:
+        provider = profiles.from_environment(profile=p.provider)
+    except errors.ConfigError:
+        provider = None
+    if provider is None:
+        out.print("Account balance: not checked (no credentials set)", markup=False)
+        return
+
+    async def main() -> balance.Balance:
+        async with KlingClient(provider) as client:
+            return await balance.fetch(client)
+
+    found = anyio.run(main)
+    out.print(found.describe(), markup=False)
+    took = balance.expected_seconds([p], concurrency=provider.concurrency, time_scale=provider.time_scale)
+    ends = dt.datetime.now().astimezone() + dt.timedelta(seconds=took)
+    problem, warnings = balance.assess(found, p.total_units, ends_at=ends)
+    for warning in [*warnings, *([problem] if problem else [])]:
         err.print(f"warning: {warning}", markup=False)
 
 
@@ -992,6 +1059,13 @@ def sim(
     data_dir: Annotated[
         Path | None, typer.Option(help="Where videos are kept (default: a temporary folder).")
     ] = None,
+    ssl_certfile: Annotated[
+        Path | None,
+        typer.Option("--ssl-certfile", help="Serve https with this PEM certificate (with --ssl-keyfile)."),
+    ] = None,
+    ssl_keyfile: Annotated[
+        Path | None, typer.Option("--ssl-keyfile", help="The PEM private key of --ssl-certfile.")
+    ] = None,
 ) -> None:
     """Serve the offline Kling simulator in the foreground until Ctrl-C.
 
@@ -1022,8 +1096,22 @@ def sim(
     )
     if config_file is not None:
         config = _sim_config_file(config_file)
-    out.print(f"Kling simulator ({config.dialect}) on http://{host}:{port}{config.path_prefix}", markup=False)
-    serve_forever(config, data_dir=data_dir, host=host, port=port, admin=admin)
+    if bool(ssl_certfile) != bool(ssl_keyfile):
+        err.print("--ssl-certfile and --ssl-keyfile go together", markup=False)
+        raise typer.Exit(2)
+    scheme = "https" if ssl_certfile else "http"
+    out.print(
+        f"Kling simulator ({config.dialect}) on {scheme}://{host}:{port}{config.path_prefix}", markup=False
+    )
+    serve_forever(
+        config,
+        data_dir=data_dir,
+        host=host,
+        port=port,
+        admin=admin,
+        ssl_certfile=ssl_certfile,
+        ssl_keyfile=ssl_keyfile,
+    )
 
 
 def _latencies(items: list[str]) -> dict[str, float]:

@@ -7,6 +7,7 @@ The tree separates the questions a caller must answer after a failure:
     ├── ConfigError              a flag, an environment variable or a profile is wrong
     ├── ProviderError            talking to the provider failed (carries request_id when known)
     │   ├── RequestNotSent       provably never left this machine: safe to send again
+    │   │   └── CertificateRejected  ... but the TLS certificate failed verification: fix, then send
     │   ├── OutcomeUnknown       sent, but no trustworthy answer came back: a create may have
     │   │                        happened, so it must be reconciled, never blindly re-sent
     │   │   └── SubmitUnknown    ... and the provider cannot be asked: the user must check
@@ -21,6 +22,7 @@ The tree separates the questions a caller must answer after a failure:
     │       └── ServerError          5000-5002
     ├── TaskFailed               the API call worked, but the remote task ended `failed`
     ├── BudgetExceeded           the next task would pass the chain's credit budget
+    ├── CreatesStopped           an account error earlier in the run stopped every create
     ├── ChainLocked              another process owns this chain
     ├── JournalError             the local journal is unusable or disagrees with the request
     │   └── StoryboardChanged    a chain's storyboard was edited after some of it was sent
@@ -96,6 +98,15 @@ class RequestNotSent(ProviderError):
     @property
     def retryable(self) -> bool:
         return True
+
+
+class CertificateRejected(RequestNotSent):
+    """The provider's TLS certificate failed verification: never sent, and sending again
+    cannot help until the certificate (or the CA chainer trusts, SSL_CERT_FILE) changes."""
+
+    @property
+    def retryable(self) -> bool:
+        return False
 
 
 class OutcomeUnknown(ProviderError):
@@ -193,6 +204,11 @@ class BudgetExceeded(ChainerError):
     """The next task would take the chain past its credit budget; nothing was submitted."""
 
     exit_code = 4
+
+
+class CreatesStopped(ChainerError):
+    """Nothing was sent: an account error (1100-1103) earlier in this run stopped every
+    create, while the tasks already paid for were still polled and archived."""
 
 
 class ChainLocked(ChainerError):

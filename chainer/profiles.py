@@ -45,6 +45,8 @@ class Profile(BaseModel):
     extend_fields: tuple[ExtendField, ...] = ("prompt", "negative_prompt", "cfg_scale")
     extend_v1_5: bool = True
     task_lookup: TaskLookup = "external_id"
+    #: Whether the provider answers GET /account/costs with Kling's resource packs.
+    account_costs: bool = True
     #: Tasks in flight at once when nothing else is known (accounts differ: 3-10 is common).
     concurrency: int = 5
     #: What one unit costs, if you want plans and confirmations in money (your contract's price).
@@ -70,6 +72,7 @@ BUILTIN: dict[str, Profile] = {
             send_parent_task_id=True,
             prompt_max_chars=500,
             task_lookup="list",
+            account_costs=False,
         ),
         Profile(
             name="elkapi",
@@ -79,6 +82,7 @@ BUILTIN: dict[str, Profile] = {
             auth="bearer",
             send_parent_task_id=True,
             task_lookup="list",
+            account_costs=False,
         ),
         Profile(
             name="dmxapi",
@@ -89,6 +93,7 @@ BUILTIN: dict[str, Profile] = {
             send_parent_task_id=True,
             extend_v1_5=False,
             task_lookup="list",
+            account_costs=False,
         ),
         Profile(
             name="proxy",
@@ -98,6 +103,7 @@ BUILTIN: dict[str, Profile] = {
             auth="bearer",
             send_parent_task_id=True,
             task_lookup="list",
+            account_costs=False,
         ),
     )
 }
@@ -227,6 +233,7 @@ def from_environment(
         prompt_max_chars=profile.prompt_max_chars,
         refuse_v1_5_extension=not profile.extend_v1_5,
         task_lookup=lookup,
+        account_costs=profile.account_costs,
         concurrency=profile.concurrency,
         time_scale=_time_scale(env),
     )

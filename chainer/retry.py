@@ -47,7 +47,7 @@ def read_backoff(exc: Exception) -> bool | float:
     """For idempotent calls: retry transport trouble and retryable business codes."""
     if isinstance(exc, ApiError):
         return _retry_after(exc) if exc.retryable else False
-    return isinstance(exc, RequestNotSent | OutcomeUnknown)
+    return isinstance(exc, RequestNotSent | OutcomeUnknown) and exc.retryable
 
 
 def download_backoff(exc: Exception) -> bool | float:
@@ -65,7 +65,7 @@ def create_backoff(exc: Exception) -> bool | float:
     """
     if isinstance(exc, RateLimitError):
         return _retry_after(exc) if exc.code == 1302 else False
-    return isinstance(exc, RequestNotSent)
+    return isinstance(exc, RequestNotSent) and exc.retryable
 
 
 async def retrying(

@@ -103,6 +103,14 @@ class ChainResult:
 
 
 @dataclass
+class CreateGate:
+    """Closed for the whole run by the first account error (1100-1103): no chain sends
+    another create, while tasks already paid for are still polled and archived."""
+
+    reason: errors.ApiError | None = None
+
+
+@dataclass
 class RunContext:
     """What every chain of a run shares: the provider, the journal, the archive."""
 
@@ -122,6 +130,8 @@ class RunContext:
     lookup: LookupCheck | None = None
     #: The whole run's credit budget (--max-units), shared by its chains.
     budget: RunBudget | None = None
+    #: Shut by an account error: no more creates in this run.
+    gate: CreateGate = field(default_factory=CreateGate)
 
     def __post_init__(self) -> None:
         if self.lookup is None:
@@ -201,7 +211,12 @@ class ChainRunner:
             async with anyio.create_task_group() as background:
                 try:
                     parent = await self._walk(background)
-                except (errors.BudgetExceeded, errors.TaskFailed) as exc:
+                except (
+                    errors.BudgetExceeded,
+                    errors.TaskFailed,
+                    errors.AccountError,
+                    errors.CreatesStopped,
+                ) as exc:
                     stop = exc  # leaving the group still waits for the downloads of what was paid for
         except BaseExceptionGroup as group:
             raise _first_error(group) from None
@@ -672,6 +687,12 @@ class ChainRunner:
                     row = journal.transition(row, "submit_intent", "lookup found no task")
             if self._settling(step):
                 return journal.transition(row, "planned", "not created: the re-roll makes it anew")
+            if self.ctx.gate.reason is not None:
+                journal.transition(row, "planned", "creates stopped by an account error; nothing was sent")
+                raise errors.CreatesStopped(
+                    f"step {step.index} of {self.plan.chain!r} was not sent: the account refused a create "
+                    f"earlier in this run ({self.ctx.gate.reason})"
+                )
             if step.index not in self._holding:
                 self._emit(step.index, "waiting", "for a free slot on the account")
                 await scheduler.acquire(len(self.plan.steps) - step.index)
@@ -732,8 +753,10 @@ class ChainRunner:
             except errors.PolicyError as exc:
                 self._let_go(step)
                 return self._refused(row, step, exc)
-            except (errors.AuthError, errors.AccountError, errors.RequestNotSent):
+            except (errors.AuthError, errors.AccountError, errors.RequestNotSent) as exc:
                 # Nothing was created and nothing is wrong with the step itself.
+                if isinstance(exc, errors.AccountError):
+                    self.ctx.gate.reason = exc
                 self._let_go(step)
                 journal.transition(row, "planned", "create refused for now; nothing was created")
                 raise

@@ -29,7 +29,7 @@ from pydantic import SecretStr
 
 from . import archive, errors, preflight, rules, simulated, storyboard
 from . import plan as plan_mod
-from .budget import RunBudget
+from .budget import RunBudget, remaining_units
 from .errors import ConfigError
 from .journal import ChainRow, Journal, StepRow, is_handoff
 from .lookup import LookupCheck
@@ -44,6 +44,7 @@ from .runner import (
     READ_DEADLINE_S,
     ChainResult,
     ChainRunner,
+    CreateGate,
     Event,
     RunContext,
     download_result,
@@ -119,6 +120,7 @@ def simulator_provider(sim: Simulator, *, time_scale: float, name: str = "simula
         "path_prefix": cfg.path_prefix,
         "prompt_max_chars": cfg.prompt_max_chars,
         "task_lookup": "external_id" if cfg.external_id_lookup else "list",
+        "account_costs": cfg.dialect == "official",
     }
     if cfg.dialect == "proxy":
         return ProviderConfig(
@@ -151,6 +153,8 @@ class Session:
     lookup: LookupCheck | None = None
     #: Chains of the state folder that were run for real (the simulator never touches them).
     real_chains: frozenset[str] = frozenset()
+    #: Shut by the first account error (1100-1103): no more creates from this session.
+    gate: CreateGate = field(default_factory=CreateGate)
 
     def __post_init__(self) -> None:
         if self.lookup is None:
@@ -244,6 +248,7 @@ class Session:
         from_last_frame: bool = False,
         budget: float | None = None,
         run_budget: RunBudget | None = None,
+        in_batch: bool = False,
     ) -> ChainResult:
         """Run (or resume) one chain to its finished video.
 
@@ -276,7 +281,13 @@ class Session:
             keep=keep,
             from_step=from_step,
         )
-        return await runner.run()
+        try:
+            return await runner.run()
+        except errors.AccountError as exc:
+            if not in_batch:  # run_many says it once for the whole batch
+                rest = remaining_units(plan, self.journal)
+                exc.add_note(f"every task already paid for is archived; the rest needs about {rest:g} units")
+            raise
 
     async def _settle(self, name: str, from_step: int, ctx: RunContext) -> None:
         """Before re-rolling `name` from `from_step`: finish the tasks still in flight from
@@ -348,6 +359,7 @@ class Session:
             mirror=self.mirror,
             downloads=self.downloads,
             lookup=self.lookup,
+            gate=self.gate,
         )
 
     async def adopt(self, name: str, idx: int, task_id: str) -> StepRow:
@@ -590,10 +602,16 @@ class Session:
                     resend_unknown=resend_unknown,
                     keep=keep,
                     run_budget=shared,
+                    in_batch=True,
                 )
-            except (errors.AuthError, errors.AccountError) as exc:
+            except errors.AuthError as exc:
                 fatal.append(exc)
                 group.cancel_scope.cancel()
+            except errors.AccountError as exc:
+                # The account cannot pay: no chain creates again (the gate), but the others
+                # still finish and archive the tasks already paid for.
+                fatal.append(exc)
+                results[plan.chain] = self._stopped(plan, exc)
             except errors.ChainerError as exc:
                 results[plan.chain] = self._stopped(plan, exc)
 
@@ -601,6 +619,12 @@ class Session:
             for plan in plans:
                 group.start_soon(one, plan, group)
         if fatal:
+            if isinstance(fatal[0], errors.AccountError):
+                rest = sum(remaining_units(p, self.journal) for p in owned)
+                fatal[0].add_note(
+                    "every task already paid for is archived; the rest of this run needs about "
+                    f"{rest:g} units"
+                )
             raise fatal[0]
         return [results[p.chain] for p in plans]
 
@@ -608,7 +632,9 @@ class Session:
         """The result of a chain that stopped before its end, with what it had reached."""
         state: Literal["failed", "needs_attention"] = (
             "needs_attention"
-            if isinstance(exc, errors.SubmitUnknown | errors.BudgetExceeded | errors.ChainLocked)
+            if isinstance(
+                exc, errors.SubmitUnknown | errors.BudgetExceeded | errors.ChainLocked | errors.CreatesStopped
+            )
             else "failed"
         )
         duration, units = None, 0.0

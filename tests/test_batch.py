@@ -82,7 +82,8 @@ def test_one_chain_failing_does_not_stop_the_others(sim_factory, tmp_path: Path)
 def test_an_account_error_stops_the_whole_batch_at_once(sim_factory, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     sim = sim_factory(unit_budget=3, time_scale=0.002)
     folder = storyboards(tmp_path / "boards", 4)
-    code, output, _ = run(sim, tmp_path, str(folder))
+    # the packs look too small before anything is sent (issue 19); told to go on anyway:
+    code, output, _ = run(sim, tmp_path, str(folder), "--ignore-balance")
     assert code == 1
     assert "1102" in output and "resource pack" in output
     assert len(sim.state.creates) == 3, "no create after the account said it cannot pay"

@@ -547,3 +547,47 @@ def test_omni_video_fetches_its_reference_url_as_kling_would(api: Api) -> None:
     foreign["video_list"][0]["video_url"] = "https://cdn.example/v.mp4"
     status, answer = api.create("omni-video", foreign)
     assert (status, answer["code"]) == (400, 1201) and "only videos it made" in answer["message"]
+
+
+# ---------------------------------------------------------------- account and unrouted requests (issue 19)
+
+
+def test_account_costs_lists_the_pack_with_its_remaining_units(api_factory) -> None:  # type: ignore[no-untyped-def]
+    api = api_factory(unit_budget=4.5, pack_age_days=10, pack_valid_days=30)
+    now = int(time.time() * 1000)
+    window = {"start_time": now - 400 * 86_400_000, "end_time": now}
+    status, body, _ = api.request("GET", "/account/costs", params=window)
+    assert status == 200 and body["code"] == 0, body
+    (pack,) = body["data"]["resource_pack_subscribe_infos"]
+    assert pack["status"] == "online" and pack["resource_pack_type"] == "video"
+    assert pack["total_quantity"] == 4.5 and pack["remaining_quantity"] == 4.5
+    assert pack["invalid_time"] - pack["purchase_time"] == 30 * 86_400_000
+    api.video({"prompt": "spend one unit"})  # 5 s std: 1 unit
+    left = api.request("GET", "/account/costs", params=window)[1]["data"]["resource_pack_subscribe_infos"][0]
+    assert left["remaining_quantity"] == 3.5
+    # a window that starts after the purchase does not list the pack (clients must look back far)
+    narrow = {"start_time": now - 86_400_000, "end_time": now}
+    assert (
+        api.request("GET", "/account/costs", params=narrow)[1]["data"]["resource_pack_subscribe_infos"] == []
+    )
+    assert api.request("GET", "/account/costs", auth=None)[0] == 401
+    api.sim.state.advance(21 * 86_400.0)  # the pack's 30 days run out on the simulated clock
+    gone = api.request("GET", "/account/costs", params=window)[1]["data"]["resource_pack_subscribe_infos"]
+    assert [p["status"] for p in gone] == ["expired"]
+
+
+@pytest.mark.parametrize(
+    "method,path,http,code",
+    [
+        ("DELETE", "/v1/videos/text2video", 404, 1202),  # a known path, a method it does not take
+        ("PUT", "/account/costs", 404, 1202),
+        ("GET", "/v1/no-such-thing", 404, 1203),
+        ("POST", "/v2/videos/text2video", 404, 1203),
+    ],
+)
+def test_unrouted_requests_are_answered_in_the_envelope(
+    api, method: str, path: str, http: int, code: int
+) -> None:  # type: ignore[no-untyped-def]
+    status, body, response = api.request(method, path)
+    assert status == http and body["code"] == code and body["message"], body
+    assert response.headers["content-type"].startswith("application/json")

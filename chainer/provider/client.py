@@ -28,7 +28,7 @@ from .. import errors
 from ..rules import TaskKind, error_code
 from .auth import BearerAuth, JwtAuth
 from .config import ProviderConfig
-from .wire import CreateRequest, Envelope, Task
+from .wire import AccountCosts, CreateRequest, Envelope, Task
 
 _FAMILY_ERRORS: dict[str, type[errors.ApiError]] = {
     "auth": errors.AuthError,
@@ -54,17 +54,28 @@ def _retry_after(response: httpx.Response) -> float | None:
         return None  # an HTTP date: rare for APIs, and backoff covers it
 
 
-def _why_unreachable(exc: httpx.TransportError) -> str:
-    """What a connection failure most likely means, in the user's terms (httpx's own text,
-    "All connection attempts failed", hides the cause: it is further down the chain)."""
+def _causes(exc: BaseException) -> list[BaseException]:
     causes: list[BaseException] = []
     cause: BaseException | None = exc
     while cause is not None and len(causes) < 10:
         causes.append(cause)
         cause = cause.__cause__ or cause.__context__
+    return causes
+
+
+def _certificate_rejected(exc: httpx.TransportError) -> bool:
+    return any(isinstance(c, ssl.SSLCertVerificationError) for c in _causes(exc))
+
+
+def _why_unreachable(exc: httpx.TransportError) -> str:
+    """What a connection failure most likely means, in the user's terms (httpx's own text,
+    "All connection attempts failed", hides the cause: it is further down the chain)."""
+    causes = _causes(exc)
     text = " ".join(str(c) for c in causes).lower()
     if any(isinstance(c, socket.gaierror) for c in causes):
         return "its host name does not resolve (check the spelling, and DNS)"
+    if any(isinstance(c, ssl.SSLCertVerificationError) for c in causes):
+        return "the TLS handshake failed: its certificate is not trusted (a private CA goes in SSL_CERT_FILE)"
     if any(isinstance(c, ssl.SSLError) for c in causes):
         return "the TLS handshake failed (is it https, and the right host?)"
     if any(isinstance(c, ConnectionRefusedError) for c in causes):
@@ -187,6 +198,17 @@ class KlingClient:
             )
         return task
 
+    async def account_costs(self, *, start_ms: int, end_ms: int) -> AccountCosts:
+        """The account's resource packs bought between `start_ms` and `end_ms` (a free read).
+
+        Packs are selected by purchase time, so the window must reach back far enough to
+        include older packs that are still valid (kling-api.md §10).
+        """
+        data, rid = await self._call(
+            "GET", "/account/costs", params={"start_time": start_ms, "end_time": end_ms}
+        )
+        return self._parse(AccountCosts, data or {}, "account/costs", rid)
+
     async def list_tasks(self, kind: TaskKind, *, page: int = 1, page_size: int = 30) -> list[Task]:
         """One page of the account's tasks of `kind`."""
         data, rid = await self._call(
@@ -213,7 +235,8 @@ class KlingClient:
         try:
             response = await self._http.request(method, url, json=json_body, params=params, auth=self._auth)
         except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as exc:
-            raise errors.RequestNotSent(
+            cls = errors.CertificateRejected if _certificate_rejected(exc) else errors.RequestNotSent
+            raise cls(
                 f"{method} {url} was never sent: {_why_unreachable(exc)} ({exc or type(exc).__name__}). "
                 f"Nothing was created or charged. Check the base URL ({self.config.base_url}: "
                 "KLING_BASE_URL or --base-url) and the network"

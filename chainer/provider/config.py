@@ -39,6 +39,8 @@ class ProviderConfig(BaseModel):
     prompt_max_chars: int = PROMPT_MAX_CHARS
     refuse_v1_5_extension: bool = False
     task_lookup: TaskLookup = "external_id"
+    #: Whether the provider offers GET /account/costs (Kling does; proxies bill their own credit).
+    account_costs: bool = True
     #: Tasks in flight at once unless the command line says otherwise.
     concurrency: int = 5
     #: True for chainer's built-in simulator: no credits are spent.

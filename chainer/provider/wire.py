@@ -89,6 +89,37 @@ class Task(_Response):
             return None
 
 
+class ResourcePack(_Response):
+    """One resource pack of the account (GET /account/costs, kling-api.md §10); times in ms."""
+
+    resource_pack_name: str = ""
+    resource_pack_id: str = ""
+    resource_pack_type: str = ""
+    total_quantity: float = 0.0
+    remaining_quantity: float = 0.0
+    purchase_time: int | None = None
+    effective_time: int | None = None
+    invalid_time: int | None = None
+    #: online, runout or expired (kept as a string: an unknown one is simply not spendable)
+    status: str = ""
+
+    @property
+    def spendable(self) -> bool:
+        """Whether units can still be spent from this pack (online, some left)."""
+        return self.status == "online" and self.remaining_quantity > 0
+
+    @property
+    def for_video(self) -> bool:
+        """Whether the pack pays for video tasks (packs are per type; an untyped one counts)."""
+        return not self.resource_pack_type or "video" in self.resource_pack_type.lower()
+
+
+class AccountCosts(_Response):
+    """The `data` of GET /account/costs."""
+
+    resource_pack_subscribe_infos: list[ResourcePack] = Field(default_factory=list)
+
+
 class WatermarkInfo(_Request):
     enabled: bool
 

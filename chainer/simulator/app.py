@@ -212,6 +212,19 @@ def build_app(state: SimState, *, admin: bool = False) -> Starlette:
         count(request, f"{kind}/query", 0)
         return _envelope(data)
 
+    async def account_costs(request: Request) -> Response:
+        try:
+            await _before(state, request, "query")
+            now = state.now_ms()
+            start = _int_param(request, "start_time", now - 30 * 86_400_000, 0, 2**62)
+            end = _int_param(request, "end_time", now, 0, 2**62)
+            data = {"resource_pack_subscribe_infos": state.packs(start, end)}
+        except SimError as exc:
+            count(request, "account/costs", exc.code)
+            return _refusal(exc)
+        count(request, "account/costs", 0)
+        return _envelope(data)
+
     async def download(request: Request) -> Response:
         name = request.path_params["name"]
         delay = state.config.latency_s.get("download", 0.0)
@@ -295,6 +308,8 @@ def build_app(state: SimState, *, admin: bool = False) -> Starlette:
         Route(prefix + "/v1/videos/{kind}", create, methods=["POST"]),
         Route(prefix + "/v1/videos/{kind}", query, methods=["GET"]),
         Route(prefix + "/v1/videos/{kind}/{task_id}", query, methods=["GET"]),
+        Route(prefix + "/account/costs", account_costs, methods=["GET"]),
+        Route(prefix + "/v1/account/costs", account_costs, methods=["GET"]),
         Route("/files/{name}", download, methods=["GET", "HEAD"]),
     ]
     if admin:
@@ -304,7 +319,16 @@ def build_app(state: SimState, *, admin: bool = False) -> Starlette:
             Route("/_sim/tasks", admin_tasks, methods=["GET"]),
             Route("/_sim/advance", admin_advance, methods=["POST"]),
         ]
-    return Starlette(routes=routes)
+    return Starlette(routes=routes, exception_handlers={404: _unrouted, 405: _unrouted})
+
+
+async def _unrouted(request: Request, exc: Exception) -> Response:
+    """Kling answers every request it has no route for in its envelope, never a bare text:
+    an unknown path is 404 / 1203, a known path with the wrong method 404 / 1202."""
+    status = getattr(exc, "status_code", 404)
+    if status == 405:
+        return _refusal(SimError(1202, f"{request.method} is not allowed on {request.url.path}"))
+    return _refusal(SimError(1203, f"no such resource: {request.url.path}"))
 
 
 def _int_param(request: Request, name: str, default: int, lo: int, hi: int) -> int:

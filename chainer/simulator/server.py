@@ -29,8 +29,8 @@ def client_env(config: SimConfig, base_url: str, **extra: str) -> dict[str, str]
         KLING_SECRET_KEY=config.secret_key,
         KLING_BASE_URL=base_url,
         CHAINER_TIME_SCALE=str(config.time_scale),
-        **extra,
     )
+    env.update(extra)  # the caller's settings win (a test may pretend Kling's real pace)
     return env
 
 
@@ -45,8 +45,12 @@ class Simulator:
         host: str = "127.0.0.1",
         port: int = 0,
         admin: bool = False,
+        ssl_certfile: str | Path | None = None,
+        ssl_keyfile: str | Path | None = None,
     ):
         self.config = config or SimConfig()
+        #: Serve https with this certificate and key (signed file urls then use https too).
+        self.ssl = (str(ssl_certfile), str(ssl_keyfile)) if ssl_certfile and ssl_keyfile else None
         self._tmp = None if data_dir else tempfile.TemporaryDirectory(prefix="chainer-sim-")
         self.data_dir = Path(data_dir or self._tmp.name)  # type: ignore[union-attr]
         self.state = SimState(self.config, self.data_dir)
@@ -58,7 +62,7 @@ class Simulator:
 
     @property
     def base_url(self) -> str:
-        return f"http://{self.host}:{self.port}"
+        return f"{'https' if self.ssl else 'http'}://{self.host}:{self.port}"
 
     def client_env(self, **extra: str) -> dict[str, str]:
         """Environment for a `chainer` subprocess calling this simulator (see `client_env`)."""
@@ -69,7 +73,10 @@ class Simulator:
         self.port = sock.getsockname()[1]
         (self.data_dir / "port").write_text(str(self.port))
         app = build_app(self.state, admin=self.admin)
-        config = uvicorn.Config(app, log_level="warning", lifespan="off", access_log=False)
+        cert, key = self.ssl or (None, None)
+        config = uvicorn.Config(
+            app, log_level="warning", lifespan="off", access_log=False, ssl_certfile=cert, ssl_keyfile=key
+        )
         self._server = uvicorn.Server(config)
         self._thread = threading.Thread(
             target=self._server.run, kwargs={"sockets": [sock]}, name="chainer-sim", daemon=True
@@ -149,12 +156,30 @@ class _Notifier:
 CALLBACK_INTERVAL_S = 0.02
 
 
-def serve_forever(config: SimConfig, *, data_dir: Path | None, host: str, port: int, admin: bool) -> None:
-    """Serve in the foreground until Ctrl-C (for `chainer sim`)."""
+def serve_forever(
+    config: SimConfig,
+    *,
+    data_dir: Path | None,
+    host: str,
+    port: int,
+    admin: bool,
+    ssl_certfile: Path | None = None,
+    ssl_keyfile: Path | None = None,
+) -> None:
+    """Serve in the foreground until Ctrl-C (for `chainer sim`); https with a certificate."""
     state = SimState(config, data_dir or Path(tempfile.mkdtemp(prefix="chainer-sim-")))
-    notifier = _Notifier(state, f"http://{host}:{port}")
+    scheme = "https" if ssl_certfile else "http"
+    notifier = _Notifier(state, f"{scheme}://{host}:{port}")
     try:
-        uvicorn.run(build_app(state, admin=admin), host=host, port=port, log_level="info", lifespan="off")
+        uvicorn.run(
+            build_app(state, admin=admin),
+            host=host,
+            port=port,
+            log_level="info",
+            lifespan="off",
+            ssl_certfile=ssl_certfile,
+            ssl_keyfile=ssl_keyfile,
+        )
     finally:
         notifier.stop()
         state.close()

@@ -94,6 +94,10 @@ class SimConfig(BaseModel):
     rate_limit_per_s: float | None = Field(None, gt=0)
     #: Units the resource pack holds (None: unlimited); a create that would pass it: 429, code 1102.
     unit_budget: float | None = Field(None, ge=0)
+    #: The pack GET /account/costs shows: bought this many days before the simulator started,
+    #: valid for this many days from then (its expiry follows the simulated clock).
+    pack_age_days: float = Field(1.0, ge=0)
+    pack_valid_days: float = Field(365.0, gt=0)
 
 
 @dataclass
@@ -189,11 +193,13 @@ class SimState:
         (self.data_dir / "videos").mkdir(parents=True, exist_ok=True)
         (self.data_dir / "images").mkdir(exist_ok=True)
         self._next_id = int(time.time() * 1000) * 1000 + self.rng.randrange(1000)
+        #: When this account began (its pack's dates count from it); kept across restarts.
+        self.started_ms = int(time.time() * 1000)
         self._log_path = self.data_dir / "state.jsonl"
         self._replay()
         self._log = self._log_path.open("a", encoding="utf-8")
         if self._log_path.stat().st_size == 0:
-            self._record({"e": "meta", "url_key": self.url_key.hex()})
+            self._record({"e": "meta", "url_key": self.url_key.hex(), "started_ms": self.started_ms})
 
     def fault(self, rate: float) -> bool:
         """A seeded coin flip: True with probability `rate`."""
@@ -227,6 +233,7 @@ class SimState:
             match event.pop("e", None):
                 case "meta":
                     self.url_key = bytes.fromhex(event["url_key"])
+                    self.started_ms = int(event.get("started_ms", self.started_ms))
                 case "clock":
                     self.clock_offset_s = float(event["offset"])
                 case "task":
@@ -312,6 +319,34 @@ class SimState:
     def units_committed(self) -> float:
         """Units of every task that has not failed: what the resource pack has paid for."""
         return sum(self.units(t) for t in self.tasks.values() if t.fail_reason is None)
+
+    #: The pack shown when no unit_budget is set (the simulator then never answers 1102).
+    UNLIMITED_PACK_UNITS = 100_000.0
+
+    def packs(self, start_ms: int, end_ms: int) -> list[dict[str, Any]]:
+        """The account's resource packs bought in [start_ms, end_ms], as GET /account/costs
+        lists them (kling-api.md §10): one video pack holding the unit budget."""
+        with self.lock:
+            bought = self.started_ms - int(self.config.pack_age_days * 86_400_000)
+            invalid = bought + int(self.config.pack_valid_days * 86_400_000)
+            total = (
+                self.config.unit_budget if self.config.unit_budget is not None else self.UNLIMITED_PACK_UNITS
+            )
+            left = max(0.0, total - self.units_committed())
+            now = self.now_ms()
+            status = "expired" if now >= invalid else "runout" if left <= 0 else "online"
+            pack = {
+                "resource_pack_name": "Simulated video pack",
+                "resource_pack_id": "sim-pack-1",
+                "resource_pack_type": "video",
+                "total_quantity": total,
+                "remaining_quantity": left,
+                "purchase_time": bought,
+                "effective_time": bought,
+                "invalid_time": invalid,
+                "status": status,
+            }
+            return [pack] if start_ms <= bought <= end_ms else []
 
     def take_token(self) -> float | None:
         """Rate limiting: None if the request may go on, else the seconds to wait."""
