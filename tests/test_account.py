@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import subprocess
 from pathlib import Path
 
@@ -56,7 +57,8 @@ def test_a_pack_that_expires_during_the_run_is_named_with_its_date(sim_factory, 
     plan = chainer(tmp_path, provider_env(sim, CHAINER_TIME_SCALE="1"), "plan", "paid.yaml")
     assert plan.returncode == 0, plan.stderr
     assert "Account: 100000 units left in 1 online video pack; Simulated video pack" in plan.stdout
-    assert "resource pack Simulated video pack (100000 units) expires" in plan.stderr
+    ends = dt.datetime.fromtimestamp(sim.state.started_ms / 1000 + 0.002 * 86_400).astimezone()
+    assert f"resource pack Simulated video pack (100000 units) expires {ends:%Y-%m-%d %H:%M}" in plan.stderr
     assert "before this run is expected to end" in plan.stderr
     check = chainer(tmp_path, provider_env(sim), "providers", "check", "kling", "--base-url", sim.base_url)
     assert check.returncode == 0, check.stderr
