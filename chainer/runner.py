@@ -674,7 +674,10 @@ class ChainRunner:
                 # An earlier POST may have reached the provider: look before sending again.
                 found = await self._lookup(step, row, parent)
                 if found is not None:
-                    self._hold(step)
+                    if found.task_status in ("submitted", "processing"):
+                        self._hold(step)  # the account holds it: it counts against the limit
+                    else:
+                        self._let_go(step)  # it has ended: it holds nothing (any more)
                     self._emit(step.index, "submitted", f"found task {found.task_id} created earlier")
                     return journal.transition(
                         row,
@@ -906,7 +909,6 @@ class ChainRunner:
         # The task's age counts from its submission, also when this process is a resume.
         submitted = row.submitted_at or time.time()
         expected = self._expected_seconds(kind)
-        self._hold(step)
         self._emit(step.index, "processing", f"task {task_id}")
         while True:
             failpoints.hit("polling", step.index)
@@ -923,6 +925,9 @@ class ChainRunner:
                 return self._forgotten(step, row, exc)
             match task.task_status:
                 case "submitted" | "processing":
+                    # Counted once the provider says it runs: a resumed task that has already
+                    # ended holds none of the account's slots (nor the run's peak).
+                    self._hold(step)
                     elapsed = time.time() - submitted
                     if elapsed > self.ctx.poll.deadline:
                         raise errors.ProviderError(

@@ -183,3 +183,21 @@ def test_the_account_sweep_names_a_list_it_cannot_read_and_sweeps_the_others(
     saved = set(re.findall(r"account video (\S+): saved", swept.stdout))
     assert saved == theirs, "the other lists were swept, and none of this journal's own videos"
     assert "3 result(s) saved; 1 problem(s)." in swept.stdout
+
+
+def test_the_run_summary_peak_counts_only_tasks_the_account_held(sim, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    import json
+
+    write_storyboard(tmp_path, STORY.format(first="a boat"), "stuck.yaml")
+    killed = chainer(sim, tmp_path, "run", "stuck.yaml", CHAINER_FAILPOINT="polling@2")
+    assert killed.returncode == -9
+    last = sim.state.tasks[sim.state.creates[-1].task_id]
+    sim.state.advance(max(0.0, (last.done_ms - sim.state.now_ms()) / 1000) + 1)  # its time has come
+    assert last.render is not None
+    last.render.result(timeout=120)  # and its video is rendered (bounded by that work)
+    assert sim.state.status(last) == "succeed"
+    resumed = chainer(sim, tmp_path, "run", "stuck.yaml", "--summary", "sum.json")
+    assert resumed.returncode == 0, resumed.stderr
+    summary = json.loads((tmp_path / "sum.json").read_text())
+    # the resumed task had already ended and nothing was created: the account held nothing
+    assert summary["peak_concurrency"] == 0 and len(sim.state.creates) == 3
