@@ -406,11 +406,13 @@ async def _check_balance(
 ) -> None:
     """Before spending: can the account's packs cover the run? Refuses (unless `ignore`), warns
     of a pack that expires before the run's expected end; proxies: not available, go on."""
-    found = await balance.fetch(session.client)
-    talk.print(found.describe(), markup=False)
     estimate = sum(remaining_units(p, session.journal) for p in plans)
     if budget is not None:
         estimate = min(estimate, budget)
+    if estimate <= 0:  # nothing left to pay for (a finished chain run again): nothing to ask
+        return
+    found = await balance.fetch(session.client)
+    talk.print(found.describe(), markup=False)
     took = balance.expected_seconds(
         plans, concurrency=session.scheduler.limit, time_scale=session.provider.time_scale
     )
