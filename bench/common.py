@@ -219,6 +219,7 @@ def chainer_batch(sim: Sim, folder: Path, work: Path, chains: int) -> subprocess
             "run",
             str(folder),
             "--quiet",
+            "--yes",  # thousands of units, on a simulator
             "--concurrency",
             str(chains),
             "--state-dir",

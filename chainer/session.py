@@ -311,9 +311,12 @@ class Session:
             done: set[int] = set()
             if self.journal.chain(p.chain) is not None:
                 done = {r.idx for r in self.journal.steps(p.chain) if r.state == "downloaded"}
+            # A provider whose tasks run faster than Kling's (CHAINER_TIME_SCALE < 1) is a
+            # rehearsal against a simulator: its videos are the simulator's small ones.
+            rehearsal = self.provider.offline or self.provider.time_scale < 1
             rate = (
                 preflight.SIMULATED_BYTES_PER_SECOND
-                if self.provider.offline
+                if rehearsal
                 else preflight.BYTES_PER_SECOND.get(p.mode, max(preflight.BYTES_PER_SECOND.values()))
             )
             caps = [u for u in (p.max_units, budget) if u is not None]
