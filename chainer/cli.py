@@ -294,12 +294,7 @@ def run(
 
     async def main() -> int:
         async with Session.open(
-            state_dir=state_dir,
-            archive_dir=archive_dir,
-            archive_url=archive_url,
-            base_url=base_url,
-            path_prefix=path_prefix,
-            sim_config=SimConfig(time_scale=sim_time_scale),
+            **_where(state_dir, archive_dir, archive_url, base_url, path_prefix, sim_time_scale),
             concurrency=concurrency,
             profile=plans[0].provider,
             simulate=True if simulate else None,
@@ -526,12 +521,7 @@ def archive_command(
         async with _journal_session(
             path,
             provider,
-            state_dir=state_dir,
-            archive_dir=archive_dir,
-            archive_url=archive_url,
-            base_url=base_url,
-            path_prefix=path_prefix,
-            sim_config=SimConfig(time_scale=sim_time_scale),
+            **_where(state_dir, archive_dir, archive_url, base_url, path_prefix, sim_time_scale),
         ) as session:
             for chain, step, outcome in await session.archive_pending(names, on_retry=_show_retry):
                 if outcome == "saved":
@@ -582,12 +572,7 @@ def archive_command(
                         chains_profile = profiles.get(c.provider)
         saved = bad = 0
         async with Session.open(
-            state_dir=state_dir,
-            archive_dir=archive_dir,
-            archive_url=archive_url,
-            base_url=base_url,
-            path_prefix=path_prefix,
-            sim_config=SimConfig(time_scale=sim_time_scale),
+            **_where(state_dir, archive_dir, archive_url, base_url, path_prefix, sim_time_scale),
             profile=chains_profile,
         ) as session:
             for what, outcome in await session.sweep_account(on_retry=_show_retry, known=known):
@@ -600,6 +585,25 @@ def archive_command(
         return saved, bad
 
     _run_async(main)
+
+
+def _where(
+    state_dir: Path,
+    archive_dir: Path,
+    archive_url: str | None,
+    base_url: str | None,
+    path_prefix: str | None,
+    sim_time_scale: float,
+) -> dict[str, Any]:
+    """The Session.open settings every command that talks to a provider takes from its flags."""
+    return {
+        "state_dir": state_dir,
+        "archive_dir": archive_dir,
+        "archive_url": archive_url,
+        "base_url": base_url,
+        "path_prefix": path_prefix,
+        "sim_config": SimConfig(time_scale=sim_time_scale),
+    }
 
 
 @asynccontextmanager
@@ -739,25 +743,12 @@ def resume(
     async def _resume_group(path: Path, group: list[Plan]) -> int:
         """Resume the chains of one journal with its own provider; returns how many failed."""
         failures = 0
-        async with Session.open(
-            state_dir=state_dir,
-            archive_dir=archive_dir,
-            archive_url=archive_url,
-            base_url=base_url,
-            path_prefix=path_prefix,
-            profile=group[0].provider,
-            sim_config=SimConfig(time_scale=sim_time_scale),
-            simulate=simulated.is_simulated_journal(path),
+        async with _journal_session(
+            path,
+            group[0].provider.name,
+            **_where(state_dir, archive_dir, archive_url, base_url, path_prefix, sim_time_scale),
         ) as session:
             for plan in group:
-                if path.resolve() != session.journal.path.resolve():
-                    failures += 1
-                    err.print(
-                        f"{plan.chain}: started with the provider of {path.name}, but the credentials "
-                        f"set now reach {session.provider.name}; set that provider's credentials",
-                        markup=False,
-                    )
-                    continue
                 try:
                     view = Progress([plan], "plain", out)
                     result = await session.run(plan, on_event=view.on_event, retry_failed=retry_failed)
@@ -767,6 +758,9 @@ def resume(
                     errors.JournalError,
                     errors.SubmitUnknown,
                     errors.BudgetExceeded,
+                    errors.ResultDeleted,
+                    errors.WriteError,
+                    errors.CreatesStopped,
                 ) as exc:
                     failures += 1
                     err.print(f"{plan.chain}: {exc}", markup=False)
