@@ -517,20 +517,13 @@ def archive_command(
 
     async def archive_journal(path: Path, provider: str) -> tuple[int, int]:
         """Archive one journal's pending results with its own provider: (saved, problems)."""
-        saved = bad = 0
         async with _journal_session(
             path,
             provider,
             **_where(state_dir, archive_dir, archive_url, base_url, path_prefix, sim_time_scale),
         ) as session:
-            for chain, step, outcome in await session.archive_pending(names, on_retry=_show_retry):
-                if outcome == "saved":
-                    saved += 1
-                    out.print(f"{chain} step {step}: saved", markup=False)
-                else:
-                    bad += 1
-                    err.print(f"{chain} step {step}: {outcome}", markup=False)
-        return saved, bad
+            outcomes = await session.archive_pending(names, on_retry=_show_retry)
+        return _tally([(f"{chain} step {step}", outcome) for chain, step, outcome in outcomes])
 
     async def main() -> int:
         journals = sorted(state_dir.glob("journal-*.sqlite"))
@@ -570,21 +563,25 @@ def archive_command(
                     known |= {r.video_id for r in journal.steps(c.name) if r.video_id}
                     if chains_profile is None and not simulated.is_simulated_journal(path):
                         chains_profile = profiles.get(c.provider)
-        saved = bad = 0
         async with Session.open(
             **_where(state_dir, archive_dir, archive_url, base_url, path_prefix, sim_time_scale),
             profile=chains_profile,
         ) as session:
-            for what, outcome in await session.sweep_account(on_retry=_show_retry, known=known):
-                if outcome == "saved":
-                    saved += 1
-                    out.print(f"{what}: saved", markup=False)
-                else:
-                    bad += 1
-                    err.print(f"{what}: {outcome}", markup=False)
-        return saved, bad
+            return _tally(await session.sweep_account(on_retry=_show_retry, known=known))
 
     _run_async(main)
+
+
+def _tally(outcomes: list[tuple[str, str]]) -> tuple[int, int]:
+    """Print each (what, outcome) of an archive command; returns (saved, problems)."""
+    saved = 0
+    for what, outcome in outcomes:
+        if outcome == "saved":
+            saved += 1
+            out.print(f"{what}: saved", markup=False)
+        else:
+            err.print(f"{what}: {outcome}", markup=False)
+    return saved, len(outcomes) - saved
 
 
 def _where(
