@@ -17,8 +17,8 @@ from .errors import (
     StoryboardError,
     TaskFailed,
 )
+from .events import ChainResult, Event
 from .plan import Plan, Step
-from .runner import ChainResult, Event
 from .session import Session, load_plan
 from .simulator import SimConfig, Simulator
 

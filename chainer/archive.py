@@ -29,8 +29,9 @@ import httpx
 from pydantic import BaseModel
 
 from . import media, rules, simulated
+from .chain import StepRow
 from .errors import ConfigError, DownloadError, MediaError, UrlExpired, VerificationFailed, WriteError
-from .journal import Journal, StepRow, part_ends
+from .ports import JournalPort
 
 DURATION_TOLERANCE_S = 0.2
 CHUNK = 1 << 20
@@ -466,12 +467,13 @@ def time_left(created_ms: int | None, *, now: dt.datetime | None = None) -> dt.t
     return expiry - (now or dt.datetime.now(dt.UTC))
 
 
-def write_chain_manifest(journal: Journal, chain_name: str, folder: Path) -> Path:
+def write_chain_manifest(journal: JournalPort, chain_name: str, folder: Path) -> Path:
     """The chain's manifest.json, rebuilt from the journal."""
     chain = journal.chain(chain_name)
     assert chain is not None
-    rows = journal.steps(chain.name)
-    ends = part_ends(rows)
+    view = journal.view(chain.name)
+    rows = list(view.rows)
+    ends = view.part_ends()
     parts = [Path(r.file).name for r in ends if r.file and not r.pruned_at]
     sheet = folder / CONTACT_SHEET
     return write_manifest(
@@ -489,7 +491,7 @@ def write_chain_manifest(journal: Journal, chain_name: str, folder: Path) -> Pat
             parts=parts,
             contact_sheet=sheet.name if sheet.exists() else None,
             steps=[_manifest_step(r, folder, current=True) for r in rows],
-            earlier_takes=[_manifest_step(r, folder, current=False) for r in journal.takes(chain.name)],
+            earlier_takes=[_manifest_step(r, folder, current=False) for r in view.earlier],
             written_at=dt.datetime.now(dt.UTC),
         ),
     )

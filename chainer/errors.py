@@ -17,15 +17,21 @@ The tree separates the questions a caller must answer after a failure:
     │       ├── AuthError            1000-1004
     │       ├── AccountError         1100-1103 (arrears, no resource pack, no permission)
     │       ├── InvalidRequestError  1200-1203
+    │       │   ├── NotFound             1203: no such task or video (any more)
+    │       │   └── DuplicateExternalId  a create's external_task_id is taken: an earlier POST arrived
     │       ├── PolicyError          1300, 1301, 1304
-    │       ├── RateLimitError       1302, 1303
+    │       ├── RateLimitError       1302, 1303, which need opposite handling:
+    │       │   ├── TooFast              1302: requests too fast; back off and send again
+    │       │   └── AccountFull          1303: the account's tasks are at its limit; wait for a slot
     │       └── ServerError          5000-5002
     ├── TaskFailed               the API call worked, but the remote task ended `failed`
     ├── BudgetExceeded           the next task would pass the chain's credit budget
     ├── CreatesStopped           an account error earlier in the run stopped every create
     ├── ChainLocked              another process owns this chain
-    ├── JournalError             the local journal is unusable or disagrees with the request
-    │   └── StoryboardChanged    a chain's storyboard was edited after some of it was sent
+    ├── JournalError             the local journal is unusable or disagrees with itself
+    ├── OrchestrationError       what the user asked of a chain cannot be done as things stand
+    │   ├── StoryboardChanged    a chain's storyboard was edited after some of it was sent
+    │   └── RerollRefused        a re-roll (--from-step) cannot start from where the chain is
     ├── ResultDeleted            the provider deleted a result (30 days on) before it was archived
     ├── DownloadError            a result could not be fetched (transient: retry)
     │   ├── UrlExpired           the signed url is dead: query the task for a fresh one
@@ -182,8 +188,26 @@ class PolicyError(ApiError):
     """1300, 1301, 1304: a platform, content-safety or IP policy refused the request."""
 
 
+class NotFound(InvalidRequestError):
+    """1203: the task or video asked about does not exist, or no longer does (30 days on)."""
+
+
+class DuplicateExternalId(InvalidRequestError):
+    """A create refused because a task with its external_task_id exists already: an
+    earlier POST of the same create arrived. Never a new task: look that one up."""
+
+
 class RateLimitError(ApiError):
     """1302 (too fast) and 1303 (account concurrency full): wait and try again."""
+
+
+class TooFast(RateLimitError):
+    """1302: requests come too fast. Nothing was created: back off and send it again."""
+
+
+class AccountFull(RateLimitError):
+    """1303: the account runs as many tasks as it may. Nothing was created: wait until one
+    of its tasks ends (a slot frees), then send it; sending sooner only meets 1303 again."""
 
 
 class ServerError(ApiError):
@@ -221,9 +245,17 @@ class JournalError(ChainerError):
     """The journal cannot be used as it is (corrupt, newer schema, changed request)."""
 
 
-class StoryboardChanged(JournalError):
-    """The storyboard of a chain was edited after some of its changed steps were sent; the
-    message offers the ways on (finish it as it began, or branch with the new text)."""
+class OrchestrationError(ChainerError):
+    """What was asked of a chain cannot be done as it stands; the message says the way on."""
+
+
+class StoryboardChanged(OrchestrationError):
+    """A chain's storyboard changed after some of its steps were sent."""
+
+
+class RerollRefused(OrchestrationError):
+    """A re-roll (--from-step) cannot start: a step before it changed, its branch point has
+    no video, a step from it on is still in flight, or the video it extends is deleted."""
 
 
 class ResultDeleted(ChainerError):

@@ -18,7 +18,6 @@ A chain is owned by one process at a time through an flock the kernel drops on d
 from __future__ import annotations
 
 import fcntl
-import itertools
 import json
 import os
 import socket
@@ -28,37 +27,11 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, cast, get_args
+from typing import Any, cast
 
+from .chain import TRANSITIONS, ChainState, ChainView, StepRow, StepState
 from .errors import ChainLocked, JournalError
 from .rules import TaskKind
-
-StepState = Literal[
-    "planned",
-    "submit_intent",
-    "submit_unknown",
-    "submitted",
-    "succeeded",
-    "downloaded",
-    "failed",
-    "skipped",
-]
-STEP_STATES = get_args(StepState)
-ChainState = Literal["done", "in progress", "failed", "needs attention"]
-
-#: Which states a step may move to from each state.
-TRANSITIONS: dict[StepState, tuple[StepState, ...]] = {
-    # skipped: an optional step (for target_duration) that the video no longer needs
-    "planned": ("submit_intent", "succeeded", "failed", "skipped"),
-    "submit_intent": ("submitted", "submit_unknown", "planned", "failed"),
-    "submit_unknown": ("submitted", "submit_intent", "failed"),
-    "submitted": ("succeeded", "failed"),
-    "succeeded": ("downloaded", "failed"),
-    # back to succeeded only when an archived file went missing: it is fetched again
-    "downloaded": ("succeeded",),
-    "failed": (),
-    "skipped": (),
-}
 
 SCHEMA_VERSION = 4
 
@@ -157,32 +130,6 @@ _STEP_FIELDS = (
 
 
 @dataclass(frozen=True)
-class StepRow:
-    chain: str
-    idx: int
-    attempt: int
-    kind: str
-    prompt: str | None
-    fingerprint: str
-    state: StepState
-    external_task_id: str | None
-    task_id: str | None
-    video_id: str | None
-    video_url: str | None
-    duration: float | None
-    units: float | None
-    remote_created_ms: int | None
-    file: str | None
-    probed_duration: float | None
-    sha256: str | None
-    size: int | None
-    error: str | None
-    submitted_at: float | None
-    finished_at: float | None
-    pruned_at: float | None
-
-
-@dataclass(frozen=True)
 class ChainRow:
     name: str
     uid: str
@@ -221,49 +168,6 @@ class ChainSummary:
     duration: float | None
     units: float
     attention: str
-
-
-def is_handoff(row: StepRow) -> bool:
-    """Whether `row` is a hand-off: an image2video after step 0, which starts a new part
-    from a copy of the previous part's last frame (the join drops that frame once)."""
-    return row.kind == "image2video" and row.idx > 0
-
-
-def starts_part(row: StepRow) -> bool:
-    """Whether `row`'s video is a new part rather than the previous one made longer: a
-    hand-off, or an Omni-Video shot (a new shot that continues the previous one)."""
-    return is_handoff(row) or row.kind == "omni-video"
-
-
-def part_ends(rows: Sequence[StepRow]) -> list[StepRow]:
-    """The last step of every part of a chain's video, in order: the videos joined into
-    its output. A hand-off or an Omni-Video shot starts a new part."""
-    live = [r for r in rows if r.state != "skipped"]
-    ends = [prev for prev, r in itertools.pairwise(live) if starts_part(r)]
-    return ends + live[-1:]
-
-
-def drops_at_joins(rows: Sequence[StepRow]) -> list[bool]:
-    """For each join between the parts `part_ends` lists: whether the part before it loses
-    its last frame (a hand-off repeats it; an Omni-Video shot continues after it)."""
-    live = [r for r in rows if r.state != "skipped"]
-    return [is_handoff(r) for r in live if starts_part(r)]
-
-
-def video_length(rows: Sequence[StepRow]) -> float | None:
-    """How long the chain's video is so far: every part's latest known length, added up
-    (the joins drop one frame each, which this ignores). None before any length is known."""
-    total, current = 0.0, None
-    for r in rows:
-        if r.state == "skipped":
-            continue
-        if starts_part(r):
-            total, current = total + (current or 0.0), None
-        if r.duration is not None:
-            current = r.duration
-    if current is None and total == 0.0:
-        return None
-    return total + (current or 0.0)
 
 
 class Journal:
@@ -378,7 +282,7 @@ class Journal:
         model: str,
         mode: str,
         output: str,
-        steps: list[tuple[int, str, str | None, str]],
+        steps: Sequence[tuple[int, str, str | None, str]],
         storyboard_text: str | None = None,
     ) -> ChainRow:
         """Create the chain and its planned steps once; later calls return it unchanged
@@ -440,48 +344,23 @@ class Journal:
                 "INSERT INTO events (chain, state, at) VALUES (?,?,?)", (name, f"chain:{state}", time.time())
             )
 
+    def view(self, name: str) -> ChainView:
+        """Chain `name`'s rows as the chain model reads them (chainer.chain)."""
+        chain = self.chain(name)
+        return ChainView.of(
+            self.steps(name), self.takes(name), written=chain is not None and chain.state == "done"
+        )
+
     def summary(self, name: str) -> ChainSummary:
-        """Where a chain stands, derived from its steps."""
+        """Where a chain stands, derived from its steps (chainer.chain)."""
         chain = self.chain(name)
         if chain is None:
             raise JournalError(f"no chain named {name!r} in {self.path}")
-        steps = self.steps(name)
-        done = sum(1 for s in steps if s.state in ("downloaded", "succeeded") and s.kind != "existing")
-        total = sum(1 for s in steps if s.kind != "existing" and s.state != "skipped")
-        units = self.units(name)
-        attention = ""
-        state: ChainState
-        failed = next((s for s in steps if s.state == "failed"), None)
-        unknown = next((s for s in steps if s.state == "submit_unknown"), None)
-        if failed is not None:
-            state = "failed"
-            attention = f"step {failed.idx} failed: {failed.error}; fix it or use --retry-failed"
-        elif unknown is not None:
-            state = "needs attention"
-            attention = (
-                f"step {unknown.idx}: the answer to its create was lost; the next run looks for the task "
-                f"again (external_task_id {unknown.external_task_id}, or the task list) before sending "
-                f"anything. Where the provider cannot tell, find it in its console and attach it with "
-                f"`chainer adopt {name} {unknown.idx} TASK_ID`, or, if there is none, run with "
-                "--resend-unknown"
-            )
-        elif all(
-            s.state in ("downloaded", "skipped") or (s.kind == "existing" and s.state == "succeeded")
-            for s in steps
-        ):
-            state = "done" if chain.state == "done" else "in progress"
-            if chain.state != "done":
-                attention = (
-                    f"every result is archived, but the output {chain.output} was not written; run the "
-                    "chain again to write it (nothing is paid again)"
-                )
-            elif not Path(chain.output).exists():
-                attention = (
-                    f"the output {chain.output} is gone; run the chain again to write it from the archive"
-                )
-        else:
-            state = "in progress"
-        return ChainSummary(chain, state, done, total, video_length(steps), units, attention)
+        view = self.view(name)
+        attention = view.attention(name, chain.output, output_exists=Path(chain.output).exists())
+        return ChainSummary(
+            chain, view.state(), view.steps_done(), view.steps_total(), view.length(), view.units(), attention
+        )
 
     # ------------------------------------------------------------------ provider facts
 
@@ -518,6 +397,15 @@ class Journal:
             "SELECT COALESCE(SUM(units), 0) FROM steps WHERE chain = ?", (chain,)
         ).fetchone()
         return float(row[0])
+
+    def task_times(self, chain: str, kind: str, *, last: int) -> list[float]:
+        """How long (s) the `last` newest ended tasks of `kind` in `chain` took, newest first."""
+        rows = self.db.execute(
+            "SELECT finished_at - submitted_at FROM steps WHERE chain = ? AND kind = ? AND "
+            "finished_at IS NOT NULL AND submitted_at IS NOT NULL ORDER BY idx DESC, attempt DESC LIMIT ?",
+            (chain, kind, last),
+        ).fetchall()
+        return [float(r[0]) for r in rows if r[0] and r[0] > 0]
 
     def latest_created_task(self) -> tuple[TaskKind, str, str] | None:
         """(kind, task_id, external_task_id) of the newest task this journal created, if any."""

@@ -15,8 +15,7 @@ from __future__ import annotations
 import functools
 
 from . import errors
-from .journal import Journal
-from .provider.client import KlingClient
+from .ports import JournalPort, Provider
 from .retry import OnRetry, read_backoff, retrying
 from .rules import TaskKind
 
@@ -29,7 +28,7 @@ CHECK_DEADLINE_S = 60.0
 class LookupCheck:
     """One provider's lookup by external_task_id, checked once per run."""
 
-    def __init__(self, client: KlingClient, journal: Journal):
+    def __init__(self, client: Provider, journal: JournalPort):
         self.client = client
         self.journal = journal
         self._checked = False

@@ -21,8 +21,8 @@ from rich.progress import Progress as Bar
 from rich.table import Table
 
 from .archive import write_atomically
+from .events import ChainResult, Event
 from .plan import Plan
-from .runner import ChainResult, Event
 
 Mode = Literal["live", "plain", "json", "quiet"]
 

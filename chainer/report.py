@@ -15,60 +15,19 @@ import datetime as dt
 import html
 import os
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from PIL import Image, ImageDraw, ImageFont
 
 from . import archive, media, simulated
-from .journal import Journal, StepRow, is_handoff, starts_part
-
-if TYPE_CHECKING:
-    from .runner import ChainResult
+from .chain import ChainView, StepRow
+from .events import ChainResult
+from .journal import Journal
 
 #: Contact sheet layout: thumbnails per row, thumbnail width, caption lines under each.
 COLUMNS = 4
 THUMB_WIDTH = 240
 CAPTION_LINES = 3
-
-
-@dataclass(frozen=True)
-class Boundary:
-    """Where a step's contribution starts in the chain's final video."""
-
-    step: int
-    take: int
-    kind: str
-    prompt: str | None
-    frame: int
-    seconds: float
-    #: The step starts a new part from the previous video's last frame.
-    handoff: bool = False
-
-
-def boundaries(rows: Sequence[StepRow], fps: float) -> list[Boundary]:
-    """The first frame each step added to the final video, from the journal's rows.
-
-    Within a part, step i starts where step i-1's video ended; a hand-off or an
-    Omni-Video shot starts a new part, placed after the previous parts (minus the repeated
-    frame each hand-off's join drops).
-    """
-    found: list[Boundary] = []
-    before_part = 0  # frames of the final video before the current part
-    in_part = 0  # frames of the current part's video so far
-    for r in rows:
-        if r.state == "skipped":
-            continue
-        if starts_part(r):
-            before_part += in_part - (1 if is_handoff(r) else 0)
-            in_part = 0
-        start = before_part + in_part
-        found.append(Boundary(r.idx, r.attempt, r.kind, r.prompt, start, start / fps, is_handoff(r)))
-        length = r.probed_duration or r.duration
-        if length is not None:
-            in_part = round(length * fps)
-    return found
 
 
 def _font(size: int) -> ImageFont.FreeTypeFont | ImageFont.ImageFont:
@@ -96,10 +55,7 @@ def thumbnail(rows: Sequence[StepRow], row: StepRow) -> Image.Image:
     part so far), seeking to it: cheap, so the runner takes each as its download lands."""
     assert row.file is not None
     info = media.probe(row.file)
-    part = [r for r in rows if r.state != "skipped" and r.idx <= row.idx]
-    starts = [i for i, r in enumerate(part) if r.idx == 0 or starts_part(r)]
-    first = starts[-1] if starts else 0
-    before = part[-2] if len(part) - 1 > first else None
+    before = ChainView.of(rows).part_start(row.idx)
     frame = round((before.probed_duration or before.duration or 0.0) * info.fps) if before else 0
     return media.frame_at(row.file, (frame - 0.5) / info.fps if frame else 0.0, width=THUMB_WIDTH)
 
@@ -117,7 +73,7 @@ def contact_sheet(
     `video` in one decoding pass.
     """
     info = media.probe(video)
-    marks = boundaries(rows, info.fps)
+    marks = ChainView.of(rows).boundaries(info.fps)
     known = known or {}
     missing = [m for m in marks if (m.step, m.take) not in known]
     read = dict(

@@ -15,11 +15,12 @@ from typing import TypeVar
 import stamina
 
 from .errors import (
+    AccountFull,
     ApiError,
     DownloadError,
     OutcomeUnknown,
-    RateLimitError,
     RequestNotSent,
+    TooFast,
     VerificationFailed,
 )
 
@@ -63,8 +64,10 @@ def create_backoff(exc: Exception) -> bool | float:
     1302 (too fast) waits and tries again; 1303 (the account is full) is not retried
     here: the scheduler learns from it and waits for a slot instead.
     """
-    if isinstance(exc, RateLimitError):
-        return _retry_after(exc) if exc.code == 1302 else False
+    if isinstance(exc, TooFast):
+        return _retry_after(exc)
+    if isinstance(exc, AccountFull):
+        return False
     return isinstance(exc, RequestNotSent) and exc.retryable
 
 

@@ -30,8 +30,13 @@ from pydantic import SecretStr
 from . import archive, errors, preflight, rules, simulated, storyboard
 from . import plan as plan_mod
 from .budget import RunBudget, remaining_units
+from .chain import StepRow
+from .engine import ChainOptions, ChainRunner, CreateGate, RunContext
+from .engine.context import DOWNLOADS_AT_ONCE, READ_DEADLINE_S
+from .engine.fetch import download_result, is_lost, sync_mirror
 from .errors import ConfigError
-from .journal import ChainRow, Journal, StepRow, is_handoff
+from .events import ChainResult, Event
+from .journal import ChainRow, Journal
 from .lookup import LookupCheck
 from .polling import PollPolicy
 from .profiles import BUILTIN, Profile, from_environment
@@ -39,18 +44,6 @@ from .provider.client import DEFAULT_TIMEOUT, KlingClient
 from .provider.config import ProviderConfig
 from .provider.wire import Task
 from .retry import OnRetry, download_backoff, read_backoff, retrying
-from .runner import (
-    DOWNLOADS_AT_ONCE,
-    READ_DEADLINE_S,
-    ChainResult,
-    ChainRunner,
-    CreateGate,
-    Event,
-    RunContext,
-    download_result,
-    is_lost,
-    sync_mirror,
-)
 from .scheduler import Scheduler
 from .simulator import SimConfig, Simulator
 
@@ -275,11 +268,13 @@ class Session:
         runner = ChainRunner(
             plan,
             ctx,
-            retry_failed=retry_failed,
-            max_units=max_units,
-            resend_unknown=resend_unknown,
-            keep=keep,
-            from_step=from_step,
+            ChainOptions(
+                retry_failed=retry_failed,
+                max_units=max_units,
+                resend_unknown=resend_unknown,
+                keep=keep,
+                from_step=from_step,
+            ),
         )
         try:
             return await runner.run()
@@ -301,7 +296,7 @@ class Session:
         if not any(r.idx >= from_step and r.state in in_flight and not is_lost(r) for r in rows):
             return
         old = self._with_journal_handoffs(self.own(chain_plan(chain)), None, False)
-        await ChainRunner(old, ctx, settle_before=from_step).run()
+        await ChainRunner(old, ctx, ChainOptions(settle_before=from_step)).run()
 
     def preflight(self, plans: list[plan_mod.Plan], *, budget: float | None = None) -> None:
         """Before anything is spent: can every folder these plans write be written, with room
@@ -342,7 +337,7 @@ class Session:
             )
         forced: set[int] = set()
         if self.journal.chain(plan.chain) is not None:
-            forced = {r.idx for r in self.journal.steps(plan.chain) if is_handoff(r) and r.state != "skipped"}
+            forced = self.journal.view(plan.chain).handoffs()
         if from_step is not None:
             forced = {i for i in forced if i < from_step} | ({from_step} if from_last_frame else set())
         if forced <= set(plan.handoffs):
@@ -398,7 +393,7 @@ class Session:
                 deadline_s=READ_DEADLINE_S,
             )
         except errors.InvalidRequestError as exc:
-            if exc.code != 1203:
+            if not isinstance(exc, errors.NotFound):
                 raise
             raise ConfigError(
                 f"{self.provider.name} has no {kind} task {task_id} (step {idx} of {name!r} is a {kind}): "

@@ -11,7 +11,7 @@ import pytest
 
 from chainer import load_plan, plan, storyboard
 from chainer.errors import StoryboardError
-from chainer.runner import ChainResult
+from chainer.events import ChainResult
 from chainer.session import Session, simulator_provider
 from chainer.simulator import Simulator
 

@@ -21,7 +21,7 @@ from helpers import CHAINER, provider_env, write_storyboard
 
 from chainer import load_plan
 from chainer.errors import ConfigError, WriteError
-from chainer.runner import ChainResult
+from chainer.events import ChainResult
 from chainer.session import Session, simulator_provider
 from chainer.simulator import Simulator
 

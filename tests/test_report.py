@@ -12,6 +12,7 @@ from PIL import Image, ImageChops, ImageStat
 from typer.testing import CliRunner
 
 from chainer import media, report
+from chainer.chain import ChainView
 from chainer.cli import app
 from chainer.journal import Journal
 from chainer.simulator import Simulator
@@ -84,7 +85,7 @@ def test_report_links_work_from_disk_and_sheet_shows_each_boundary(sim_factory, 
     # The contact sheet: one thumbnail per segment boundary, each the first frame that step added.
     sheet = Image.open(tmp_path / "archive" / "harbour" / "contact-sheet.png").convert("RGB")
     video = tmp_path / "out" / "harbour.mp4"
-    marks = report.boundaries(rows, media.probe(video).fps)
+    marks = ChainView.of(rows).boundaries(media.probe(video).fps)
     assert [m.step for m in marks] == [0, 1, 2, 3, 4, 5]
     frames = media.frames_at(video, [m.frame for m in marks], width=report.THUMB_WIDTH)
     th = frames[0].height

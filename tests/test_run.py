@@ -93,7 +93,7 @@ def test_running_again_creates_nothing(sim: Simulator, tmp_path: Path) -> None:
 
 def test_changed_storyboard_is_not_silently_mixed(sim: Simulator, tmp_path: Path) -> None:
     run_once(sim, storyboard(tmp_path), tmp_path)
-    with pytest.raises(errors.JournalError, match="first changed step: 2"):
+    with pytest.raises(errors.StoryboardChanged, match="first changed step: 2"):
         run_once(sim, storyboard(tmp_path, second="Something else"), tmp_path)
     assert len(sim.state.creates) == 4
 

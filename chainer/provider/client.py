@@ -93,10 +93,18 @@ def _why_unreachable(exc: httpx.TransportError) -> str:
     return "the connection could not be made"
 
 
+#: Codes whose handling differs from the rest of their family get classes of their own.
+_CODE_ERRORS: dict[int, type[errors.ApiError]] = {
+    1203: errors.NotFound,
+    1302: errors.TooFast,
+    1303: errors.AccountFull,
+}
+
+
 def api_error(envelope: Envelope, response: httpx.Response) -> errors.ApiError:
     """The typed exception for a non-zero business code."""
     entry = error_code(envelope.code, response.status_code)
-    cls = _FAMILY_ERRORS[entry.family]
+    cls = _CODE_ERRORS.get(envelope.code) or _FAMILY_ERRORS[entry.family]
     return cls(
         code=envelope.code,
         message=envelope.message,
@@ -106,6 +114,12 @@ def api_error(envelope: Envelope, response: httpx.Response) -> errors.ApiError:
         retry_after=_retry_after(response),
         meaning=entry.meaning,
     )
+
+
+def _names_external_id(exc: errors.InvalidRequestError) -> bool:
+    """Whether a create's 1201 says its external_task_id is taken (Kling answers a duplicate
+    external_task_id this way; the field is the only one a resend has in common)."""
+    return exc.code == 1201 and "external_task_id" in exc.api_message
 
 
 class KlingClient:
@@ -148,6 +162,14 @@ class KlingClient:
                     f"create {kind} answered {exc}; a task may have been created",
                     request_id=exc.request_id,
                 ) from exc
+            if isinstance(exc, errors.InvalidRequestError) and _names_external_id(exc):
+                raise errors.DuplicateExternalId(
+                    code=exc.code,
+                    message=exc.api_message,
+                    http_status=exc.http_status,
+                    request_id=exc.request_id,
+                    meaning=exc.meaning,
+                ) from exc
             raise
         except errors.ProtocolError as exc:
             raise errors.OutcomeUnknown(
@@ -171,10 +193,8 @@ class KlingClient:
             data, rid = await self._call(
                 "GET", f"/v1/videos/{kind}", params={"external_task_id": external_task_id}
             )
-        except errors.InvalidRequestError as exc:
-            if exc.code == 1203:
-                return None
-            raise
+        except errors.NotFound:
+            return None
         if isinstance(data, list):
             # A provider that ignores the parameter answers with its task list: only an
             # exact echo of our id identifies our task there, and its absence proves nothing.

@@ -1,0 +1,112 @@
+"""Waiting for a submitted task: poll until it ends, then commit its video or its failure."""
+
+from __future__ import annotations
+
+import functools
+import time
+from typing import assert_never
+
+import anyio
+
+from .. import errors, failpoints, rules
+from ..chain import StepRow
+from ..plan import Step
+from ..polling import next_delay
+from ..provider.wire import Task
+from ..retry import read_backoff, retrying
+from .context import READ_DEADLINE_S, ChainRun, task_kind
+from .submit import local_time
+
+#: How many of a chain's last task times set the expected time of its next task.
+EXPECTED_FROM_LAST = 3
+
+
+async def await_task(run: ChainRun, step: Step, row: StepRow) -> StepRow:
+    """Poll the task until it ends; commit its result or its failure."""
+    client, kind = run.ctx.client, task_kind(step)
+    assert row.task_id is not None
+    task_id = row.task_id
+    # The task's age counts from its submission, also when this process is a resume.
+    submitted = row.submitted_at or time.time()
+    expected = expected_seconds(run, kind)
+    run.emit(step.index, "processing", f"task {task_id}")
+    while True:
+        failpoints.hit("polling", step.index)
+        try:
+            task = await retrying(
+                functools.partial(client.get_task, kind, task_id),
+                on=read_backoff,
+                deadline_s=READ_DEADLINE_S,
+                on_retry=run.on_retry(step.index, f"poll of task {task_id}"),
+            )
+        except errors.NotFound as exc:
+            return forgotten(run, step, row, exc)
+        match task.task_status:
+            case "submitted" | "processing":
+                # Counted once the provider says it runs: a resumed task that has already
+                # ended holds none of the account's slots (nor the run's peak).
+                run.hold(step)
+                elapsed = time.time() - submitted
+                if elapsed > run.ctx.poll.deadline:
+                    raise errors.ProviderError(
+                        f"task {task_id} is still {task.task_status} after {elapsed:.0f} s; "
+                        "run again later to keep waiting (nothing will be re-created)"
+                    )
+                await anyio.sleep(
+                    next_delay(run.ctx.poll, elapsed=elapsed, expected=expected, rng=run.ctx.rng)
+                )
+            case "succeed":
+                run.let_go(step)
+                return succeeded(run, step, row, task)
+            case "failed":
+                run.let_go(step)
+                reason = task.task_status_msg or "the provider gave no reason"
+                row = run.journal.transition(
+                    row, "failed", reason, error=reason, units=task.units, finished_at=time.time()
+                )
+                run.emit(step.index, "failed", reason)
+                return row
+            case _:
+                assert_never(task.task_status)
+
+
+def forgotten(run: ChainRun, step: Step, row: StepRow, exc: errors.ApiError) -> StepRow:
+    """The provider answers "not found" for a task it accepted: the step stops, failed,
+    with the ways on (its charge, if any, is the provider's to explain)."""
+    run.let_go(step)
+    reason = (
+        f"the provider no longer knows task {row.task_id} (created {local_time(row.submitted_at)}; "
+        f"it answered {exc}). If the task shows in the provider's console, attach it: `chainer adopt "
+        f"{run.name} {step.index} TASK_ID`; otherwise make the step again as a new task, "
+        "charged again: run with --retry-failed"
+    )
+    row = run.journal.transition(row, "failed", reason, error=reason, finished_at=time.time())
+    run.emit(step.index, "failed", reason)
+    return row
+
+
+def succeeded(run: ChainRun, step: Step, row: StepRow, task: Task) -> StepRow:
+    """Commit a finished task's video (its id, url, length and charge)."""
+    video = task.video
+    if video is None:
+        raise errors.ProtocolError(f"task {task.task_id} succeeded without a video in task_result")
+    row = run.journal.transition(
+        row,
+        "succeeded",
+        video_id=video.id,
+        video_url=video.url,
+        duration=video.seconds,
+        units=task.units,
+        remote_created_ms=task.created_at,
+        finished_at=time.time(),
+    )
+    run.emit(step.index, "succeeded", f"video {video.id}", run.length())
+    return row
+
+
+def expected_seconds(run: ChainRun, kind: rules.TaskKind) -> float:
+    """How long a task of `kind` should take: this chain's last few, else Kling's usual."""
+    took = run.journal.task_times(run.name, kind, last=EXPECTED_FROM_LAST)
+    if took:
+        return sum(took) / len(took)
+    return rules.EXPECTED_SECONDS[kind] * run.ctx.client.config.time_scale
