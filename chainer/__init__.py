@@ -18,8 +18,8 @@ from .errors import (
     TaskFailed,
 )
 from .events import ChainResult, Event
-from .plan import Plan, Step
-from .session import Session, load_plan
+from .plan import Plan, Step, load_plan
+from .session import Session
 from .simulator import SimConfig, Simulator
 
 __all__ = [

@@ -19,13 +19,16 @@ from rich.console import Console
 from rich.table import Table
 
 from . import archive, balance, errors, profiles, simulated
+from .batch import Batch, RunOptions
+from .batch import stopped as batch_stopped
 from .budget import remaining_units
+from .events import ChainResult
 from .journal import Journal
-from .plan import Plan
+from .plan import Plan, chain_plan, load_plan
 from .progress import Mode, Progress, summary_table, write_summary
 from .provider.client import KlingClient
 from .report import write_report
-from .session import EMBEDDED_TIME_SCALE, Session, chain_plan, load_plan
+from .session import EMBEDDED_TIME_SCALE, Session
 from .simulator import SimConfig, serve_forever
 from .storyboard import json_schema as storyboard_schema
 
@@ -87,6 +90,12 @@ err = Console(stderr=True, highlight=False, soft_wrap=True)
 
 
 def _fail(exc: errors.ChainerError) -> typer.Exit:
+    _print_error(exc)
+    return typer.Exit(exc.exit_code)
+
+
+def _print_error(exc: errors.ChainerError) -> None:
+    """An error as the user reads it: its problems, or its message and notes."""
     if isinstance(exc, errors.StoryboardError):
         for problem in exc.problems:
             err.print(str(problem), markup=False)
@@ -95,7 +104,6 @@ def _fail(exc: errors.ChainerError) -> typer.Exit:
         err.print(f"error: {exc}", style="red", markup=False)
         for note in getattr(exc, "__notes__", []):
             err.print(f"  ({note})", markup=False)
-    return typer.Exit(exc.exit_code)
 
 
 def _allow_open_files() -> None:
@@ -125,144 +133,205 @@ def _run_async(main: Callable[[], Awaitable[int]]) -> None:
         raise typer.Exit(code)
 
 
+# ---- chainer run's options
+RunStoryboards = Annotated[
+    list[Path],
+    typer.Argument(help="Storyboard files, or folders of *.yaml storyboards, to run (or resume) together."),
+]
+RunOutput = Annotated[
+    Path | None,
+    typer.Option(
+        "--output",
+        "-o",
+        help="Where to write the final video (one storyboard only; default: its `output`, else "
+        "out/<name>.mp4).",
+    ),
+]
+RunConcurrency = Annotated[
+    int | None,
+    typer.Option(
+        "--concurrency",
+        min=1,
+        help="Tasks in flight at once on the account (default 5); lowered automatically when the "
+        "provider answers 1303, raised again carefully.",
+    ),
+]
+RunRetryFailed = Annotated[
+    bool,
+    typer.Option(
+        "--retry-failed",
+        help="Give a step that failed (e.g. content policy) a new attempt: a new task, charged again.",
+    ),
+]
+RunResendUnknown = Annotated[
+    bool,
+    typer.Option(
+        "--resend-unknown",
+        help="Send again a create whose answer was lost, at a provider that cannot be asked; only "
+        "after checking its console that no task was made.",
+    ),
+]
+RunMaxUnits = Annotated[
+    float | None,
+    typer.Option(
+        "--max-units",
+        min=0.0,
+        help="Credit budget for the whole run, every chain together (what they spent before an "
+        "interruption counts): stop before a task whose estimate would pass it. A storyboard's "
+        "max_units caps its own chain.",
+    ),
+]
+RunIgnoreBalance = Annotated[
+    bool,
+    typer.Option(
+        "--ignore-balance",
+        help="Run even though the account's resource packs look too small for the plan's estimate "
+        "(the run then stops at the first create the provider refuses, code 1102).",
+    ),
+]
+RunYes = Annotated[
+    bool,
+    typer.Option(
+        "--yes",
+        "-y",
+        help="Go ahead without asking when the run may spend more than --confirm-above units.",
+    ),
+]
+RunConfirmAbove = Annotated[
+    float,
+    typer.Option(
+        "--confirm-above",
+        envvar="CHAINER_CONFIRM_UNITS",
+        min=0.0,
+        help="Ask before a run that may spend more units than this (on a terminal; elsewhere "
+        "refuse without --yes).",
+    ),
+]
+RunKeep = Annotated[
+    str | None,
+    typer.Option(
+        "--keep",
+        help="all: archive every intermediate result; final: only the final video, once verified "
+        "(overrides the storyboard's archive.keep).",
+    ),
+]
+RunJsonEvents = Annotated[
+    bool, typer.Option("--json", help="Print one JSON object per event (for scripts) instead of text.")
+]
+RunQuiet = Annotated[bool, typer.Option("--quiet", "-q", help="Print only the final summary.")]
+RunVerbose = Annotated[bool, typer.Option("--verbose", "-v", help="Print every event, not just milestones.")]
+RunSummary = Annotated[
+    Path | None,
+    typer.Option(
+        "--summary", help="Where to write the run's JSON summary (default: STATE_DIR/last-run.json)."
+    ),
+]
+RunFromStep = Annotated[
+    int | None,
+    typer.Option(
+        "--from-step",
+        min=1,
+        help="Re-roll: make steps N.. again as new takes, branching at step N-1's video; the old "
+        "takes stay in the archive (one storyboard only).",
+    ),
+]
+RunFromLastFrame = Annotated[
+    bool,
+    typer.Option(
+        "--from-last-frame",
+        help="With --from-step N: start step N from the last frame of step N-1's archived video "
+        "(image2video, a new part), for when Kling has deleted that video.",
+    ),
+]
+RunReport = Annotated[
+    Path | None,
+    typer.Option("--report", help="Where to write the run's HTML report (default: ARCHIVE_DIR/report.html)."),
+]
+RunSimulate = Annotated[
+    bool,
+    typer.Option(
+        "--simulate",
+        help="Rehearse on the built-in offline simulator even where credentials are set; its "
+        "results are kept apart (NAME.simulated.mp4, ARCHIVE_DIR-simulated/). Without credentials "
+        "it is the default only where nothing was ever run for real from STATE_DIR.",
+    ),
+]
+
+
 @app.command()
 def run(
-    storyboards: Annotated[
-        list[Path],
-        typer.Argument(
-            help="Storyboard files, or folders of *.yaml storyboards, to run (or resume) together."
-        ),
-    ],
-    output: Annotated[
-        Path | None,
-        typer.Option(
-            "--output",
-            "-o",
-            help="Where to write the final video (one storyboard only; default: its `output`, else "
-            "out/<name>.mp4).",
-        ),
-    ] = None,
+    storyboards: RunStoryboards,
+    output: RunOutput = None,
     base_url: BaseUrl = None,
     path_prefix: PathPrefix = None,
     state_dir: StateDir = Path(".chainer"),
     archive_dir: ArchiveDir = Path("archive"),
     archive_url: ArchiveUrl = None,
-    concurrency: Annotated[
-        int | None,
-        typer.Option(
-            "--concurrency",
-            min=1,
-            help="Tasks in flight at once on the account (default 5); lowered automatically when the "
-            "provider answers 1303, raised again carefully.",
-        ),
-    ] = None,
-    retry_failed: Annotated[
-        bool,
-        typer.Option(
-            "--retry-failed",
-            help="Give a step that failed (e.g. content policy) a new attempt: a new task, charged again.",
-        ),
-    ] = False,
-    resend_unknown: Annotated[
-        bool,
-        typer.Option(
-            "--resend-unknown",
-            help="Send again a create whose answer was lost, at a provider that cannot be asked; only "
-            "after checking its console that no task was made.",
-        ),
-    ] = False,
-    max_units: Annotated[
-        float | None,
-        typer.Option(
-            "--max-units",
-            min=0.0,
-            help="Credit budget for the whole run, every chain together (what they spent before an "
-            "interruption counts): stop before a task whose estimate would pass it. A storyboard's "
-            "max_units caps its own chain.",
-        ),
-    ] = None,
-    ignore_balance: Annotated[
-        bool,
-        typer.Option(
-            "--ignore-balance",
-            help="Run even though the account's resource packs look too small for the plan's estimate "
-            "(the run then stops at the first create the provider refuses, code 1102).",
-        ),
-    ] = False,
-    yes: Annotated[
-        bool,
-        typer.Option(
-            "--yes",
-            "-y",
-            help="Go ahead without asking when the run may spend more than --confirm-above units.",
-        ),
-    ] = False,
-    confirm_above: Annotated[
-        float,
-        typer.Option(
-            "--confirm-above",
-            envvar="CHAINER_CONFIRM_UNITS",
-            min=0.0,
-            help="Ask before a run that may spend more units than this (on a terminal; elsewhere "
-            "refuse without --yes).",
-        ),
-    ] = DEFAULT_CONFIRM_UNITS,
-    keep: Annotated[
-        str | None,
-        typer.Option(
-            "--keep",
-            help="all: archive every intermediate result; final: only the final video, once verified "
-            "(overrides the storyboard's archive.keep).",
-        ),
-    ] = None,
-    json_events: Annotated[
-        bool, typer.Option("--json", help="Print one JSON object per event (for scripts) instead of text.")
-    ] = False,
-    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Print only the final summary.")] = False,
-    verbose: Annotated[
-        bool, typer.Option("--verbose", "-v", help="Print every event, not just milestones.")
-    ] = False,
-    summary: Annotated[
-        Path | None,
-        typer.Option(
-            "--summary", help="Where to write the run's JSON summary (default: STATE_DIR/last-run.json)."
-        ),
-    ] = None,
-    from_step: Annotated[
-        int | None,
-        typer.Option(
-            "--from-step",
-            min=1,
-            help="Re-roll: make steps N.. again as new takes, branching at step N-1's video; the old "
-            "takes stay in the archive (one storyboard only).",
-        ),
-    ] = None,
-    from_last_frame: Annotated[
-        bool,
-        typer.Option(
-            "--from-last-frame",
-            help="With --from-step N: start step N from the last frame of step N-1's archived video "
-            "(image2video, a new part), for when Kling has deleted that video.",
-        ),
-    ] = False,
-    report: Annotated[
-        Path | None,
-        typer.Option(
-            "--report", help="Where to write the run's HTML report (default: ARCHIVE_DIR/report.html)."
-        ),
-    ] = None,
+    concurrency: RunConcurrency = None,
+    retry_failed: RunRetryFailed = False,
+    resend_unknown: RunResendUnknown = False,
+    max_units: RunMaxUnits = None,
+    ignore_balance: RunIgnoreBalance = False,
+    yes: RunYes = False,
+    confirm_above: RunConfirmAbove = DEFAULT_CONFIRM_UNITS,
+    keep: RunKeep = None,
+    json_events: RunJsonEvents = False,
+    quiet: RunQuiet = False,
+    verbose: RunVerbose = False,
+    summary: RunSummary = None,
+    from_step: RunFromStep = None,
+    from_last_frame: RunFromLastFrame = False,
+    report: RunReport = None,
     sim_time_scale: SimTimeScale = EMBEDDED_TIME_SCALE,
-    simulate: Annotated[
-        bool,
-        typer.Option(
-            "--simulate",
-            help="Rehearse on the built-in offline simulator even where credentials are set; its "
-            "results are kept apart (NAME.simulated.mp4, ARCHIVE_DIR-simulated/). Without credentials "
-            "it is the default only where nothing was ever run for real from STATE_DIR.",
-        ),
-    ] = False,
+    simulate: RunSimulate = False,
 ) -> None:
     """Run storyboards to finished videos (many at once share the account), resuming interrupted ones."""
+    plans, keep_mode = _run_inputs(storyboards, output, from_step, from_last_frame, keep)
+    mode: Mode = "json" if json_events else "quiet" if quiet else "live" if out.is_terminal else "plain"
+    talk = err if mode in ("json", "quiet") else out
+    options = RunOptions(
+        retry_failed=retry_failed,
+        resend_unknown=resend_unknown,
+        keep=keep_mode,
+        budget=max_units,
+        from_step=from_step,
+        from_last_frame=from_last_frame,
+    )
+    records = _RunRecords(state_dir, archive_dir, summary, report)
+
+    async def main() -> int:
+        async with Session.open(
+            **_where(state_dir, archive_dir, archive_url, base_url, path_prefix, sim_time_scale),
+            concurrency=concurrency,
+            profile=plans[0].provider,
+            simulate=True if simulate else None,
+        ) as session:
+            _announce(session, simulate, talk)
+            await _check_balance(session, plans, max_units, ignore_balance, talk)
+            if session.simulator is None:
+                _confirm_spending(session, plans, max_units, confirm_above, yes)
+            records.started = time.monotonic()
+            with Progress(plans, mode, out, verbose=verbose) as progress:
+                try:
+                    done = await session.run_batch(plans, options, on_event=progress.on_event)
+                except BaseException as exc:  # Ctrl-C, a crash: the records still say where things are
+                    records.write(session, plans, None, exc)
+                    raise
+            report_path = records.write(session, plans, done.results, None)
+            shown = records.shown_archive(session)
+            return _tell_outcome(done, report_path, shown, talk, simulated_run=session.simulator is not None)
+
+    _run_async(main)
+
+
+def _run_inputs(
+    storyboards: list[Path],
+    output: Path | None,
+    from_step: int | None,
+    from_last_frame: bool,
+    keep: str | None,
+) -> tuple[list[Plan], Literal["all", "final"] | None]:
+    """The plans `chainer run` was asked for, checked together (exits on bad input)."""
     try:
         paths = _storyboard_files(storyboards)
         if output is not None and len(paths) > 1:
@@ -286,88 +355,90 @@ def run(
     if keep not in (None, "all", "final"):
         err.print(f"--keep {keep!r}: expected all or final", markup=False)
         raise typer.Exit(2)
-    keep_mode: Literal["all", "final"] | None = (
-        "final" if keep == "final" else "all" if keep == "all" else None
-    )
-    mode: Mode = "json" if json_events else "quiet" if quiet else "live" if out.is_terminal else "plain"
-    talk = err if mode in ("json", "quiet") else out
+    return plans, ("final" if keep == "final" else "all" if keep == "all" else None)
 
-    async def main() -> int:
-        async with Session.open(
-            **_where(state_dir, archive_dir, archive_url, base_url, path_prefix, sim_time_scale),
-            concurrency=concurrency,
-            profile=plans[0].provider,
-            simulate=True if simulate else None,
-        ) as session:
-            if session.simulator is not None:
-                why = "As asked (--simulate)" if simulate else "No Kling credentials configured"
-                talk.print(
-                    f"{why}: using the offline simulator at {session.simulator.base_url} (no credits are "
-                    f"spent; results are kept apart, in *.simulated.mp4 and {session.archive_dir.name}/; "
-                    "set KLING_ACCESS_KEY/KLING_SECRET_KEY or KLING_API_KEY to use Kling).",
-                    markup=False,
-                )
-            else:
-                talk.print(f"Provider: {session.provider.name} at {session.provider.base_url}", markup=False)
-            await _check_balance(session, plans, max_units, ignore_balance, talk)
-            if session.simulator is None:
-                _confirm_spending(session, plans, max_units, confirm_above, yes)
-            started = time.monotonic()
-            with Progress(plans, mode, out, verbose=verbose) as progress:
-                if len(plans) == 1:  # one chain: its error is the command's error
-                    results = [
-                        await session.run(
-                            plans[0],
-                            on_event=progress.on_event,
-                            retry_failed=retry_failed,
-                            budget=max_units,
-                            resend_unknown=resend_unknown,
-                            keep=keep_mode,
-                            from_step=from_step,
-                            from_last_frame=from_last_frame,
-                        )
-                    ]
-                else:
-                    results = await session.run_many(
-                        plans,
-                        on_event=progress.on_event,
-                        retry_failed=retry_failed,
-                        budget=max_units,
-                        resend_unknown=resend_unknown,
-                        keep=keep_mode,
-                    )
-            simulated_run = session.simulator is not None
-            default_summary = state_dir / "last-run.json"
-            write_summary(
-                summary or (simulated.summary_path(default_summary) if simulated_run else default_summary),
-                results,
-                extra={
-                    "simulated": simulated_run,
-                    "provider": session.provider.name,
-                    "elapsed_s": round(time.monotonic() - started, 3),
-                    "peak_concurrency": session.scheduler.peak,
-                    "concurrency_limit": session.scheduler.limit,
-                    "rejected_creates_1303": session.scheduler.rejections,
-                },
-            )
-            shown_archive = archive_dir if not simulated_run else simulated.archive_root(archive_dir)
-            report_path = write_report(
-                session.journal, results, session.archive_dir, report or shown_archive / "report.html"
-            )
-            if len(results) == 1 and results[0].state == "done":
-                r = results[0]
-                dur = f"{r.duration:.2f} s" if r.duration is not None else "unknown length"
-                head = "Done (simulated, no credits spent)" if simulated_run else "Done"
-                talk.print(f"{head}: {r.output} ({dur}, {r.units:g} units)", markup=False)
-                talk.print(f"Archive: {shown_archive / r.chain}", markup=False)
-                talk.print(f"Report: {report_path}", markup=False)
-            else:
-                talk.print(summary_table(results))
-                done = sum(r.state == "done" for r in results)
-                talk.print(f"{done} of {len(results)} chains done. Report: {report_path}", markup=False)
-            return 0 if all(r.state == "done" for r in results) else 1
 
-    _run_async(main)
+def _announce(session: Session, simulate: bool, talk: Console) -> None:
+    """Say which provider this run talks to (and that the simulator spends nothing)."""
+    if session.simulator is not None:
+        why = "As asked (--simulate)" if simulate else "No Kling credentials configured"
+        talk.print(
+            f"{why}: using the offline simulator at {session.simulator.base_url} (no credits are "
+            f"spent; results are kept apart, in *.simulated.mp4 and {session.archive_dir.name}/; "
+            "set KLING_ACCESS_KEY/KLING_SECRET_KEY or KLING_API_KEY to use Kling).",
+            markup=False,
+        )
+    else:
+        talk.print(f"Provider: {session.provider.name} at {session.provider.base_url}", markup=False)
+
+
+@dataclasses.dataclass
+class _RunRecords:
+    """Where a run's summary (last-run.json) and report go; written however the run ended."""
+
+    state_dir: Path
+    archive_dir: Path
+    summary: Path | None
+    report: Path | None
+    started: float = 0.0
+
+    def shown_archive(self, session: Session) -> Path:
+        return self.archive_dir if session.simulator is None else simulated.archive_root(self.archive_dir)
+
+    def write(
+        self,
+        session: Session,
+        plans: list[Plan],
+        results: list[ChainResult] | None,
+        interrupted: BaseException | None,
+    ) -> Path:
+        """Write both; `results` None (the run was interrupted): each chain as the journal has it."""
+        if results is None:
+            why = errors.ChainerError(f"the run was interrupted ({type(interrupted).__name__}); resume it")
+            results = [batch_stopped(session, p, why) for p in plans]
+        simulated_run = session.simulator is not None
+        default_summary = self.state_dir / "last-run.json"
+        write_summary(
+            self.summary or (simulated.summary_path(default_summary) if simulated_run else default_summary),
+            results,
+            extra={
+                "simulated": simulated_run,
+                "provider": session.provider.name,
+                "elapsed_s": round(time.monotonic() - self.started, 3),
+                "peak_concurrency": session.scheduler.peak,
+                "concurrency_limit": session.scheduler.limit,
+                "rejected_creates_1303": session.scheduler.rejections,
+            },
+        )
+        dest = self.report or self.shown_archive(session) / "report.html"
+        return write_report(session.journal, results, session.archive_dir, dest)
+
+
+def _tell_outcome(
+    done: Batch, report_path: Path, shown_archive: Path, talk: Console, *, simulated_run: bool
+) -> int:
+    """The run's last words, and its exit code: 0 when every chain is done; a chain's own
+    error's code for a run of one; 1 when some chain of a batch is not done."""
+    results = done.results
+    single = results[0] if len(results) == 1 else None
+    if single is not None and single.state == "done":
+        dur = f"{single.duration:.2f} s" if single.duration is not None else "unknown length"
+        head = "Done (simulated, no credits spent)" if simulated_run else "Done"
+        talk.print(f"{head}: {single.output} ({dur}, {single.units:g} units)", markup=False)
+        talk.print(f"Archive: {shown_archive / single.chain}", markup=False)
+        talk.print(f"Report: {report_path}", markup=False)
+        return 0
+    stop = done.fatal or (single.error if single is not None else None)
+    if single is None:
+        talk.print(summary_table(results))
+        finished = sum(r.state == "done" for r in results)
+        talk.print(f"{finished} of {len(results)} chains done. Report: {report_path}", markup=False)
+    else:
+        talk.print(f"Report: {report_path}", markup=False)
+    if stop is not None:
+        _print_error(stop)
+        return stop.exit_code
+    return 0 if all(r.state == "done" for r in results) else 1
 
 
 def _confirm_spending(
@@ -729,39 +800,35 @@ def resume(
                 err.print(f"{name}: its storyboard cannot be used: {plan}", markup=False)
             else:
                 by_journal.setdefault(path, []).append(plan)
-        for path, group in by_journal.items():
-            try:
-                failures += await _resume_group(path, group)
-            except errors.ConfigError as exc:  # e.g. this journal's provider has no credentials now
-                failures += len(group)
-                err.print(f"{', '.join(p.chain for p in group)}: {exc}", markup=False)
-        return 1 if failures else 0
+        counts: list[int] = []
+        async with anyio.create_task_group() as group:  # each journal's provider at once
+            for path, plans in by_journal.items():
+                group.start_soon(_resume_group, path, plans, counts)
+        return 1 if failures or sum(counts) else 0
 
-    async def _resume_group(path: Path, group: list[Plan]) -> int:
-        """Resume the chains of one journal with its own provider; returns how many failed."""
-        failures = 0
-        async with _journal_session(
-            path,
-            group[0].provider.name,
-            **_where(state_dir, archive_dir, archive_url, base_url, path_prefix, sim_time_scale),
-        ) as session:
-            for plan in group:
-                try:
-                    view = Progress([plan], "plain", out)
-                    result = await session.run(plan, on_event=view.on_event, retry_failed=retry_failed)
-                    out.print(f"Done: {result.output}", markup=False)
-                except (
-                    errors.TaskFailed,
-                    errors.JournalError,
-                    errors.SubmitUnknown,
-                    errors.BudgetExceeded,
-                    errors.ResultDeleted,
-                    errors.WriteError,
-                    errors.CreatesStopped,
-                ) as exc:
-                    failures += 1
-                    err.print(f"{plan.chain}: {exc}", markup=False)
-        return failures
+    async def _resume_group(path: Path, group: list[Plan], counts: list[int]) -> None:
+        """Resume the chains of one journal with its own provider, as one batch (the same
+        path and failure policy as `chainer run`); counts how many did not finish."""
+        try:
+            async with _journal_session(
+                path,
+                group[0].provider.name,
+                **_where(state_dir, archive_dir, archive_url, base_url, path_prefix, sim_time_scale),
+            ) as session:
+                with Progress(group, "plain", out) as view:
+                    done = await session.run_batch(
+                        group, RunOptions(retry_failed=retry_failed), on_event=view.on_event
+                    )
+        except errors.ConfigError as exc:  # e.g. this journal's provider has no credentials now
+            counts.append(len(group))
+            err.print(f"{', '.join(p.chain for p in group)}: {exc}", markup=False)
+            return
+        for result in done.results:
+            if result.state == "done":
+                out.print(f"Done: {result.output}", markup=False)
+            else:
+                err.print(f"{result.chain}: {result.message}", markup=False)
+        counts.append(sum(r.state != "done" for r in done.results))
 
     _run_async(main)
 

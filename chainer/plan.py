@@ -30,14 +30,18 @@ import dataclasses
 import hashlib
 import json
 import math
+import os
 from collections.abc import Collection
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from . import profiles, rules, storyboard
 from .errors import Problem, StoryboardError
 from .storyboard import ExistingVideo, Image2Video, Loaded, Text2Video
+
+if TYPE_CHECKING:
+    from .journal import ChainRow
 
 #: How long a hand-off's image2video is (then extended like any start).
 HANDOFF_SECONDS = 5
@@ -540,3 +544,17 @@ def _omni_fields(
         "images": list(images) or None,
     }
     return {k: v for k, v in fields.items() if v is not None}
+
+
+def load_plan(path: str | os.PathLike[str], *, output: str | os.PathLike[str] | None = None) -> Plan:
+    """Load, validate and plan a storyboard file (StoryboardError lists every problem)."""
+    return build(storyboard.load(Path(path)), output=Path(output) if output else None)
+
+
+def chain_plan(chain: ChainRow) -> Plan:
+    """The plan a journal's chain was started (or last re-rolled) with, from the storyboard
+    text the journal keeps: an edited or deleted file cannot change a chain in flight."""
+    if chain.storyboard_text is None:  # a journal from before chainer kept the text
+        return load_plan(chain.storyboard, output=chain.output)
+    loaded = storyboard.loads(chain.storyboard_text.encode(), chain.storyboard)
+    return build(loaded, output=Path(chain.output))

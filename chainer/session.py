@@ -10,7 +10,6 @@ offline simulator in-process on a free loopback port: no credits are spent.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import datetime as dt
 import functools
@@ -27,17 +26,17 @@ import anyio.abc
 import httpx
 from pydantic import SecretStr
 
-from . import archive, errors, preflight, rules, simulated, storyboard
-from . import plan as plan_mod
-from .budget import RunBudget, remaining_units
+from . import archive, batch, errors, preflight, rules, simulated
+from .batch import Batch, RunOptions
 from .chain import StepRow
-from .engine import ChainOptions, ChainRunner, CreateGate, RunContext
+from .engine import CreateGate, RunContext
 from .engine.context import DOWNLOADS_AT_ONCE, READ_DEADLINE_S
-from .engine.fetch import download_result, is_lost, sync_mirror
+from .engine.fetch import download_result, sync_mirror
 from .errors import ConfigError
 from .events import ChainResult, Event
-from .journal import ChainRow, Journal
+from .journal import Journal
 from .lookup import LookupCheck
+from .plan import Plan, rebuild
 from .polling import PollPolicy
 from .profiles import BUILTIN, Profile, from_environment
 from .provider.client import DEFAULT_TIMEOUT, KlingClient
@@ -71,20 +70,6 @@ def _may_simulate(simulate: bool | None, state: Path, archive: Path, real: dict[
             "needs them in its own environment), or pass --simulate to rehearse on the simulator "
             f"(its results are kept apart: NAME.simulated.mp4, {simulated.archive_root(archive)}/)"
         )
-
-
-def load_plan(path: str | os.PathLike[str], *, output: str | os.PathLike[str] | None = None) -> plan_mod.Plan:
-    """Load, validate and plan a storyboard file (StoryboardError lists every problem)."""
-    return plan_mod.build(storyboard.load(Path(path)), output=Path(output) if output else None)
-
-
-def chain_plan(chain: ChainRow) -> plan_mod.Plan:
-    """The plan a journal's chain was started (or last re-rolled) with, from the storyboard
-    text the journal keeps: an edited or deleted file cannot change a chain in flight."""
-    if chain.storyboard_text is None:  # a journal from before chainer kept the text
-        return load_plan(chain.storyboard, output=chain.output)
-    loaded = storyboard.loads(chain.storyboard_text.encode(), chain.storyboard)
-    return plan_mod.build(loaded, output=Path(chain.output))
 
 
 def imitating(config: SimConfig, profile: Profile) -> SimConfig:
@@ -215,7 +200,7 @@ class Session:
                 real_chains=frozenset(name for names in real.values() for name in names),
             )
 
-    def own(self, plan: plan_mod.Plan) -> plan_mod.Plan:
+    def own(self, plan: Plan) -> Plan:
         """`plan` as this session runs it: on the embedded simulator, with its output kept
         apart from real results, and refused outright for a chain with real history."""
         if self.simulator is None:
@@ -228,9 +213,21 @@ class Session:
             )
         return dataclasses.replace(plan, output=simulated.output_path(plan.output))
 
+    async def run_batch(
+        self,
+        plans: list[Plan],
+        options: RunOptions | None = None,
+        *,
+        on_event: Callable[[Event], None] | None = None,
+    ) -> Batch:
+        """Run (or resume) `plans` together under the account's limit: the one run path
+        (chainer.batch). Never raises for a chain's failure: each chain has a result, and
+        an error that stopped the whole run is `fatal`."""
+        return await batch.run_batch(self, plans, options=options or RunOptions(), on_event=on_event)
+
     async def run(
         self,
-        plan: plan_mod.Plan,
+        plan: Plan,
         *,
         on_event: Callable[[Event], None] | None = None,
         retry_failed: bool = False,
@@ -240,65 +237,45 @@ class Session:
         from_step: int | None = None,
         from_last_frame: bool = False,
         budget: float | None = None,
-        run_budget: RunBudget | None = None,
-        in_batch: bool = False,
     ) -> ChainResult:
-        """Run (or resume) one chain to its finished video.
+        """Run (or resume) one chain to its finished video: a batch of one whose error, if
+        it stopped, is raised.
 
         `retry_failed` gives a failed step a new attempt (a new external_task_id, a new
         charge); `max_units` overrides the storyboard's budget for this chain; `budget` is
-        the run's budget (as `run_many`'s, for a run of one; `run_budget`: one shared with
-        other chains); `resend_unknown` sends again
-        a create whose answer was lost at a provider that cannot be asked (after the user
-        checked that no task was made); `from_step` re-rolls: steps from there on are made
-        again as new takes, branching at the previous step's video, the old takes kept;
-        `from_last_frame` starts that step from the last frame of the previous step's
-        archived video instead (a hand-off), for when Kling has deleted the video.
+        the run's; `resend_unknown` sends again a create whose answer was lost at a
+        provider that cannot be asked (after the user checked that no task was made);
+        `from_step` re-rolls: steps from there on are made again as new takes, branching
+        at the previous step's video, the old takes kept; `from_last_frame` starts that
+        step from the last frame of the previous step's archived video instead (a
+        hand-off), for when Kling has deleted the video.
         """
-        plan = self._with_journal_handoffs(self.own(plan), from_step, from_last_frame)
-        cap = run_budget.limit if run_budget is not None else budget
-        self.preflight([plan], budget=cap if max_units is None else min(max_units, cap or max_units))
-        if run_budget is None and budget is not None:
-            run_budget = RunBudget(budget, self.journal)
-        if run_budget is not None:
-            run_budget.add(plan)
-        ctx = dataclasses.replace(self.context(on_event), budget=run_budget)
-        if from_step is not None:
-            await self._settle(plan.chain, from_step, ctx)
-        runner = ChainRunner(
-            plan,
-            ctx,
-            ChainOptions(
-                retry_failed=retry_failed,
-                max_units=max_units,
-                resend_unknown=resend_unknown,
-                keep=keep,
-                from_step=from_step,
-            ),
+        options = RunOptions(
+            retry_failed, max_units, resend_unknown, keep, budget, from_step, from_last_frame
         )
-        try:
-            return await runner.run()
-        except errors.AccountError as exc:
-            if not in_batch:  # run_many says it once for the whole batch
-                rest = remaining_units(plan, self.journal)
-                exc.add_note(f"every task already paid for is archived; the rest needs about {rest:g} units")
-            raise
+        done = await self.run_batch([plan], options, on_event=on_event)
+        return done.raise_for_one()
 
-    async def _settle(self, name: str, from_step: int, ctx: RunContext) -> None:
-        """Before re-rolling `name` from `from_step`: finish the tasks still in flight from
-        there on (they are paid for: their results are archived as earlier takes), from the
-        storyboard text the chain began with, creating nothing new."""
-        chain = self.journal.chain(name)
-        if chain is None:
-            return
-        in_flight = ("submit_intent", "submit_unknown", "submitted", "succeeded")
-        rows = self.journal.steps(name)
-        if not any(r.idx >= from_step and r.state in in_flight and not is_lost(r) for r in rows):
-            return
-        old = self._with_journal_handoffs(self.own(chain_plan(chain)), None, False)
-        await ChainRunner(old, ctx, ChainOptions(settle_before=from_step)).run()
+    async def run_many(
+        self,
+        plans: list[Plan],
+        *,
+        on_event: Callable[[Event], None] | None = None,
+        retry_failed: bool = False,
+        max_units: float | None = None,
+        resend_unknown: bool = False,
+        keep: Literal["all", "final"] | None = None,
+        budget: float | None = None,
+    ) -> list[ChainResult]:
+        """Run (or resume) many chains at once (see run_batch); an error that stopped the
+        whole run (credentials, the account) is raised after every chain has stopped."""
+        options = RunOptions(retry_failed, max_units, resend_unknown, keep, budget)
+        done = await self.run_batch(plans, options, on_event=on_event)
+        if done.fatal is not None:
+            raise done.fatal
+        return done.results
 
-    def preflight(self, plans: list[plan_mod.Plan], *, budget: float | None = None) -> None:
+    def preflight(self, plans: list[Plan], *, budget: float | None = None) -> None:
         """Before anything is spent: can every folder these plans write be written, with room
         for as much of them as their budgets (each chain's, the run's) can pay for?"""
         needs = [preflight.Need(self.journal.path.parent, 1_000_000, "the journal")]
@@ -322,9 +299,7 @@ class Session:
             needs.append(preflight.Need(p.output.resolve().parent, output, f"{p.chain}'s output"))
         preflight.check(needs)
 
-    def _with_journal_handoffs(
-        self, plan: plan_mod.Plan, from_step: int | None, from_last_frame: bool
-    ) -> plan_mod.Plan:
+    def with_journal_handoffs(self, plan: Plan, from_step: int | None, from_last_frame: bool) -> Plan:
         """The plan with the hand-offs this chain's journal already has (a re-roll made them
         where the storyboard alone would not), plus a new one at `from_step` if asked."""
         if from_last_frame and from_step is None:
@@ -342,7 +317,7 @@ class Session:
             forced = {i for i in forced if i < from_step} | ({from_step} if from_last_frame else set())
         if forced <= set(plan.handoffs):
             return plan
-        return plan_mod.rebuild(plan, handoffs=forced)
+        return rebuild(plan, handoffs=forced)
 
     def context(self, on_event: Callable[[Event], None] | None = None) -> RunContext:
         """What a runner (or the archiver) needs from this session."""
@@ -544,106 +519,3 @@ class Session:
                 raise
             task.task_result = fresh.task_result
             raise
-
-    async def run_many(
-        self,
-        plans: list[plan_mod.Plan],
-        *,
-        on_event: Callable[[Event], None] | None = None,
-        retry_failed: bool = False,
-        max_units: float | None = None,
-        resend_unknown: bool = False,
-        keep: Literal["all", "final"] | None = None,
-        budget: float | None = None,
-    ) -> list[ChainResult]:
-        """Run (or resume) many chains at once under the account's concurrency limit.
-
-        `budget` caps the units all of them together may spend (chainer.budget);
-        `max_units` caps each chain (overriding the storyboards' own). One chain's
-        failure (a refused prompt, a bad source, a budget) does not stop the others; an
-        account-level error (credentials, balance, permission) stops them all at once and is
-        raised.
-        """
-        seen: dict[str, Path] = {}
-        for p in plans:
-            if p.chain in seen:
-                raise ConfigError(
-                    f"two storyboards name the chain {p.chain!r}: {seen[p.chain]} and {p.storyboard}; "
-                    "chain names must be unique (they name the archive folders)"
-                )
-            seen[p.chain] = p.storyboard
-        outputs: dict[Path, str] = {}
-        for p in plans:
-            out = simulated.output_path(p.output).resolve() if self.simulator else p.output.resolve()
-            if out in outputs:
-                raise ConfigError(f"chains {outputs[out]!r} and {p.chain!r} would both write {p.output}")
-            outputs[out] = p.chain
-        owned = []
-        for p in plans:
-            with contextlib.suppress(ConfigError):  # refused chains are reported by run() below
-                owned.append(self.own(p))
-        self.preflight(owned, budget=budget)  # the whole batch's needs at once, per file system
-        results: dict[str, ChainResult] = {}
-        fatal: list[errors.ChainerError] = []
-        shared = RunBudget(budget, self.journal) if budget is not None else None
-        for p in owned:
-            if shared is not None:
-                shared.add(p)
-
-        async def one(plan: plan_mod.Plan, group: anyio.abc.TaskGroup) -> None:
-            try:
-                results[plan.chain] = await self.run(
-                    plan,
-                    on_event=on_event,
-                    retry_failed=retry_failed,
-                    max_units=max_units,
-                    resend_unknown=resend_unknown,
-                    keep=keep,
-                    run_budget=shared,
-                    in_batch=True,
-                )
-            except errors.AuthError as exc:
-                fatal.append(exc)
-                group.cancel_scope.cancel()
-            except errors.AccountError as exc:
-                # The account cannot pay: no chain creates again (the gate), but the others
-                # still finish and archive the tasks already paid for.
-                fatal.append(exc)
-                results[plan.chain] = self._stopped(plan, exc)
-            except errors.ChainerError as exc:
-                results[plan.chain] = self._stopped(plan, exc)
-
-        async with anyio.create_task_group() as group:
-            for plan in plans:
-                group.start_soon(one, plan, group)
-        if fatal:
-            if isinstance(fatal[0], errors.AccountError):
-                rest = sum(remaining_units(p, self.journal) for p in owned)
-                fatal[0].add_note(
-                    "every task already paid for is archived; the rest of this run needs about "
-                    f"{rest:g} units"
-                )
-            raise fatal[0]
-        return [results[p.chain] for p in plans]
-
-    def _stopped(self, plan: plan_mod.Plan, exc: errors.ChainerError) -> ChainResult:
-        """The result of a chain that stopped before its end, with what it had reached."""
-        state: Literal["failed", "needs_attention"] = (
-            "needs_attention"
-            if isinstance(
-                exc, errors.SubmitUnknown | errors.BudgetExceeded | errors.ChainLocked | errors.CreatesStopped
-            )
-            else "failed"
-        )
-        duration, units = None, 0.0
-        if self.journal.chain(plan.chain) is not None:
-            summary = self.journal.summary(plan.chain)
-            duration, units = summary.duration, summary.units
-        return ChainResult(
-            chain=plan.chain,
-            state=state,
-            output=None,
-            duration=duration,
-            units=units,
-            message="; ".join([str(exc), *getattr(exc, "__notes__", [])]),
-        )
