@@ -21,7 +21,7 @@ import json
 import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 from urllib.parse import urlsplit, urlunsplit
 
 import anyio
@@ -94,6 +94,26 @@ async def _download(
     if offset and meta.exists():
         with contextlib.suppress(ValueError, OSError):
             validator = json.loads(meta.read_text()).get("validator")
+    size, digest = await _fetch_bytes(http, url, part, meta, offset, validator, progress)
+    stated = _stated_digest(meta)
+    info = await _verify(part, dest, digest, stated, reported_duration)
+    os.replace(part, dest)
+    meta.unlink(missing_ok=True)
+    fsync_dir(dest.parent)
+    return Downloaded(path=dest, sha256=digest.hexdigest(), size=size, probed_duration=info.duration)
+
+
+async def _fetch_bytes(
+    http: httpx.AsyncClient,
+    url: str,
+    part: Path,
+    meta: Path,
+    offset: int,
+    validator: str | None,
+    progress: Callable[[int], None] | None,
+) -> tuple[int, Any]:
+    """Bring `part` up to the whole file (resuming at `offset` when `validator` allows);
+    returns its size and the running sha256 of its bytes."""
     headers = {}
     if offset and validator:
         headers = {"Range": f"bytes={offset}-", "If-Range": validator}
@@ -128,7 +148,14 @@ async def _download(
         raise DownloadError(f"the download was interrupted at byte {_size(part)}: {exc!r}") from exc
     if total is not None and size != total:
         raise DownloadError(f"the download ended at byte {size} of {total}")
-    stated = _stated_digest(meta)
+    return size, digest
+
+
+async def _verify(
+    part: Path, dest: Path, digest: Any, stated: tuple[str, str] | None, reported_duration: float | None
+) -> media.ProbeResult:
+    """Check the received bytes are the provider's video (digest, probe, decode, length);
+    a file that fails is kept aside as `.rejected` and the error says whether to fetch again."""
     if stated is not None:
         algorithm, want = stated
         got = digest.hexdigest() if algorithm == "sha256" else _file_digest(part, algorithm)
@@ -163,10 +190,7 @@ async def _download(
         raise VerificationFailed(
             f"{dest.name} failed verification (kept as {dest.name}.rejected): {'; '.join(problems)}"
         )
-    os.replace(part, dest)
-    meta.unlink(missing_ok=True)
-    fsync_dir(dest.parent)
-    return Downloaded(path=dest, sha256=digest.hexdigest(), size=size, probed_duration=info.duration)
+    return info
 
 
 async def _receive(

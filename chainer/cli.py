@@ -19,6 +19,7 @@ from rich.console import Console
 from rich.table import Table
 
 from . import archive, balance, errors, profiles, simulated
+from .adopt import adopt as adopt_task
 from .batch import Batch, RunOptions
 from .batch import stopped as batch_stopped
 from .budget import remaining_units
@@ -31,6 +32,7 @@ from .report import write_report
 from .session import EMBEDDED_TIME_SCALE, Session
 from .simulator import SimConfig, serve_forever
 from .storyboard import json_schema as storyboard_schema
+from .sweep import archive_pending, sweep_account
 
 #: `chainer status` warns about results not archived this close to their deletion.
 WARN_DAYS = 7
@@ -593,7 +595,7 @@ def archive_command(
             provider,
             **_where(state_dir, archive_dir, archive_url, base_url, path_prefix, sim_time_scale),
         ) as session:
-            outcomes = await session.archive_pending(names, on_retry=_show_retry)
+            outcomes = await archive_pending(session, names, on_retry=_show_retry)
         return _tally([(f"{chain} step {step}", outcome) for chain, step, outcome in outcomes])
 
     async def main() -> int:
@@ -638,7 +640,7 @@ def archive_command(
             **_where(state_dir, archive_dir, archive_url, base_url, path_prefix, sim_time_scale),
             profile=chains_profile,
         ) as session:
-            return _tally(await session.sweep_account(on_retry=_show_retry, known=known))
+            return _tally(await sweep_account(session, on_retry=_show_retry, known=known))
 
     _run_async(main)
 
@@ -713,7 +715,7 @@ def adopt(
             async with _journal_session(
                 path, row.provider, state_dir=state_dir, base_url=base_url, path_prefix=path_prefix
             ) as session:
-                adopted = await session.adopt(chain, step, task_id)
+                adopted = await adopt_task(session, chain, step, task_id)
             out.print(
                 f"step {step} of {chain} is now task {adopted.task_id}; `chainer resume {chain}` (or running "
                 "its storyboard) goes on from it: nothing is created for it again",
@@ -1031,101 +1033,124 @@ def validate(
         raise typer.Exit(2)
 
 
+# ---- chainer sim's options
+SimHost = Annotated[str, typer.Option(help="Address to listen on (loopback by default).")]
+SimPort = Annotated[int, typer.Option(help="Port to listen on (0 picks a free one).")]
+SimDialect = Annotated[
+    str, typer.Option(help="official (JWT auth) or proxy (bearer key under --path-prefix).")
+]
+SimPathPrefix = Annotated[
+    str, typer.Option("--path-prefix", help="Path prefix for the API routes, e.g. /kling.")
+]
+SimTaskTimeScale = Annotated[
+    float,
+    typer.Option(min=0.0001, help="Task time as a fraction of Kling's real minutes (1.0 = real time)."),
+]
+SimConcurrency = Annotated[
+    int, typer.Option(min=1, help="Tasks the account may have in flight; more get code 1303.")
+]
+SimWidth = Annotated[int, typer.Option(min=64, help="Width of the videos made.")]
+SimHeight = Annotated[int, typer.Option(min=64, help="Height of the videos made.")]
+SimSeed = Annotated[int, typer.Option(help="Random seed (task ids, timings, extension lengths).")]
+SimRequireParentTaskId = Annotated[
+    bool, typer.Option(help="Proxy behaviour: video-extend needs the parent task_id.")
+]
+SimPromptMaxChars = Annotated[
+    int, typer.Option(min=1, help="Longest prompt accepted (2500 on Kling, 500 on CometAPI).")
+]
+SimRefuseV15 = Annotated[bool, typer.Option(help="Refuse to extend kling-v1-5 videos, as some proxies do.")]
+SimExternalIdLookup = Annotated[
+    bool,
+    typer.Option(
+        help="Answer lookups by external_task_id (--no-external-id-lookup: like proxies that cannot)."
+    ),
+]
+SimIgnoreExternalTaskId = Annotated[
+    bool,
+    typer.Option(
+        help="Accept external_task_id and throw it away (never stored, echoed or found), as some "
+        "proxies do: a test of chainer's own lookup check."
+    ),
+]
+SimLoseCreateRate = Annotated[
+    float,
+    typer.Option(
+        min=0.0,
+        max=1.0,
+        help="Fault: fraction of creates whose answer is lost (502) after the task was made.",
+    ),
+]
+SimErrorRate = Annotated[
+    float,
+    typer.Option(min=0.0, max=1.0, help="Fault: fraction of API requests answered 500 / code 5000."),
+]
+SimRateLimit = Annotated[
+    float | None,
+    typer.Option(min=0.001, help="API requests per second; more get 429 / code 1302 with Retry-After."),
+]
+SimUnitBudget = Annotated[
+    float | None,
+    typer.Option(min=0.0, help="Units in the resource pack; a create past it gets 429 / code 1102."),
+]
+SimTruncateDownloadRate = Annotated[
+    float, typer.Option(min=0.0, max=1.0, help="Fault: fraction of downloads cut off half-way.")
+]
+SimDownloadBytesPerS = Annotated[
+    float, typer.Option(min=0.0, help="Serve downloads at most this fast (0: unlimited).")
+]
+SimLatency = Annotated[
+    list[str] | None,
+    typer.Option(help="Extra delay per endpoint, ENDPOINT=SECONDS (create, query, download); repeatable."),
+]
+SimConfigFile = Annotated[
+    Path | None,
+    typer.Option(
+        "--config",
+        help="YAML or JSON file of simulator settings (the field names of these options, e.g. "
+        "time_scale, lose_create_rate, latency_s); when given, it replaces the option values.",
+    ),
+]
+SimAdmin = Annotated[
+    bool, typer.Option(help="Serve the inspection API under /_sim/ (creates, stats, clock).")
+]
+SimDataDir = Annotated[Path | None, typer.Option(help="Where videos are kept (default: a temporary folder).")]
+SimSslCertfile = Annotated[
+    Path | None,
+    typer.Option("--ssl-certfile", help="Serve https with this PEM certificate (with --ssl-keyfile)."),
+]
+SimSslKeyfile = Annotated[
+    Path | None, typer.Option("--ssl-keyfile", help="The PEM private key of --ssl-certfile.")
+]
+
+
 @app.command()
 def sim(
-    host: Annotated[str, typer.Option(help="Address to listen on (loopback by default).")] = "127.0.0.1",
-    port: Annotated[int, typer.Option(help="Port to listen on (0 picks a free one).")] = 8765,
-    dialect: Annotated[
-        str, typer.Option(help="official (JWT auth) or proxy (bearer key under --path-prefix).")
-    ] = "official",
-    path_prefix: Annotated[
-        str, typer.Option("--path-prefix", help="Path prefix for the API routes, e.g. /kling.")
-    ] = "",
-    time_scale: Annotated[
-        float,
-        typer.Option(min=0.0001, help="Task time as a fraction of Kling's real minutes (1.0 = real time)."),
-    ] = 1.0,
-    concurrency: Annotated[
-        int, typer.Option(min=1, help="Tasks the account may have in flight; more get code 1303.")
-    ] = 5,
-    width: Annotated[int, typer.Option(min=64, help="Width of the videos made.")] = 640,
-    height: Annotated[int, typer.Option(min=64, help="Height of the videos made.")] = 360,
-    seed: Annotated[int, typer.Option(help="Random seed (task ids, timings, extension lengths).")] = 0,
-    require_parent_task_id: Annotated[
-        bool, typer.Option(help="Proxy behaviour: video-extend needs the parent task_id.")
-    ] = False,
-    prompt_max_chars: Annotated[
-        int, typer.Option(min=1, help="Longest prompt accepted (2500 on Kling, 500 on CometAPI).")
-    ] = 2500,
-    refuse_v1_5: Annotated[
-        bool, typer.Option(help="Refuse to extend kling-v1-5 videos, as some proxies do.")
-    ] = False,
-    external_id_lookup: Annotated[
-        bool,
-        typer.Option(
-            help="Answer lookups by external_task_id (--no-external-id-lookup: like proxies that cannot)."
-        ),
-    ] = True,
-    ignore_external_task_id: Annotated[
-        bool,
-        typer.Option(
-            help="Accept external_task_id and throw it away (never stored, echoed or found), as some "
-            "proxies do: a test of chainer's own lookup check."
-        ),
-    ] = False,
-    lose_create_rate: Annotated[
-        float,
-        typer.Option(
-            min=0.0,
-            max=1.0,
-            help="Fault: fraction of creates whose answer is lost (502) after the task was made.",
-        ),
-    ] = 0.0,
-    error_rate: Annotated[
-        float,
-        typer.Option(min=0.0, max=1.0, help="Fault: fraction of API requests answered 500 / code 5000."),
-    ] = 0.0,
-    rate_limit: Annotated[
-        float | None,
-        typer.Option(min=0.001, help="API requests per second; more get 429 / code 1302 with Retry-After."),
-    ] = None,
-    unit_budget: Annotated[
-        float | None,
-        typer.Option(min=0.0, help="Units in the resource pack; a create past it gets 429 / code 1102."),
-    ] = None,
-    truncate_download_rate: Annotated[
-        float, typer.Option(min=0.0, max=1.0, help="Fault: fraction of downloads cut off half-way.")
-    ] = 0.0,
-    download_bytes_per_s: Annotated[
-        float, typer.Option(min=0.0, help="Serve downloads at most this fast (0: unlimited).")
-    ] = 0.0,
-    latency: Annotated[
-        list[str] | None,
-        typer.Option(
-            help="Extra delay per endpoint, ENDPOINT=SECONDS (create, query, download); repeatable."
-        ),
-    ] = None,
-    config_file: Annotated[
-        Path | None,
-        typer.Option(
-            "--config",
-            help="YAML or JSON file of simulator settings (the field names of these options, e.g. "
-            "time_scale, lose_create_rate, latency_s); when given, it replaces the option values.",
-        ),
-    ] = None,
-    admin: Annotated[
-        bool, typer.Option(help="Serve the inspection API under /_sim/ (creates, stats, clock).")
-    ] = True,
-    data_dir: Annotated[
-        Path | None, typer.Option(help="Where videos are kept (default: a temporary folder).")
-    ] = None,
-    ssl_certfile: Annotated[
-        Path | None,
-        typer.Option("--ssl-certfile", help="Serve https with this PEM certificate (with --ssl-keyfile)."),
-    ] = None,
-    ssl_keyfile: Annotated[
-        Path | None, typer.Option("--ssl-keyfile", help="The PEM private key of --ssl-certfile.")
-    ] = None,
+    host: SimHost = "127.0.0.1",
+    port: SimPort = 8765,
+    dialect: SimDialect = "official",
+    path_prefix: SimPathPrefix = "",
+    time_scale: SimTaskTimeScale = 1.0,
+    concurrency: SimConcurrency = 5,
+    width: SimWidth = 640,
+    height: SimHeight = 360,
+    seed: SimSeed = 0,
+    require_parent_task_id: SimRequireParentTaskId = False,
+    prompt_max_chars: SimPromptMaxChars = 2500,
+    refuse_v1_5: SimRefuseV15 = False,
+    external_id_lookup: SimExternalIdLookup = True,
+    ignore_external_task_id: SimIgnoreExternalTaskId = False,
+    lose_create_rate: SimLoseCreateRate = 0.0,
+    error_rate: SimErrorRate = 0.0,
+    rate_limit: SimRateLimit = None,
+    unit_budget: SimUnitBudget = None,
+    truncate_download_rate: SimTruncateDownloadRate = 0.0,
+    download_bytes_per_s: SimDownloadBytesPerS = 0.0,
+    latency: SimLatency = None,
+    config_file: SimConfigFile = None,
+    admin: SimAdmin = True,
+    data_dir: SimDataDir = None,
+    ssl_certfile: SimSslCertfile = None,
+    ssl_keyfile: SimSslKeyfile = None,
 ) -> None:
     """Serve the offline Kling simulator in the foreground until Ctrl-C.
 

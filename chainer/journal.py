@@ -27,7 +27,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, cast
+from typing import Any, Self, cast
 
 from .chain import TRANSITIONS, ChainState, ChainView, StepRow, StepState
 from .errors import ChainLocked, JournalError
@@ -170,8 +170,8 @@ class ChainSummary:
     attention: str
 
 
-class Journal:
-    """One SQLite journal file; use as a context manager or call close()."""
+class _Store:
+    """The journal file: its connection, schema migrations, transactions and chain locks."""
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
@@ -194,13 +194,11 @@ class Journal:
         self._locks.clear()
         self.db.close()
 
-    def __enter__(self) -> Journal:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-
-    # ------------------------------------------------------------------ schema
 
     def _migrate(self) -> None:
         with self.transaction():
@@ -241,8 +239,6 @@ class Journal:
             raise
         self.db.execute("COMMIT")
 
-    # ------------------------------------------------------------------ ownership
-
     def lock_chain(self, name: str) -> None:
         """Own `name` until close(); ChainLocked says which process holds it otherwise."""
         if name in self._locks:
@@ -262,7 +258,9 @@ class Journal:
         os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()}".encode(), 0)
         self._locks[name] = fd
 
-    # ------------------------------------------------------------------ chains
+
+class _Reads(_Store):
+    """Everything the journal can be asked (no writes)."""
 
     def chain(self, name: str) -> ChainRow | None:
         row = self.db.execute(f"SELECT {_CHAIN_COLUMNS} FROM chains WHERE name = ?", (name,)).fetchone()
@@ -271,6 +269,110 @@ class Journal:
     def chains(self) -> list[ChainRow]:
         rows = self.db.execute(f"SELECT {_CHAIN_COLUMNS} FROM chains ORDER BY name").fetchall()
         return [ChainRow(**dict(r)) for r in rows]
+
+    def view(self, name: str) -> ChainView:
+        """Chain `name`'s rows as the chain model reads them (chainer.chain)."""
+        chain = self.chain(name)
+        return ChainView.of(
+            self.steps(name), self.takes(name), written=chain is not None and chain.state == "done"
+        )
+
+    def summary(self, name: str) -> ChainSummary:
+        """Where a chain stands, derived from its steps (chainer.chain)."""
+        chain = self.chain(name)
+        if chain is None:
+            raise JournalError(f"no chain named {name!r} in {self.path}")
+        view = self.view(name)
+        attention = view.attention(name, chain.output, output_exists=Path(chain.output).exists())
+        return ChainSummary(
+            chain, view.state(), view.steps_done(), view.steps_total(), view.length(), view.units(), attention
+        )
+
+    def fact(self, provider: str, base_url: str, name: str) -> ProviderFact | None:
+        """What was last seen of `provider` at `base_url` about `name`, if anything."""
+        row = self.db.execute(
+            "SELECT value, evidence, at FROM provider_facts WHERE provider = ? AND base_url = ? AND fact = ?",
+            (provider, base_url, name),
+        ).fetchone()
+        return ProviderFact(row["value"], row["evidence"], row["at"]) if row else None
+
+    def held_task_ids(self) -> set[str]:
+        """Every task id any step of any chain of this journal holds (all attempts)."""
+        rows = self.db.execute("SELECT task_id FROM steps WHERE task_id IS NOT NULL").fetchall()
+        return {r[0] for r in rows}
+
+    def holder(self, task_id: str) -> StepRow | None:
+        """The step (any attempt) that holds `task_id`, if one does."""
+        row = self.db.execute("SELECT * FROM steps WHERE task_id = ? LIMIT 1", (task_id,)).fetchone()
+        return self._row(row) if row else None
+
+    def units(self, chain: str) -> float:
+        """Units the provider reported for every attempt of every step of `chain`."""
+        row = self.db.execute(
+            "SELECT COALESCE(SUM(units), 0) FROM steps WHERE chain = ?", (chain,)
+        ).fetchone()
+        return float(row[0])
+
+    def task_times(self, chain: str, kind: str, *, last: int) -> list[float]:
+        """How long (s) the `last` newest ended tasks of `kind` in `chain` took, newest first."""
+        rows = self.db.execute(
+            "SELECT finished_at - submitted_at FROM steps WHERE chain = ? AND kind = ? AND "
+            "finished_at IS NOT NULL AND submitted_at IS NOT NULL ORDER BY idx DESC, attempt DESC LIMIT ?",
+            (chain, kind, last),
+        ).fetchall()
+        return [float(r[0]) for r in rows if r[0] and r[0] > 0]
+
+    def latest_created_task(self) -> tuple[TaskKind, str, str] | None:
+        """(kind, task_id, external_task_id) of the newest task this journal created, if any."""
+        row = self.db.execute(
+            "SELECT kind, task_id, external_task_id FROM steps WHERE task_id IS NOT NULL AND "
+            "external_task_id IS NOT NULL AND kind != 'existing' ORDER BY submitted_at DESC LIMIT 1"
+        ).fetchone()
+        return (cast(TaskKind, row["kind"]), row["task_id"], row["external_task_id"]) if row else None
+
+    def steps(self, chain: str) -> list[StepRow]:
+        """The current (latest) attempt of every step of `chain`, in order."""
+        rows = self.db.execute(
+            "SELECT * FROM steps s WHERE chain = ? AND attempt = "
+            "(SELECT MAX(attempt) FROM steps WHERE chain = s.chain AND idx = s.idx) ORDER BY idx",
+            (chain,),
+        ).fetchall()
+        return [self._row(r) for r in rows]
+
+    def takes(self, chain: str) -> list[StepRow]:
+        """Every attempt of every step that is not the current one (earlier takes), in order."""
+        rows = self.db.execute(
+            "SELECT * FROM steps s WHERE chain = ? AND attempt < "
+            "(SELECT MAX(attempt) FROM steps WHERE chain = s.chain AND idx = s.idx) ORDER BY idx, attempt",
+            (chain,),
+        ).fetchall()
+        return [self._row(r) for r in rows]
+
+    def step(self, chain: str, idx: int) -> StepRow:
+        row = self.db.execute(
+            "SELECT * FROM steps WHERE chain = ? AND idx = ? ORDER BY attempt DESC LIMIT 1", (chain, idx)
+        ).fetchone()
+        if row is None:
+            raise JournalError(f"chain {chain!r} has no step {idx}")
+        return self._row(row)
+
+    @staticmethod
+    def _row(row: sqlite3.Row) -> StepRow:
+        data = {k: row[k] for k in row.keys() if k != "updated_at"}  # noqa: SIM118 (sqlite3.Row)
+        return StepRow(**data)
+
+    def intent_time(self, step: StepRow) -> float | None:
+        """When `step`'s current attempt first committed submit_intent (wall clock)."""
+        row = self.db.execute(
+            "SELECT MIN(at) FROM events "
+            "WHERE chain = ? AND idx = ? AND attempt = ? AND state = 'submit_intent'",
+            (step.chain, step.idx, step.attempt),
+        ).fetchone()
+        return float(row[0]) if row and row[0] is not None else None
+
+
+class Journal(_Reads):
+    """One SQLite journal file; use as a context manager or call close()."""
 
     def ensure_chain(
         self,
@@ -344,34 +446,6 @@ class Journal:
                 "INSERT INTO events (chain, state, at) VALUES (?,?,?)", (name, f"chain:{state}", time.time())
             )
 
-    def view(self, name: str) -> ChainView:
-        """Chain `name`'s rows as the chain model reads them (chainer.chain)."""
-        chain = self.chain(name)
-        return ChainView.of(
-            self.steps(name), self.takes(name), written=chain is not None and chain.state == "done"
-        )
-
-    def summary(self, name: str) -> ChainSummary:
-        """Where a chain stands, derived from its steps (chainer.chain)."""
-        chain = self.chain(name)
-        if chain is None:
-            raise JournalError(f"no chain named {name!r} in {self.path}")
-        view = self.view(name)
-        attention = view.attention(name, chain.output, output_exists=Path(chain.output).exists())
-        return ChainSummary(
-            chain, view.state(), view.steps_done(), view.steps_total(), view.length(), view.units(), attention
-        )
-
-    # ------------------------------------------------------------------ provider facts
-
-    def fact(self, provider: str, base_url: str, name: str) -> ProviderFact | None:
-        """What was last seen of `provider` at `base_url` about `name`, if anything."""
-        row = self.db.execute(
-            "SELECT value, evidence, at FROM provider_facts WHERE provider = ? AND base_url = ? AND fact = ?",
-            (provider, base_url, name),
-        ).fetchone()
-        return ProviderFact(row["value"], row["evidence"], row["at"]) if row else None
-
     def set_fact(self, provider: str, base_url: str, name: str, value: str, evidence: str) -> None:
         with self.transaction() as db:
             db.execute(
@@ -380,73 +454,6 @@ class Journal:
                 "value = excluded.value, evidence = excluded.evidence, at = excluded.at",
                 (provider, base_url, name, value, evidence, time.time()),
             )
-
-    def held_task_ids(self) -> set[str]:
-        """Every task id any step of any chain of this journal holds (all attempts)."""
-        rows = self.db.execute("SELECT task_id FROM steps WHERE task_id IS NOT NULL").fetchall()
-        return {r[0] for r in rows}
-
-    def holder(self, task_id: str) -> StepRow | None:
-        """The step (any attempt) that holds `task_id`, if one does."""
-        row = self.db.execute("SELECT * FROM steps WHERE task_id = ? LIMIT 1", (task_id,)).fetchone()
-        return self._row(row) if row else None
-
-    def units(self, chain: str) -> float:
-        """Units the provider reported for every attempt of every step of `chain`."""
-        row = self.db.execute(
-            "SELECT COALESCE(SUM(units), 0) FROM steps WHERE chain = ?", (chain,)
-        ).fetchone()
-        return float(row[0])
-
-    def task_times(self, chain: str, kind: str, *, last: int) -> list[float]:
-        """How long (s) the `last` newest ended tasks of `kind` in `chain` took, newest first."""
-        rows = self.db.execute(
-            "SELECT finished_at - submitted_at FROM steps WHERE chain = ? AND kind = ? AND "
-            "finished_at IS NOT NULL AND submitted_at IS NOT NULL ORDER BY idx DESC, attempt DESC LIMIT ?",
-            (chain, kind, last),
-        ).fetchall()
-        return [float(r[0]) for r in rows if r[0] and r[0] > 0]
-
-    def latest_created_task(self) -> tuple[TaskKind, str, str] | None:
-        """(kind, task_id, external_task_id) of the newest task this journal created, if any."""
-        row = self.db.execute(
-            "SELECT kind, task_id, external_task_id FROM steps WHERE task_id IS NOT NULL AND "
-            "external_task_id IS NOT NULL AND kind != 'existing' ORDER BY submitted_at DESC LIMIT 1"
-        ).fetchone()
-        return (cast(TaskKind, row["kind"]), row["task_id"], row["external_task_id"]) if row else None
-
-    # ------------------------------------------------------------------ steps
-
-    def steps(self, chain: str) -> list[StepRow]:
-        """The current (latest) attempt of every step of `chain`, in order."""
-        rows = self.db.execute(
-            "SELECT * FROM steps s WHERE chain = ? AND attempt = "
-            "(SELECT MAX(attempt) FROM steps WHERE chain = s.chain AND idx = s.idx) ORDER BY idx",
-            (chain,),
-        ).fetchall()
-        return [self._row(r) for r in rows]
-
-    def takes(self, chain: str) -> list[StepRow]:
-        """Every attempt of every step that is not the current one (earlier takes), in order."""
-        rows = self.db.execute(
-            "SELECT * FROM steps s WHERE chain = ? AND attempt < "
-            "(SELECT MAX(attempt) FROM steps WHERE chain = s.chain AND idx = s.idx) ORDER BY idx, attempt",
-            (chain,),
-        ).fetchall()
-        return [self._row(r) for r in rows]
-
-    def step(self, chain: str, idx: int) -> StepRow:
-        row = self.db.execute(
-            "SELECT * FROM steps WHERE chain = ? AND idx = ? ORDER BY attempt DESC LIMIT 1", (chain, idx)
-        ).fetchone()
-        if row is None:
-            raise JournalError(f"chain {chain!r} has no step {idx}")
-        return self._row(row)
-
-    @staticmethod
-    def _row(row: sqlite3.Row) -> StepRow:
-        data = {k: row[k] for k in row.keys() if k != "updated_at"}  # noqa: SIM118 (sqlite3.Row)
-        return StepRow(**data)
 
     def refresh_url(self, step: StepRow, url: str) -> StepRow:
         """Remember a newly signed url of `step`'s video (the provider re-signs on every
@@ -472,15 +479,6 @@ class Journal:
                 (step.chain, step.idx, step.attempt, "pruned", json.dumps(step.file), now),
             )
         return self.step(step.chain, step.idx)
-
-    def intent_time(self, step: StepRow) -> float | None:
-        """When `step`'s current attempt first committed submit_intent (wall clock)."""
-        row = self.db.execute(
-            "SELECT MIN(at) FROM events "
-            "WHERE chain = ? AND idx = ? AND attempt = ? AND state = 'submit_intent'",
-            (step.chain, step.idx, step.attempt),
-        ).fetchone()
-        return float(row[0]) if row and row[0] is not None else None
 
     def replan(
         self,

@@ -327,50 +327,76 @@ def join(
         "",
     )
     if not reason:
-        with tempfile.TemporaryDirectory(dir=Path(dest).parent, prefix=".join-") as tmp:
-            pieces: list[_Piece] = []
-            tails: list[tuple[Path, int, int, Path]] = []  # (input, first frame, frames, tail file)
-            for n, (item, p, k) in enumerate(zip(inputs, found, keep, strict=True), start=1):
-                if k == p.frames:
-                    pieces.append(_Piece(Path(item), k))
-                elif p.last_frame_droppable:
-                    pieces.append(_Piece(Path(item), k, cut_at=p.dts[-1]))
-                else:
-                    cut = p.last_gop()
-                    if cut is None:
-                        reason = f"input {n} ends in B-frames and is not cut at a closed GOP"
-                        break
-                    packet, before = cut
-                    if before:
-                        pieces.append(_Piece(Path(item), before, cut_at=p.dts[packet]))
-                    tail = Path(tmp) / f"tail-{n}.mp4"
-                    tails.append((Path(item), before, k - before, tail))
-                    pieces.append(_Piece(tail, k - before))
-            if not reason and tails:
-                with ThreadPoolExecutor(max_workers=min(len(tails), os.cpu_count() or 1)) as pool:
-                    list(
-                        pool.map(
-                            lambda t: _reencode_frames(
-                                t[0], start=t[1], count=t[2], fps=first.frame_rate, dest=t[3]
-                            ),
-                            tails,
-                        )
-                    )
-                made = [packets(t[3]) for t in tails]
-                if any(m.stream != first or m.frames != t[2] for m, t in zip(made, tails, strict=True)):
-                    reason = "inputs end in B-frames and chainer's encoder cannot match their parameters"
-            if not reason:
-                _concat(pieces, Fraction(first.frame_rate), dest)
-                written = packets(dest).frames
-                if written == sum(keep):
-                    if tails:
-                        return Joined(
-                            "partial", written, f"{len(tails)} input(s) end in B-frames: last GOP re-encoded"
-                        )
-                    return Joined("copy", written)
-                reason = f"a stream copy wrote {written} frames instead of {sum(keep)}"
+        copied = _join_by_copy(inputs, found, keep, dest)
+        if isinstance(copied, Joined):
+            return copied
+        reason = copied
     _join_reencode(inputs, found, keep, dest)
     return Joined("re-encode", sum(keep), reason)
+
+
+_Tail = tuple[Path, int, int, Path]  # (input, first frame, frames, tail file)
+
+
+def _join_by_copy(
+    inputs: Sequence[str | os.PathLike[str]],
+    found: list[Packets],
+    keep: list[int],
+    dest: str | os.PathLike[str],
+) -> Joined | str:
+    """Join by stream copy (re-encoding only last GOPs that end in B-frames); the Joined,
+    or why a copy cannot give exactly `keep` frames of each input."""
+    first = found[0].stream
+    with tempfile.TemporaryDirectory(dir=Path(dest).parent, prefix=".join-") as tmp:
+        planned = _copy_pieces(inputs, found, keep, Path(tmp))
+        if isinstance(planned, str):
+            return planned
+        pieces, tails = planned
+        if tails:
+            with ThreadPoolExecutor(max_workers=min(len(tails), os.cpu_count() or 1)) as pool:
+                list(
+                    pool.map(
+                        lambda t: _reencode_frames(
+                            t[0], start=t[1], count=t[2], fps=first.frame_rate, dest=t[3]
+                        ),
+                        tails,
+                    )
+                )
+            made = [packets(t[3]) for t in tails]
+            if any(m.stream != first or m.frames != t[2] for m, t in zip(made, tails, strict=True)):
+                return "inputs end in B-frames and chainer's encoder cannot match their parameters"
+        _concat(pieces, Fraction(first.frame_rate), dest)
+        written = packets(dest).frames
+        if written != sum(keep):
+            return f"a stream copy wrote {written} frames instead of {sum(keep)}"
+        if tails:
+            return Joined("partial", written, f"{len(tails)} input(s) end in B-frames: last GOP re-encoded")
+        return Joined("copy", written)
+
+
+def _copy_pieces(
+    inputs: Sequence[str | os.PathLike[str]], found: list[Packets], keep: list[int], tmp: Path
+) -> tuple[list[_Piece], list[_Tail]] | str:
+    """What the concat demuxer is given per input: the whole file, the file cut before its
+    last packet, or the file up to its last GOP plus that GOP re-encoded into `tmp`."""
+    pieces: list[_Piece] = []
+    tails: list[_Tail] = []
+    for n, (item, p, k) in enumerate(zip(inputs, found, keep, strict=True), start=1):
+        if k == p.frames:
+            pieces.append(_Piece(Path(item), k))
+        elif p.last_frame_droppable:
+            pieces.append(_Piece(Path(item), k, cut_at=p.dts[-1]))
+        else:
+            cut = p.last_gop()
+            if cut is None:
+                return f"input {n} ends in B-frames and is not cut at a closed GOP"
+            packet, before = cut
+            if before:
+                pieces.append(_Piece(Path(item), before, cut_at=p.dts[packet]))
+            tail = tmp / f"tail-{n}.mp4"
+            tails.append((Path(item), before, k - before, tail))
+            pieces.append(_Piece(tail, k - before))
+    return pieces, tails
 
 
 def _reencode_frames(src: Path, *, start: int, count: int, fps: str, dest: Path) -> None:

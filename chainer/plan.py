@@ -31,7 +31,7 @@ import hashlib
 import json
 import math
 import os
-from collections.abc import Collection
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -235,11 +235,53 @@ def build(loaded: Loaded, *, output: Path | None = None, handoffs: Collection[in
         check.error(("provider",), f"unknown provider profile {sb.provider!r}; built in: {names}")
         profile = profiles.BUILTIN[profiles.DEFAULT_PROFILE]
     source = sb.start.source
-    kind = sb.start.kind
-    start_loc: Loc = ("start", kind)
     base = loaded.path.parent
+    hows = [seg.continuation or sb.continuation for seg in sb.segments]
+    _check_start(check, sb, profile, base, hows)
+    entries = _segment_entries(check, sb, profile, base, hows)
+    start_min = float(getattr(source, "duration", None) or 0.0)
+    start_max = float(getattr(source, "duration", None) or 10.0)  # unknown: assume the longest start
+    start_loc: Loc = ("start", sb.start.kind)
+    if isinstance(source, ExistingVideo) and source.duration is None:
+        check.warn(start_loc, "the video's duration is unknown; the plan assumes 10 s (set `duration`)")
+    entries += _target_entries(check, sb, entries, start_min)
+    if isinstance(source, ExistingVideo) and (
+        1 in handoffs or start_max + rules.EXTEND_MAX_SECONDS > rules.MAX_TOTAL_SECONDS + 1e-9
+    ):
+        check.error(
+            start_loc,
+            f"the existing video could be {start_max:g} s long: extending it could pass Kling's "
+            f"{rules.MAX_TOTAL_SECONDS:g} s cap, and chainer has no copy of it to hand off from; start from "
+            "a shorter video or from an image2video of its last frame",
+        )
+    if check.problems:
+        raise StoryboardError(sorted(check.problems, key=lambda p: (p.line, p.column)))
+    steps = [_start_step(sb, base, start_min, start_max)]
+    _add_steps(steps, entries, check, sb, base, handoffs)
+    return Plan(
+        chain=sb.name,
+        storyboard=loaded.path,
+        storyboard_sha256=loaded.sha256,
+        storyboard_text=loaded.text,
+        provider=profile,
+        model=source.model,
+        mode=source.mode,
+        existing=source if isinstance(source, ExistingVideo) else None,
+        steps=steps,
+        output=output or Path(sb.output or f"out/{sb.name}.mp4"),
+        max_units=sb.max_units,
+        target_duration=sb.target_duration,
+        keep=sb.archive.keep,
+        warnings=sorted(check.warnings, key=lambda p: (p.line, p.column)),
+    )
 
-    # ---- the start
+
+def _check_start(
+    check: _Checker, sb: storyboard.Storyboard, profile: profiles.Profile, base: Path, hows: Sequence[str]
+) -> None:
+    """The start's rules: its model, whether it can be extended, its prompts and images."""
+    source, kind = sb.start.source, sb.start.kind
+    start_loc: Loc = ("start", kind)
     allowed = {"video": None, "text2video": rules.TEXT2VIDEO_MODELS, "image2video": rules.IMAGE2VIDEO_MODELS}[
         kind
     ]
@@ -248,7 +290,6 @@ def build(loaded: Loaded, *, output: Path | None = None, handoffs: Collection[in
             (*start_loc, "model"),
             f"{kind} does not offer model {source.model!r}; choose one of {', '.join(allowed)}",
         )
-    hows = [seg.continuation or sb.continuation for seg in sb.segments]
     refusal = rules.extension_refusal(source.model, 0.0, refuse_v1_5=not profile.extend_v1_5)
     extends_first = hows[0] == "extend"
     if extends_first and refusal:
@@ -281,13 +322,18 @@ def build(loaded: Loaded, *, output: Path | None = None, handoffs: Collection[in
             if value:
                 check.image((*start_loc, name), value, base)
 
-    # ---- the segments, with defaults and repeats
+
+def _segment_entries(
+    check: _Checker, sb: storyboard.Storyboard, profile: profiles.Profile, base: Path, hows: Sequence[str]
+) -> list[_Entry]:
+    """The steps the segments ask for, with defaults and repeats (checked as they go)."""
+    source = sb.start.source
     omni_mode = sb.omni.mode or source.mode
     if "omni" in hows:
         _check_omni_settings(check, sb)
         if isinstance(source, ExistingVideo) and hows[0] == "omni":
             check.error(
-                start_loc,
+                ("start", sb.start.kind),
                 "an Omni-Video shot cannot directly follow an existing video: it is referenced by a "
                 "URL and joined from a downloaded file, and chainer has neither for it. Start with "
                 "text2video or image2video, or extend the video first (segments with `continuation: extend`)",
@@ -306,128 +352,111 @@ def build(loaded: Loaded, *, output: Path | None = None, handoffs: Collection[in
                 f"by {sb.omni.model}, which video-extend does not accept. Make it `continuation: omni` "
                 "too (an extend phase can only come first)",
             )
-        for name in ("duration", "images"):
-            if getattr(seg, name) is not None:
-                check.error(
-                    (*loc, name),
-                    f"{name} applies to Omni-Video shots only (video-extend adds 4-5 s from the prompt); "
-                    "remove it or make the segment `continuation: omni`",
-                )
-        fields: dict[str, Any] = {
-            "prompt": seg.prompt,
-            "negative_prompt": seg.negative_prompt
-            if seg.negative_prompt is not None
-            else sb.defaults.negative_prompt,
-            "cfg_scale": seg.cfg_scale if seg.cfg_scale is not None else sb.defaults.cfg_scale,
-        }
-        fields = {k: v for k, v in fields.items() if v is not None}
-        check.prompts(loc, fields, profile)
-        dropped = sorted(set(fields) - set(profile.extend_fields))
-        if dropped:
-            check.warn(
-                loc, f"{profile.name} ignores {', '.join(dropped)} in video-extend; it will not be sent"
-            )
-            fields = {k: v for k, v in fields.items() if k not in dropped}
+        fields = _extend_fields(check, loc, seg, sb, profile)
         entries += [_Entry(loc, fields, False, "video-extend", seg.prompt)] * seg.repeat
+    return entries
 
-    start_min = float(getattr(source, "duration", None) or 0.0)
-    start_max = float(getattr(source, "duration", None) or 10.0)  # unknown: assume the longest start
-    if isinstance(source, ExistingVideo) and source.duration is None:
-        check.warn(start_loc, "the video's duration is unknown; the plan assumes 10 s (set `duration`)")
 
-    if sb.target_duration is not None:
-        target = sb.target_duration
-        listed_min = start_min + sum(e.seconds[0] for e in entries)
-        if listed_min >= target:
-            check.warn(
-                ("target_duration",),
-                f"the segments alone reach {listed_min:g} s or more; target_duration adds nothing",
+def _extend_fields(
+    check: _Checker, loc: Loc, seg: storyboard.Segment, sb: storyboard.Storyboard, profile: profiles.Profile
+) -> dict[str, Any]:
+    """The request fields of an extension segment (what the profile ignores is dropped)."""
+    for name in ("duration", "images"):
+        if getattr(seg, name) is not None:
+            check.error(
+                (*loc, name),
+                f"{name} applies to Omni-Video shots only (video-extend adds 4-5 s from the prompt); "
+                "remove it or make the segment `continuation: omni`",
             )
-        else:
-            last = entries[-1]
-            needed = math.ceil((target - listed_min) / last.seconds[0] - 1e-9)
-            entries += [dataclasses.replace(last, optional=True)] * needed
+    fields: dict[str, Any] = {
+        "prompt": seg.prompt,
+        "negative_prompt": seg.negative_prompt
+        if seg.negative_prompt is not None
+        else sb.defaults.negative_prompt,
+        "cfg_scale": seg.cfg_scale if seg.cfg_scale is not None else sb.defaults.cfg_scale,
+    }
+    fields = {k: v for k, v in fields.items() if v is not None}
+    check.prompts(loc, fields, profile)
+    dropped = sorted(set(fields) - set(profile.extend_fields))
+    if dropped:
+        check.warn(loc, f"{profile.name} ignores {', '.join(dropped)} in video-extend; it will not be sent")
+        fields = {k: v for k, v in fields.items() if k not in dropped}
+    return fields
 
-    if isinstance(source, ExistingVideo) and (
-        1 in handoffs or start_max + rules.EXTEND_MAX_SECONDS > rules.MAX_TOTAL_SECONDS + 1e-9
-    ):
-        check.error(
-            start_loc,
-            f"the existing video could be {start_max:g} s long: extending it could pass Kling's "
-            f"{rules.MAX_TOTAL_SECONDS:g} s cap, and chainer has no copy of it to hand off from; start from "
-            "a shorter video or from an image2video of its last frame",
+
+def _target_entries(
+    check: _Checker, sb: storyboard.Storyboard, entries: list[_Entry], start_min: float
+) -> list[_Entry]:
+    """Optional repeats of the last segment until target_duration is surely reached."""
+    if sb.target_duration is None:
+        return []
+    target = sb.target_duration
+    listed_min = start_min + sum(e.seconds[0] for e in entries)
+    if listed_min >= target:
+        check.warn(
+            ("target_duration",),
+            f"the segments alone reach {listed_min:g} s or more; target_duration adds nothing",
         )
-    if check.problems:
-        raise StoryboardError(sorted(check.problems, key=lambda p: (p.line, p.column)))
+        return []
+    last = entries[-1]
+    needed = math.ceil((target - listed_min) / last.seconds[0] - 1e-9)
+    return [dataclasses.replace(last, optional=True)] * needed
 
-    # ---- the steps
-    steps: list[Step] = []
-    existing: ExistingVideo | None = None
+
+def _start_step(sb: storyboard.Storyboard, base: Path, start_min: float, start_max: float) -> Step:
+    """Step 0: the existing video, or the text2video/image2video that makes it."""
+    source = sb.start.source
+    start_loc: Loc = ("start", sb.start.kind)
     if isinstance(source, ExistingVideo):
-        existing = source
-        fields = {"video_id": source.video_id, "task_id": source.task_id}
+        fields: dict[str, Any] = {"video_id": source.video_id, "task_id": source.task_id}
         fp = _fingerprint("", "existing", fields, base)
-        steps.append(Step(0, "existing", None, fields, start_min, start_max, 0.0, fp, loc=start_loc))
-    else:
-        start_kind: StepKind = "text2video" if isinstance(source, Text2Video) else "image2video"
-        fields = {
-            "model_name": source.model,
-            "mode": source.mode,
-            "duration": str(source.duration),
-            "prompt": source.prompt,
-            "negative_prompt": source.negative_prompt,
-            "cfg_scale": source.cfg_scale,
-        }
-        if isinstance(source, Text2Video):
-            fields["aspect_ratio"] = source.aspect_ratio
-        if isinstance(source, Image2Video):
-            fields["image"] = source.image
-            fields["image_tail"] = source.image_tail
-        fields = {k: v for k, v in fields.items() if v is not None}
-        fp = _fingerprint("", start_kind, fields, base)
-        units = rules.estimate_units(source.mode, start_max)
-        steps.append(
-            Step(0, start_kind, source.prompt, fields, start_min, start_max, units, fp, loc=start_loc)
-        )
-    lo, hi = start_min, start_max
-    part, part_max = 0, start_max
+        return Step(0, "existing", None, fields, start_min, start_max, 0.0, fp, loc=start_loc)
+    start_kind: StepKind = "text2video" if isinstance(source, Text2Video) else "image2video"
+    fields = {
+        "model_name": source.model,
+        "mode": source.mode,
+        "duration": str(source.duration),
+        "prompt": source.prompt,
+        "negative_prompt": source.negative_prompt,
+        "cfg_scale": source.cfg_scale,
+    }
+    if isinstance(source, Text2Video):
+        fields["aspect_ratio"] = source.aspect_ratio
+    if isinstance(source, Image2Video):
+        fields["image"] = source.image
+        fields["image_tail"] = source.image_tail
+    fields = {k: v for k, v in fields.items() if v is not None}
+    fp = _fingerprint("", start_kind, fields, base)
+    units = rules.estimate_units(source.mode, start_max)
+    return Step(0, start_kind, source.prompt, fields, start_min, start_max, units, fp, loc=start_loc)
+
+
+def _add_steps(
+    steps: list[Step],
+    entries: list[_Entry],
+    check: _Checker,
+    sb: storyboard.Storyboard,
+    base: Path,
+    handoffs: Collection[int],
+) -> None:
+    """Turn the entries into steps after `steps[0]`: extensions, Omni-Video shots, and a
+    hand-off wherever an extension could pass the 180 s cap (or where `handoffs` says)."""
+    source = sb.start.source
+    omni_mode = sb.omni.mode or source.mode
+    lo, hi = steps[0].min_total, steps[0].max_total
+    part, part_max = 0, steps[0].max_total
     for i, e in enumerate(entries, start=1):
+        prev = steps[-1].fingerprint
         if e.kind == "omni-video":  # a new shot: a part of its own, joined at the end; no cap
             part += 1
-            fp = _fingerprint(steps[-1].fingerprint, e.kind, e.fields, base)
-            lo += e.seconds[0]
-            hi += e.seconds[1]
+            lo, hi = lo + e.seconds[0], hi + e.seconds[1]
             units = rules.task_units(e.kind, omni_mode, e.seconds[1])
+            fp = _fingerprint(prev, e.kind, e.fields, base)
             steps.append(Step(i, e.kind, e.prompt, e.fields, lo, hi, units, fp, e.optional, e.loc, part))
-            continue
-        if i in handoffs or part_max + rules.EXTEND_MAX_SECONDS > rules.MAX_TOTAL_SECONDS + 1e-9:
+        elif i in handoffs or part_max + rules.EXTEND_MAX_SECONDS > rules.MAX_TOTAL_SECONDS + 1e-9:
             part, part_max = part + 1, float(HANDOFF_SECONDS)
-            handoff = {
-                "model_name": source.model,
-                "mode": source.mode,
-                "duration": str(HANDOFF_SECONDS),
-                **{k: v for k, v in e.fields.items() if k in ("prompt", "negative_prompt", "cfg_scale")},
-            }
-            fp = _fingerprint(steps[-1].fingerprint, "handoff", handoff, base)
-            lo += HANDOFF_SECONDS
-            hi += HANDOFF_SECONDS
-            units = rules.estimate_units(source.mode, HANDOFF_SECONDS)
-            steps.append(
-                Step(
-                    i,
-                    "image2video",
-                    handoff["prompt"],
-                    handoff,
-                    lo,
-                    hi,
-                    units,
-                    fp,
-                    e.optional,
-                    e.loc,
-                    part,
-                    True,
-                )
-            )
+            lo, hi = lo + HANDOFF_SECONDS, hi + HANDOFF_SECONDS
+            steps.append(_handoff_step(i, e, prev, source, base, lo, hi, part))
             if not e.optional and i not in handoffs:
                 check.warn(
                     e.loc,
@@ -435,30 +464,31 @@ def build(loaded: Loaded, *, output: Path | None = None, handoffs: Collection[in
                     f"{rules.MAX_TOTAL_SECONDS:g} s cap: it starts part {part + 1} instead, an image2video "
                     "from the last frame so far (the parts are joined at the end)",
                 )
-            continue
-        part_max += rules.EXTEND_MAX_SECONDS
-        fp = _fingerprint(steps[-1].fingerprint, "video-extend", e.fields, base)
-        lo += rules.EXTEND_MIN_SECONDS
-        hi += rules.EXTEND_MAX_SECONDS
-        units = rules.estimate_units(source.mode, rules.EXTEND_MAX_SECONDS)
-        steps.append(
-            Step(i, "video-extend", e.fields["prompt"], e.fields, lo, hi, units, fp, e.optional, e.loc, part)
-        )
-    return Plan(
-        chain=sb.name,
-        storyboard=loaded.path,
-        storyboard_sha256=loaded.sha256,
-        storyboard_text=loaded.text,
-        provider=profile,
-        model=source.model,
-        mode=source.mode,
-        existing=existing,
-        steps=steps,
-        output=output or Path(sb.output or f"out/{sb.name}.mp4"),
-        max_units=sb.max_units,
-        target_duration=sb.target_duration,
-        keep=sb.archive.keep,
-        warnings=sorted(check.warnings, key=lambda p: (p.line, p.column)),
+        else:
+            part_max += rules.EXTEND_MAX_SECONDS
+            lo, hi = lo + rules.EXTEND_MIN_SECONDS, hi + rules.EXTEND_MAX_SECONDS
+            units = rules.estimate_units(source.mode, rules.EXTEND_MAX_SECONDS)
+            fp = _fingerprint(prev, "video-extend", e.fields, base)
+            prompt = e.fields["prompt"]
+            steps.append(
+                Step(i, "video-extend", prompt, e.fields, lo, hi, units, fp, e.optional, e.loc, part)
+            )
+
+
+def _handoff_step(
+    i: int, e: _Entry, prev: str, source: Any, base: Path, lo: float, hi: float, part: int
+) -> Step:
+    """Step i as a hand-off: an image2video of the segment's prompt from the last frame so far."""
+    handoff = {
+        "model_name": source.model,
+        "mode": source.mode,
+        "duration": str(HANDOFF_SECONDS),
+        **{k: v for k, v in e.fields.items() if k in ("prompt", "negative_prompt", "cfg_scale")},
+    }
+    fp = _fingerprint(prev, "handoff", handoff, base)
+    units = rules.estimate_units(source.mode, HANDOFF_SECONDS)
+    return Step(
+        i, "image2video", handoff["prompt"], handoff, lo, hi, units, fp, e.optional, e.loc, part, True
     )
 
 

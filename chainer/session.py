@@ -11,27 +11,22 @@ offline simulator in-process on a free loopback port: no credits are spent.
 from __future__ import annotations
 
 import dataclasses
-import datetime as dt
-import functools
 import os
-import time
-from collections.abc import AsyncIterator, Callable, Collection
+from collections.abc import AsyncIterator, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, cast
+from typing import Any, Literal
 
 import anyio
 import anyio.abc
 import httpx
 from pydantic import SecretStr
 
-from . import archive, batch, errors, preflight, rules, simulated
+from . import archive, batch, preflight, simulated
 from .batch import Batch, RunOptions
-from .chain import StepRow
 from .engine import CreateGate, RunContext
-from .engine.context import DOWNLOADS_AT_ONCE, READ_DEADLINE_S
-from .engine.fetch import download_result, sync_mirror
+from .engine.context import DOWNLOADS_AT_ONCE
 from .errors import ConfigError
 from .events import ChainResult, Event
 from .journal import Journal
@@ -41,14 +36,9 @@ from .polling import PollPolicy
 from .profiles import BUILTIN, Profile, from_environment
 from .provider.client import DEFAULT_TIMEOUT, KlingClient
 from .provider.config import ProviderConfig
-from .provider.wire import Task
-from .retry import OnRetry, download_backoff, read_backoff, retrying
 from .scheduler import Scheduler
 from .simulator import SimConfig, Simulator
 
-#: The account sweep reads the task lists this many tasks a page (Kling's maximum), this many pages.
-SWEEP_PAGE_SIZE = 500
-SWEEP_MAX_PAGES = 1000
 #: Tasks in flight at once when neither the command line nor the profile says otherwise.
 DEFAULT_CONCURRENCY = 5
 #: The embedded simulator runs tasks this many times faster than Kling (minutes become seconds).
@@ -334,188 +324,3 @@ class Session:
             lookup=self.lookup,
             gate=self.gate,
         )
-
-    async def adopt(self, name: str, idx: int, task_id: str) -> StepRow:
-        """Attach task `task_id` (found in the provider's console or list) to step `idx` of chain
-        `name`, after checking with the provider that it exists, is of the step's kind and,
-        for an extension, extends the step's parent video. The next run goes on from it."""
-        journal = self.journal
-        if journal.chain(name) is None:
-            raise ConfigError(f"no chain named {name!r} in {journal.path}")
-        journal.lock_chain(name)
-        row = journal.step(name, idx)
-        if row.kind == "existing" or row.state not in (
-            "planned",
-            "submit_intent",
-            "submit_unknown",
-            "failed",
-        ):
-            raise ConfigError(
-                f"step {idx} of {name!r} is {row.state.replace('_', ' ')}: only a step whose task is not "
-                "known (planned, submit unknown, failed) can adopt one"
-            )
-        holder = journal.holder(task_id)
-        if holder is not None:
-            raise ConfigError(
-                f"task {task_id} already belongs to step {holder.idx} (attempt {holder.attempt}) of "
-                f"{holder.chain!r}; a task is paid for once and used once"
-            )
-        kind = cast(rules.TaskKind, row.kind)
-        try:
-            task = await retrying(
-                functools.partial(self.client.get_task, kind, task_id),
-                on=read_backoff,
-                deadline_s=READ_DEADLINE_S,
-            )
-        except errors.InvalidRequestError as exc:
-            if not isinstance(exc, errors.NotFound):
-                raise
-            raise ConfigError(
-                f"{self.provider.name} has no {kind} task {task_id} (step {idx} of {name!r} is a {kind}): "
-                f"{exc}"
-            ) from exc
-        if kind == "video-extend":
-            parent = journal.step(name, idx - 1)
-            extends = task.task_info.parent_video.id if task.task_info.parent_video else None
-            if extends is None or extends != parent.video_id:
-                raise ConfigError(
-                    f"task {task_id} extends video {extends or '(none given)'}, but step {idx} of {name!r} "
-                    f"extends step {idx - 1}'s video {parent.video_id}: not this step's task"
-                )
-        ext = task.task_info.external_task_id or row.external_task_id or f"adopted-{task_id}"
-        created = task.created_at / 1000 if task.created_at else time.time()
-        return journal.adopt(row, task.task_id, external_task_id=ext, submitted_at=created)
-
-    async def archive_pending(
-        self, names: list[str] | None = None, *, on_retry: OnRetry | None = None
-    ) -> list[tuple[str, int, str]]:
-        """Download every result of this journal's chains that is not safely archived yet.
-
-        Returns (chain, step, outcome) for each result looked at: "saved", or why not.
-        """
-        outcomes = []
-        ctx = self.context()
-        for chain in self.journal.chains():
-            if names and chain.name not in names:
-                continue
-            folder = self.archive_dir / chain.name
-            touched = False
-            for row in self.journal.steps(chain.name):
-                if row.kind == "existing":
-                    continue
-                if (
-                    row.state == "downloaded"
-                    and row.pruned_at is None
-                    and archive.check_file(row.file, row.size, row.sha256) is not None
-                ):
-                    row = self.journal.transition(row, "succeeded", "archived file missing or changed")
-                if row.state != "succeeded":
-                    continue
-                self.journal.lock_chain(chain.name)
-                touched = True
-                try:
-                    await download_result(ctx, folder, row, on_retry=on_retry)
-                    outcomes.append((chain.name, row.idx, "saved"))
-                except errors.ResultDeleted as exc:
-                    outcomes.append((chain.name, row.idx, str(exc)))
-                except errors.ChainerError as exc:
-                    outcomes.append((chain.name, row.idx, f"not saved: {exc}"))
-            if touched:
-                archive.write_chain_manifest(self.journal, chain.name, folder)
-            await sync_mirror(ctx, folder)
-        return outcomes
-
-    async def sweep_account(
-        self, *, on_retry: OnRetry | None = None, known: Collection[str] = ()
-    ) -> list[tuple[str, str]]:
-        """Archive every succeeded video on the account that the archive does not hold yet.
-
-        Walks the task list of every kind page by page; videos of this journal's chains, of
-        `known` (other journals' chains) and of earlier sweeps are skipped. A list that
-        cannot be read is reported by its endpoint and the others are still swept.
-        Returns (what, outcome): ("account video ID", "saved" or why not), and
-        ("task list GET URL", why it could not be read).
-        """
-        folder = self.archive_dir / archive.ACCOUNT_FOLDER
-        manifest = archive.read_account_manifest(folder, self.provider.name)
-        have = {v.video_id for v in manifest.videos} | set(known)
-        for chain in self.journal.chains():
-            have |= {
-                r.video_id for r in self.journal.steps(chain.name) if r.video_id and r.state == "downloaded"
-            }
-        outcomes: list[tuple[str, str]] = []
-        for kind in rules.TASK_KINDS:
-            try:
-                await self._sweep_list(kind, folder, manifest, have, outcomes, on_retry)
-            except errors.ProviderError as exc:
-                where = f"task list GET {self.provider.endpoint(f'/v1/videos/{kind}')}"
-                outcomes.append((where, f"cannot be read, so its videos were not swept: {exc}"))
-        return outcomes
-
-    async def _sweep_list(
-        self,
-        kind: rules.TaskKind,
-        folder: Path,
-        manifest: archive.AccountManifest,
-        have: set[str],
-        outcomes: list[tuple[str, str]],
-        on_retry: OnRetry | None,
-    ) -> None:
-        """Sweep one kind's task list into `folder` (see sweep_account)."""
-        for page in range(1, SWEEP_MAX_PAGES + 1):
-            tasks = await retrying(
-                functools.partial(self.client.list_tasks, kind, page=page, page_size=SWEEP_PAGE_SIZE),
-                on=read_backoff,
-                deadline_s=READ_DEADLINE_S,
-                on_retry=on_retry,
-            )
-            for task in tasks:
-                video = task.video
-                if task.task_status != "succeed" or video is None or video.id in have:
-                    continue
-                dest = folder / f"{kind}-{archive.safe_id(task.task_id)}-{archive.safe_id(video.id)}.mp4"
-                try:
-                    got = await retrying(
-                        functools.partial(self._fetch_for_sweep, kind, task, dest),
-                        on=download_backoff,
-                        deadline_s=READ_DEADLINE_S,
-                        on_retry=on_retry,
-                    )
-                except errors.ChainerError as exc:
-                    outcomes.append((f"account video {video.id}", f"not saved: {exc}"))
-                    continue
-                manifest.videos.append(
-                    archive.AccountVideo(
-                        kind=kind,
-                        task_id=task.task_id,
-                        video_id=video.id,
-                        prompt=None,
-                        reported_duration=video.seconds,
-                        probed_duration=got.probed_duration,
-                        units=task.units,
-                        file=dest.name,
-                        sha256=got.sha256,
-                        size=got.size,
-                        created_at=archive.from_ms(task.created_at),
-                        expires_at=archive.expires_at(task.created_at),
-                        archived_at=dt.datetime.now(dt.UTC),
-                    )
-                )
-                archive.write_account_manifest(folder, manifest)
-                have.add(video.id)
-                outcomes.append((f"account video {video.id}", "saved"))
-            if len(tasks) < SWEEP_PAGE_SIZE:
-                break
-
-    async def _fetch_for_sweep(self, kind: rules.TaskKind, task: Task, dest: Path) -> archive.Downloaded:
-        try:
-            assert task.video is not None
-            return await archive.download(
-                self.http, task.video.url, dest, reported_duration=task.video.seconds
-            )
-        except errors.UrlExpired:
-            fresh = await self.client.get_task(kind, task.task_id)
-            if fresh.video is None:
-                raise
-            task.task_result = fresh.task_result
-            raise

@@ -50,7 +50,9 @@ def cli(sim: Simulator, *args: str) -> tuple[int, str]:
     return result.exit_code, result.output
 
 
-def test_a_single_failing_storyboard_still_writes_the_report_and_the_summary(sim: Simulator, workdir: Path) -> None:
+def test_a_single_failing_storyboard_still_writes_the_report_and_the_summary(
+    sim: Simulator, workdir: Path
+) -> None:
     (workdir / "bad.yaml").write_text(textwrap.dedent(STORYBOARD).format(name="bad"))
     code, output = cli(sim, "run", "bad.yaml")
     assert code == 1, output
@@ -65,7 +67,8 @@ def test_a_single_failing_storyboard_still_writes_the_report_and_the_summary(sim
 
 
 def test_resume_runs_the_free_chains_together_and_reports_the_locked_one(
-    sim_factory, workdir: Path  # type: ignore[no-untyped-def]
+    sim_factory,
+    workdir: Path,  # type: ignore[no-untyped-def]
 ) -> None:
     sim: Simulator = sim_factory(time_scale=0.005)
     for name in ("c1", "c2", "c3"):
