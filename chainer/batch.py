@@ -24,6 +24,7 @@ from . import errors, simulated
 from .budget import RunBudget, remaining_units
 from .engine import ChainOptions, ChainRunner, RunContext
 from .engine.fetch import is_lost
+from .engine.runner import first_error
 from .events import ChainResult, Event
 from .plan import Plan, chain_plan
 
@@ -114,9 +115,12 @@ async def run_batch(
         except errors.ChainerError as exc:
             results[plan.chain] = stopped(session, plan, exc)
 
-    async with anyio.create_task_group() as group:
-        for plan in owned:
-            group.start_soon(one, plan, group)
+    try:
+        async with anyio.create_task_group() as group:
+            for plan in owned:
+                group.start_soon(one, plan, group)
+    except BaseExceptionGroup as crashed:  # not a chain's failure: a bug, or the process stopping
+        raise first_error(crashed) from None
     if fatal and isinstance(fatal[0], errors.AccountError):
         rest = sum(remaining_units(p, session.journal) for p in owned)
         whose = "the rest needs" if len(plans) == 1 else "the rest of this run needs"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime as dt
 import json
@@ -316,8 +317,11 @@ def run(
             with Progress(plans, mode, out, verbose=verbose) as progress:
                 try:
                     done = await session.run_batch(plans, options, on_event=progress.on_event)
+                except errors.ConfigError:
+                    raise  # refused before anything was sent: there is no run to record
                 except BaseException as exc:  # Ctrl-C, a crash: the records still say where things are
-                    records.write(session, plans, None, exc)
+                    with contextlib.suppress(OSError, errors.ChainerError):
+                        records.write(session, plans, None, exc)
                     raise
             report_path = records.write(session, plans, done.results, None)
             shown = records.shown_archive(session)

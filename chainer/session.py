@@ -76,13 +76,16 @@ def imitating(config: SimConfig, profile: Profile) -> SimConfig:
     )
 
 
-def simulator_provider(sim: Simulator, *, time_scale: float, name: str = "simulator") -> ProviderConfig:
-    """A ProviderConfig that talks to `sim` in its own dialect with its own credentials."""
+def simulator_provider(
+    sim: Simulator, *, time_scale: float, name: str = "simulator", base_url: str | None = None
+) -> ProviderConfig:
+    """A ProviderConfig that talks to `sim` in its own dialect with its own credentials
+    (at `base_url`: IN_PROCESS_URL for a simulator served in-process)."""
     cfg = sim.config
     common: dict[str, Any] = {
         "name": name,
         "concurrency": cfg.concurrency,
-        "base_url": sim.base_url,
+        "base_url": base_url or sim.base_url,
         "offline": True,
         "time_scale": time_scale,
         "path_prefix": cfg.path_prefix,
@@ -143,6 +146,7 @@ class Session:
         profile: Profile | None = None,
         archive_url: str | None = None,
         simulate: bool | None = None,
+        transport: httpx.AsyncBaseTransport | None = None,
     ) -> AsyncIterator[Session]:
         """Resolve the provider (flags, environment, else the embedded simulator) and open everything.
 
@@ -152,6 +156,9 @@ class Session:
         never does (no credentials is then an error); None (the default) uses it only when
         no credentials are set and nothing was ever run for real from `state_dir`. The
         simulator's results are kept apart from real ones (see chainer.simulated).
+        `transport` is the one seam under every request the session makes (the provider's
+        API and the downloads alike): tests serve a simulator in-process through it
+        (Simulator.asgi_transport) or wrap one to inject faults.
         """
         state = Path(state_dir)
         archive_root = Path(archive_dir)
@@ -169,7 +176,9 @@ class Session:
                 provider = simulator_provider(sim, time_scale=config.time_scale, name=name)
                 archive_root = simulated.archive_root(archive_root)
             journal = stack.enter_context(Journal(state / f"journal-{provider.name}.sqlite"))
-            http = await stack.enter_async_context(httpx.AsyncClient(timeout=DEFAULT_TIMEOUT))
+            http = await stack.enter_async_context(
+                httpx.AsyncClient(timeout=DEFAULT_TIMEOUT, transport=transport)
+            )
             client = await stack.enter_async_context(KlingClient(provider, http=http))
             poll = PollPolicy().scaled(provider.time_scale)
             # Absolute, so a chain resumed from another working directory finds its files.

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from contextlib import AbstractAsyncContextManager
 from pathlib import Path
+from typing import Any
 
 import pytest
 import stamina
+from helpers import simulator_session
 
+from chainer.session import Session
 from chainer.simulator import SimConfig, Simulator
 
 #: Small frames and fast tasks: real HTTP, real MP4s, seconds per test.
@@ -40,6 +44,18 @@ def sim_factory(tmp_path: Path) -> Iterator[object]:
 @pytest.fixture
 def sim(sim_factory) -> Simulator:  # type: ignore[no-untyped-def]
     return sim_factory()  # type: ignore[no-any-return]
+
+
+@pytest.fixture
+def open_session(tmp_path: Path) -> Callable[..., AbstractAsyncContextManager[Session]]:
+    """Open a Session on a test simulator, served in-process: `open_session(sim, **options)`
+    (see helpers.simulator_session: `wrap` for fault injection, journal and archive in
+    tmp_path unless given)."""
+
+    def opener(sim: Simulator, **options: Any) -> AbstractAsyncContextManager[Session]:
+        return simulator_session(sim, tmp_path, **options)
+
+    return opener
 
 
 @pytest.fixture

@@ -4,16 +4,20 @@ from __future__ import annotations
 
 import sys
 import textwrap
+from collections.abc import Callable
+from contextlib import AbstractAsyncContextManager
 from pathlib import Path
+from typing import Any
 
 import anyio
+import httpx
 import pytest
 
 from chainer import load_plan, plan, storyboard
 from chainer.errors import StoryboardError
 from chainer.events import ChainResult
 from chainer.session import Session, simulator_provider
-from chainer.simulator import Simulator
+from chainer.simulator import IN_PROCESS_URL, Simulator
 
 CHAINER = str(Path(sys.executable).parent / "chainer")
 
@@ -37,14 +41,39 @@ def plan_problems(path: Path) -> list[str]:
     return [str(p) for p in caught.value.problems]
 
 
+def simulator_session(
+    sim: Simulator,
+    tmp_path: Path,
+    *,
+    wrap: Callable[[httpx.AsyncBaseTransport], httpx.AsyncBaseTransport] | None = None,
+    provider_update: dict[str, Any] | None = None,
+    state_dir: Path | None = None,
+    archive_dir: Path | None = None,
+    **options: Any,
+) -> AbstractAsyncContextManager[Session]:
+    """A Session on `sim` served in-process (httpx.ASGITransport over its app: no socket),
+    journal and archive in tmp_path. `wrap` puts a transport around it (fault injection);
+    `provider_update` changes provider settings; other keywords go to Session.open."""
+    transport: httpx.AsyncBaseTransport = sim.asgi_transport()
+    if wrap is not None:
+        transport = wrap(transport)
+    provider = simulator_provider(sim, time_scale=sim.config.time_scale, base_url=IN_PROCESS_URL)
+    if provider_update:
+        provider = provider.model_copy(update=provider_update)
+    return Session.open(
+        state_dir=state_dir or tmp_path / "state",
+        archive_dir=archive_dir or tmp_path / "archive",
+        provider=provider,
+        transport=transport,
+        **options,
+    )
+
+
 def run_chain(sim: Simulator, sb: Path, tmp_path: Path) -> ChainResult:
     """Run storyboard `sb` to the end through the library (journal and archive in tmp_path)."""
 
     async def main() -> ChainResult:
-        provider = simulator_provider(sim, time_scale=sim.config.time_scale)
-        async with Session.open(
-            state_dir=tmp_path / "state", archive_dir=tmp_path / "archive", provider=provider
-        ) as session:
+        async with simulator_session(sim, tmp_path) as session:
             return await session.run(load_plan(sb))
 
     return anyio.run(main)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from helpers import provider_env
+from helpers import provider_env, simulator_session
 from typer.testing import CliRunner
 
 from chainer.cli import app
@@ -152,7 +152,6 @@ def test_downloads_share_one_limit_across_chains(sim_factory, tmp_path: Path) ->
     import anyio
 
     from chainer import load_plan
-    from chainer.session import Session, simulator_provider
 
     class Counting:
         """The session's download limiter, counting how many hold it at once."""
@@ -174,9 +173,8 @@ def test_downloads_share_one_limit_across_chains(sim_factory, tmp_path: Path) ->
     counting = Counting(2)
 
     async def main() -> None:
-        provider = simulator_provider(sim, time_scale=sim.config.time_scale)
-        async with Session.open(
-            state_dir=tmp_path / "s", archive_dir=tmp_path / "a", provider=provider, concurrency=8
+        async with simulator_session(
+            sim, tmp_path, state_dir=tmp_path / "s", archive_dir=tmp_path / "a", concurrency=8
         ) as session:
             session.downloads = counting  # type: ignore[assignment]
             await session.run_many([load_plan(p) for p in sorted(folder.glob("*.yaml"))])

@@ -8,10 +8,10 @@ from pathlib import Path
 
 import anyio
 import pytest
+from helpers import simulator_session
 
 from chainer import errors, load_plan, media
 from chainer.journal import MIGRATIONS, SCHEMA_VERSION, Journal
-from chainer.session import Session, simulator_provider
 from chainer.simulator import Simulator
 
 STORYBOARD = """
@@ -45,10 +45,7 @@ def run(
             raise Stop
 
     async def main() -> object:
-        provider = simulator_provider(sim, time_scale=sim.config.time_scale)
-        async with Session.open(
-            state_dir=tmp_path / "state", archive_dir=tmp_path / "archive", provider=provider
-        ) as s:
+        async with simulator_session(sim, tmp_path) as s:
             return await s.run(load_plan(sb), on_event=on_event, **options)  # type: ignore[arg-type]
 
     return anyio.run(main)

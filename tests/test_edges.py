@@ -17,12 +17,11 @@ from pathlib import Path
 
 import anyio
 import pytest
-from helpers import CHAINER, provider_env, write_storyboard
+from helpers import CHAINER, provider_env, simulator_session, write_storyboard
 
 from chainer import load_plan
 from chainer.errors import ConfigError, WriteError
 from chainer.events import ChainResult
-from chainer.session import Session, simulator_provider
 from chainer.simulator import Simulator
 
 SHORT = """
@@ -104,11 +103,8 @@ def test_a_provider_that_ignores_external_task_id_never_gets_a_create_twice(
     ]
 
     async def main() -> list[ChainResult]:
-        provider = simulator_provider(sim, time_scale=sim.config.time_scale)
-        assert provider.task_lookup == "external_id"  # the claim under test
-        async with Session.open(
-            state_dir=tmp_path / "state", archive_dir=tmp_path / "archive", provider=provider
-        ) as session:
+        async with simulator_session(sim, tmp_path) as session:
+            assert session.provider.task_lookup == "external_id"  # the claim under test
             return await session.run_many(plans)
 
     results = anyio.run(main)
@@ -202,11 +198,12 @@ def test_too_little_free_space_is_refused_before_any_create(sim, tmp_path: Path,
     plan = load_plan(write_storyboard(tmp_path, SHORT.format(name="big"), "big.yaml"))
 
     async def main() -> None:
-        provider = simulator_provider(sim, time_scale=sim.config.time_scale).model_copy(
-            update={"offline": False}
-        )
-        async with Session.open(
-            state_dir=tmp_path / "s", archive_dir=tmp_path / "a", provider=provider
+        async with simulator_session(
+            sim,
+            tmp_path,
+            provider_update={"offline": False},
+            state_dir=tmp_path / "s",
+            archive_dir=tmp_path / "a",
         ) as session:
             with pytest.raises(ConfigError) as caught:
                 await session.run(plan)
@@ -232,9 +229,8 @@ def test_an_output_that_fails_after_paying_leaves_everything_archived_and_status
         raise OSError(errno.ENOSPC, "No space left on device")
 
     async def main() -> ChainResult:
-        provider = simulator_provider(sim, time_scale=sim.config.time_scale)
-        async with Session.open(
-            state_dir=tmp_path / "s", archive_dir=tmp_path / "a", provider=provider
+        async with simulator_session(
+            sim, tmp_path, state_dir=tmp_path / "s", archive_dir=tmp_path / "a"
         ) as session:
             return await session.run(plan)
 

@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 from urllib.parse import unquote
 
-from helpers import provider_env
+from helpers import provider_env, simulator_session
 from PIL import Image, ImageChops, ImageStat
 from typer.testing import CliRunner
 
@@ -110,7 +110,6 @@ def test_a_contact_sheet_that_cannot_be_made_does_not_fail_the_chain(
     import anyio
 
     from chainer import errors, load_plan
-    from chainer.session import Session, simulator_provider
 
     def broken(*args: object, **kwargs: object) -> None:
         raise errors.MediaError("ffmpeg could not read frames", command=["ffmpeg", "-i", "x"], stderr="boom")
@@ -125,8 +124,9 @@ def test_a_contact_sheet_that_cannot_be_made_does_not_fail_the_chain(
     events: list[str] = []
 
     async def main() -> object:
-        provider = simulator_provider(sim, time_scale=sim.config.time_scale)
-        async with Session.open(state_dir=tmp_path / "s", archive_dir=tmp_path / "a", provider=provider) as s:
+        async with simulator_session(
+            sim, tmp_path, state_dir=tmp_path / "s", archive_dir=tmp_path / "a"
+        ) as s:
             return await s.run(load_plan(sb), on_event=lambda e: events.append(f"{e.state}: {e.message}"))
 
     result = anyio.run(main)

@@ -5,15 +5,16 @@ from __future__ import annotations
 import hashlib
 import json
 import textwrap
+from collections.abc import Callable
 from pathlib import Path
 
 import anyio
 import httpx
 import pytest
+from helpers import simulator_session
 
 from chainer import errors, load_plan, media
 from chainer.journal import Journal
-from chainer.provider.client import KlingClient
 from chainer.session import Session, simulator_provider
 from chainer.simulator import Simulator
 
@@ -38,14 +39,9 @@ def storyboard(tmp_path: Path, *, name: str = "e2e", second: str = "Night falls"
     return path
 
 
-def run_once(sim: Simulator, sb: Path, tmp_path: Path, *, http: httpx.AsyncClient | None = None) -> object:
+def run_once(sim: Simulator, sb: Path, tmp_path: Path) -> object:
     async def main() -> object:
-        provider = simulator_provider(sim, time_scale=sim.config.time_scale)
-        async with Session.open(
-            state_dir=tmp_path / "state", archive_dir=tmp_path / "archive", provider=provider
-        ) as session:
-            if http is not None:  # swap the provider client's transport (fault injection)
-                session.client = KlingClient(provider, http=http)
+        async with simulator_session(sim, tmp_path) as session:
             return await session.run(load_plan(sb))
 
     return anyio.run(main)
@@ -101,8 +97,8 @@ def test_changed_storyboard_is_not_silently_mixed(sim: Simulator, tmp_path: Path
 class LoseFirstExtendResponse(httpx.AsyncBaseTransport):
     """Delivers the first video-extend create to the server, then 'loses' its answer."""
 
-    def __init__(self) -> None:
-        self.inner = httpx.AsyncHTTPTransport()
+    def __init__(self, inner: httpx.AsyncBaseTransport) -> None:
+        self.inner = inner
         self.lost = 0
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
@@ -115,16 +111,11 @@ class LoseFirstExtendResponse(httpx.AsyncBaseTransport):
 
 
 def test_lost_create_answer_is_reconciled_not_resent(sim: Simulator, tmp_path: Path) -> None:
-    transport = LoseFirstExtendResponse()
+    transport = LoseFirstExtendResponse(sim.asgi_transport())
 
     async def main() -> None:
-        async with httpx.AsyncClient(transport=transport) as http:
-            provider = simulator_provider(sim, time_scale=sim.config.time_scale)
-            async with Session.open(
-                state_dir=tmp_path / "state", archive_dir=tmp_path / "archive", provider=provider
-            ) as session:
-                session.client = KlingClient(provider, http=http)
-                await session.run(load_plan(storyboard(tmp_path)))
+        async with simulator_session(sim, tmp_path, wrap=lambda inner: transport) as session:
+            await session.run(load_plan(storyboard(tmp_path)))
 
     anyio.run(main)
     assert transport.lost == 1
@@ -204,8 +195,8 @@ class SwallowFirstExtend(httpx.AsyncBaseTransport):
     """The first video-extend create times out on the way there: nothing reaches the server,
     but the client cannot know that (a read timeout looks the same)."""
 
-    def __init__(self) -> None:
-        self.inner = httpx.AsyncHTTPTransport()
+    def __init__(self, inner: httpx.AsyncBaseTransport) -> None:
+        self.inner = inner
         self.swallowed = 0
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
@@ -215,25 +206,26 @@ class SwallowFirstExtend(httpx.AsyncBaseTransport):
         return await self.inner.handle_async_request(request)
 
 
-def run_with(sim: Simulator, tmp_path: Path, transport: httpx.AsyncBaseTransport, **options: object) -> None:
+def run_with(
+    sim: Simulator,
+    tmp_path: Path,
+    wrap: Callable[[httpx.AsyncBaseTransport], httpx.AsyncBaseTransport] | None,
+    **options: object,
+) -> None:
+    """Run the test storyboard on `sim` in-process, its transport wrapped by `wrap`."""
+    update = {"task_lookup": options.pop("task_lookup")} if "task_lookup" in options else None
+
     async def main() -> None:
-        async with httpx.AsyncClient(transport=transport) as http:
-            provider = simulator_provider(sim, time_scale=sim.config.time_scale)
-            if "task_lookup" in options:
-                provider = provider.model_copy(update={"task_lookup": options.pop("task_lookup")})
-            async with Session.open(
-                state_dir=tmp_path / "state", archive_dir=tmp_path / "archive", provider=provider
-            ) as session:
-                session.client = KlingClient(provider, http=http)
-                await session.run(load_plan(storyboard(tmp_path)), **options)  # type: ignore[arg-type]
+        async with simulator_session(sim, tmp_path, wrap=wrap, provider_update=update) as session:
+            await session.run(load_plan(storyboard(tmp_path)), **options)  # type: ignore[arg-type]
 
     anyio.run(main)
 
 
 def test_provider_without_lookup_is_reconciled_from_its_task_list(sim_factory, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     sim = sim_factory(external_id_lookup=False)
-    transport = LoseFirstExtendResponse()
-    run_with(sim, tmp_path, transport)  # the simulator provider maps this to task_lookup="list"
+    transport = LoseFirstExtendResponse(sim.asgi_transport())
+    run_with(sim, tmp_path, lambda inner: transport)  # the simulator provider maps this to task_lookup="list"
     assert transport.lost == 1
     assert [c.kind for c in sim.state.creates] == ["text2video"] + ["video-extend"] * 3
     posts = sum(n for key, n in sim.state.requests.items() if key.startswith("POST video-extend"))
@@ -242,14 +234,14 @@ def test_provider_without_lookup_is_reconciled_from_its_task_list(sim_factory, t
 
 def test_provider_that_cannot_be_asked_stops_for_the_user(sim: Simulator, tmp_path: Path) -> None:
     with pytest.raises(errors.SubmitUnknown, match="--resend-unknown"):
-        run_with(sim, tmp_path, SwallowFirstExtend(), task_lookup="none")
+        run_with(sim, tmp_path, SwallowFirstExtend, task_lookup="none")
     assert [c.kind for c in sim.state.creates] == ["text2video"]
     with Journal(tmp_path / "state" / "journal-simulator.sqlite") as journal:
         assert journal.steps("e2e")[1].state == "submit_unknown"
         assert journal.summary("e2e").state == "needs attention"
     with pytest.raises(errors.SubmitUnknown):  # a plain re-run does not guess either
-        run_with(sim, tmp_path, httpx.AsyncHTTPTransport(), task_lookup="none")
-    run_with(sim, tmp_path, httpx.AsyncHTTPTransport(), task_lookup="none", resend_unknown=True)
+        run_with(sim, tmp_path, None, task_lookup="none")
+    run_with(sim, tmp_path, None, task_lookup="none", resend_unknown=True)
     assert [c.kind for c in sim.state.creates] == ["text2video"] + ["video-extend"] * 3
 
 

@@ -3,7 +3,7 @@
 Independent of chainer's client (it shares only `chainer.rules` and `chainer.media`).
 """
 
-from .server import Simulator, client_env, serve_forever
+from .server import IN_PROCESS_URL, Simulator, client_env, serve_forever
 from .state import SimConfig, SimError, SimState
 
-__all__ = ["SimConfig", "SimError", "SimState", "Simulator", "client_env", "serve_forever"]
+__all__ = ["IN_PROCESS_URL", "SimConfig", "SimError", "SimState", "Simulator", "client_env", "serve_forever"]

@@ -14,10 +14,11 @@ import threading
 from pathlib import Path
 from types import TracebackType
 
+import httpx
 import uvicorn
 
 from .app import build_app
-from .state import SimConfig, SimState
+from .state import IN_PROCESS_HOST, SimConfig, SimState
 
 
 def client_env(config: SimConfig, base_url: str, **extra: str) -> dict[str, str]:
@@ -32,6 +33,10 @@ def client_env(config: SimConfig, base_url: str, **extra: str) -> dict[str, str]
     )
     env.update(extra)  # the caller's settings win (a test may pretend Kling's real pace)
     return env
+
+
+#: The base URL to reach a simulator served in-process (Simulator.asgi_transport).
+IN_PROCESS_URL = f"http://{IN_PROCESS_HOST}"
 
 
 class Simulator:
@@ -63,6 +68,11 @@ class Simulator:
     @property
     def base_url(self) -> str:
         return f"{'https' if self.ssl else 'http'}://{self.host}:{self.port}"
+
+    def asgi_transport(self) -> httpx.ASGITransport:
+        """An httpx transport that serves this simulator's app in-process: no server, no
+        socket (use IN_PROCESS_URL as the base URL; the app signs its urls for it)."""
+        return httpx.ASGITransport(app=build_app(self.state, admin=self.admin))
 
     def client_env(self, **extra: str) -> dict[str, str]:
         """Environment for a `chainer` subprocess calling this simulator (see `client_env`)."""

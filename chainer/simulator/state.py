@@ -31,6 +31,9 @@ from pydantic import BaseModel, ConfigDict, Field
 from .. import media, rules
 from .video import Canvas, Scene, render
 
+#: The host name a simulator served in-process answers to (its own urls name it).
+IN_PROCESS_HOST = "simulator.in-process"
+
 
 class SimError(Exception):
     """A refusal, answered with the documented HTTP status for `code`."""
@@ -671,7 +674,7 @@ class SimState:
             raise SimError(1201, "video_list[0].video_url must be an http(s) URL")
         parsed = httpx.URL(url)
         name = parsed.path.removeprefix("/files/")
-        if parsed.host not in ("127.0.0.1", "localhost", "::1") or name == parsed.path:
+        if parsed.host not in ("127.0.0.1", "localhost", "::1", IN_PROCESS_HOST) or name == parsed.path:
             raise SimError(
                 1201, "video_url: the offline simulator can reference only videos it made (its /files/ urls)"
             )
