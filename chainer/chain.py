@@ -9,10 +9,13 @@ every answer is the same wherever it is asked.
 
 The step state machine lives here too (the journal enforces it, the engine walks it):
 
-    planned -> submit_intent -> submitted -> succeeded -> downloaded
-       |            |    ^
-       v            v    |            (any state before downloaded) -> failed
-    skipped   submit_unknown
+    planned        -> submit_intent; succeeded (step 0 adopting an existing video); skipped
+    submit_intent  -> submitted; submit_unknown (the answer was lost); planned (refused for
+                      now, nothing was made); failed (the provider refused the request)
+    submit_unknown -> submitted (the task was found); submit_intent (provably none was made)
+    submitted      -> succeeded; failed
+    succeeded      -> downloaded; failed (the provider deleted it before it was archived)
+    downloaded     -> succeeded (the archived file went missing: fetched again, never re-made)
 """
 
 from __future__ import annotations
@@ -37,9 +40,10 @@ STEP_STATES: tuple[StepState, ...] = get_args(StepState)
 #: Which states a step may move to from each state.
 TRANSITIONS: dict[StepState, tuple[StepState, ...]] = {
     # skipped: an optional step (for target_duration) that the video no longer needs
-    "planned": ("submit_intent", "succeeded", "failed", "skipped"),
+    # succeeded directly: step 0 adopting an existing video
+    "planned": ("submit_intent", "succeeded", "skipped"),
     "submit_intent": ("submitted", "submit_unknown", "planned", "failed"),
-    "submit_unknown": ("submitted", "submit_intent", "failed"),
+    "submit_unknown": ("submitted", "submit_intent"),
     "submitted": ("succeeded", "failed"),
     "succeeded": ("downloaded", "failed"),
     # back to succeeded only when an archived file went missing: it is fetched again

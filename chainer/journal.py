@@ -2,13 +2,8 @@
 
 SQLite in WAL mode with synchronous=FULL: a transition that returned is on disk. Each
 transition is one `BEGIN IMMEDIATE` transaction that checks the step's current state, so
-a step can only move along the state machine below, and the runner can always ask the
-journal where it stands instead of trusting memory.
-
-    planned -> submit_intent -> submitted -> succeeded -> downloaded
-       |            |    ^
-       v            v    |            (any state before downloaded) -> failed
-    skipped   submit_unknown
+a step can only move along the state machine (chainer.chain.TRANSITIONS), and the engine
+can always ask the journal where it stands instead of trusting memory.
 
 `submit_intent` is committed with the step's external_task_id BEFORE the create request
 is sent; `submitted` is committed with the provider's task_id the moment it is known.
@@ -34,6 +29,8 @@ from .errors import ChainLocked, JournalError
 from .rules import TaskKind
 
 SCHEMA_VERSION = 4
+#: The path that opens a journal held in memory (sqlite's own name for it).
+IN_MEMORY = ":memory:"
 
 #: Version 1, as first released. A new journal is this plus every migration, in order,
 #: so the upgrade path is the path every journal takes.
@@ -174,10 +171,13 @@ class _Store:
     """The journal file: its connection, schema migrations, transactions and chain locks."""
 
     def __init__(self, path: str | Path):
+        #: `Journal(IN_MEMORY)` lives in this process only (engine tests): no file, no locks.
+        self.in_memory = str(path) == IN_MEMORY
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        if not self.in_memory:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
         try:
-            self.db = sqlite3.connect(self.path, isolation_level=None, timeout=30.0)
+            self.db = sqlite3.connect(str(path), isolation_level=None, timeout=30.0)
             self.db.row_factory = sqlite3.Row
             self.db.execute("PRAGMA journal_mode=WAL")
             self.db.execute("PRAGMA synchronous=FULL")
@@ -190,7 +190,8 @@ class _Store:
 
     def close(self) -> None:
         for fd in self._locks.values():
-            os.close(fd)
+            if fd >= 0:
+                os.close(fd)
         self._locks.clear()
         self.db.close()
 
@@ -242,6 +243,9 @@ class _Store:
     def lock_chain(self, name: str) -> None:
         """Own `name` until close(); ChainLocked says which process holds it otherwise."""
         if name in self._locks:
+            return
+        if self.in_memory:  # nothing outside this process can see the journal
+            self._locks[name] = -1
             return
         lock_dir = self.path.parent / "locks"
         lock_dir.mkdir(exist_ok=True)
