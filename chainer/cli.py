@@ -592,11 +592,11 @@ def archive_command(
 ) -> None:
     """Download every result not safely archived yet (asking for fresh urls); exit 1 if any could not be."""
 
-    async def archive_journal(path: Path, provider: str) -> tuple[int, int]:
+    async def archive_journal(path: Path, profile: str) -> tuple[int, int]:
         """Archive one journal's pending results with its own provider: (saved, problems)."""
         async with _journal_session(
             path,
-            provider,
+            profile,
             **_where(state_dir, archive_dir, archive_url, base_url, path_prefix, sim_time_scale),
         ) as session:
             outcomes = await archive_pending(session, names, on_retry=_show_retry)
@@ -615,7 +615,7 @@ def archive_command(
             if not chains:
                 continue
             try:
-                got, problems = await archive_journal(path, chains[0].provider)
+                got, problems = await archive_journal(path, chains[0].profile)
             except errors.ConfigError as exc:  # e.g. no credentials for this journal's provider
                 got, problems = 0, 1
                 err.print(str(exc) if str(exc).startswith(path.name) else f"{path.name}: {exc}", markup=False)
@@ -639,7 +639,7 @@ def archive_command(
                 for c in journal.chains():
                     known |= {r.video_id for r in journal.steps(c.name) if r.video_id}
                     if chains_profile is None and not simulated.is_simulated_journal(path):
-                        chains_profile = profiles.get(c.provider)
+                        chains_profile = profiles.get(c.profile)
         async with Session.open(
             **_where(state_dir, archive_dir, archive_url, base_url, path_prefix, sim_time_scale),
             profile=chains_profile,
@@ -681,12 +681,11 @@ def _where(
 
 
 @asynccontextmanager
-async def _journal_session(path: Path, provider: str, **common: Any) -> AsyncIterator[Session]:
-    """A session on the provider a journal's chains were made with (the simulator for a
-    simulated journal, the credentials for a real one), or ConfigError saying what is off."""
-    profile_name = provider.removeprefix("simulator").removeprefix("-") or "kling"
+async def _journal_session(path: Path, profile: str, **common: Any) -> AsyncIterator[Session]:
+    """A session on the provider profile a journal's chains were made with (the simulator
+    for a simulated journal, the credentials for a real one), or ConfigError saying what is off."""
     async with Session.open(
-        **common, profile=profiles.get(profile_name), simulate=simulated.is_simulated_journal(path)
+        **common, profile=profiles.get(profile), simulate=simulated.is_simulated_journal(path)
     ) as session:
         if session.journal.path.resolve() != path.resolve():
             raise errors.ConfigError(
@@ -717,7 +716,7 @@ def adopt(
             if row is None:
                 continue
             async with _journal_session(
-                path, row.provider, state_dir=state_dir, base_url=base_url, path_prefix=path_prefix
+                path, row.profile, state_dir=state_dir, base_url=base_url, path_prefix=path_prefix
             ) as session:
                 adopted = await adopt_task(session, chain, step, task_id)
             out.print(

@@ -28,7 +28,7 @@ from .chain import TRANSITIONS, ChainState, ChainView, StepRow, StepState
 from .errors import ChainLocked, JournalError
 from .rules import TaskKind
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 #: The path that opens a journal held in memory (sqlite's own name for it).
 IN_MEMORY = ":memory:"
 
@@ -106,6 +106,14 @@ MIGRATIONS: dict[int, tuple[str, ...]] = {
         " provider TEXT NOT NULL, base_url TEXT NOT NULL, fact TEXT NOT NULL, value TEXT NOT NULL,"
         " evidence TEXT, at REAL NOT NULL, PRIMARY KEY (provider, base_url, fact))",
     ),
+    4: (
+        # the provider profile the chain's storyboard names (the provider column is the
+        # client's name for it, "simulator-NAME" when the simulator imitated it)
+        "ALTER TABLE chains ADD COLUMN profile TEXT",
+        # older chains: the profile as the provider name spelled it
+        "UPDATE chains SET profile = CASE WHEN provider = 'simulator' THEN 'kling' "
+        "WHEN provider LIKE 'simulator-%' THEN substr(provider, 11) ELSE provider END",
+    ),
 }
 
 _STEP_FIELDS = (
@@ -140,6 +148,8 @@ class ChainRow:
     max_units: float | None
     #: The storyboard text as the chain was started (None in journals older than schema 4).
     storyboard_text: str | None = None
+    #: The provider profile its storyboard names (chainer.profiles), e.g. "kling".
+    profile: str = "kling"
 
 
 @dataclass(frozen=True)
@@ -152,7 +162,8 @@ class ProviderFact:
 
 
 _CHAIN_COLUMNS = (
-    "name, uid, storyboard, storyboard_sha, provider, model, mode, output, state, max_units, storyboard_text"
+    "name, uid, storyboard, storyboard_sha, provider, model, mode, output, state, max_units, "
+    "storyboard_text, profile"
 )
 
 
@@ -390,6 +401,7 @@ class Journal(_Reads):
         output: str,
         steps: Sequence[tuple[int, str, str | None, str]],
         storyboard_text: str | None = None,
+        profile: str = "kling",
     ) -> ChainRow:
         """Create the chain and its planned steps once; later calls return it unchanged
         (but for the storyboard text of a chain from a journal that did not keep it)."""
@@ -399,8 +411,8 @@ class Journal(_Reads):
                 uid = os.urandom(6).hex()
                 db.execute(
                     "INSERT INTO chains (name, uid, storyboard, storyboard_sha, provider, model, mode, "
-                    "output, state, created_at, updated_at, storyboard_text) "
-                    "VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
+                    "output, state, created_at, updated_at, storyboard_text, profile) "
+                    "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
                     (
                         name,
                         uid,
@@ -414,6 +426,7 @@ class Journal(_Reads):
                         now,
                         now,
                         storyboard_text,
+                        profile,
                     ),
                 )
                 for idx, kind, prompt, fingerprint in steps:

@@ -56,6 +56,7 @@ class JournalPort(Protocol):
         output: str,
         steps: Sequence[StepSpec],
         storyboard_text: str | None = None,
+        profile: str = "kling",
     ) -> ChainRow: ...
 
     def set_max_units(self, name: str, max_units: float | None) -> None: ...

@@ -59,6 +59,8 @@ def downgrade_to_v1(path: Path) -> None:
     db = sqlite3.connect(path)
     for version in range(SCHEMA_VERSION - 1, 0, -1):
         for statement in reversed(MIGRATIONS[version]):
+            if statement.startswith("UPDATE"):
+                continue  # a backfill of a column dropped next
             if statement.startswith("CREATE TABLE"):
                 db.execute(f"DROP TABLE {statement.split()[2]}")
                 continue

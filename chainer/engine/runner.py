@@ -90,6 +90,7 @@ class ChainRunner:
             output=str(plan.output.resolve()),
             steps=[(s.index, s.kind, s.prompt, s.fingerprint) for s in plan.steps],
             storyboard_text=plan.storyboard_text or None,
+            profile=plan.provider.name,
         )
         if run.options.from_step is not None:
             revise.reroll(run, run.options.from_step)
