@@ -15,13 +15,16 @@ import os
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal, cast
 
 from pydantic import BaseModel, ConfigDict, SecretStr, ValidationError
 
 from . import rules
 from .errors import ConfigError
 from .provider.config import OFFICIAL_BASE_URL, ProviderConfig, TaskLookup
+
+if TYPE_CHECKING:  # the simulator is only configured here, never imported for it
+    from .simulator import SimConfig
 
 ExtendField = Literal["prompt", "negative_prompt", "cfg_scale"]
 
@@ -52,6 +55,65 @@ class Profile(BaseModel):
     #: What one unit costs, if you want plans and confirmations in money (your contract's price).
     unit_price: float | None = None
     currency: str = "USD"
+
+    def client_config(
+        self,
+        *,
+        base_url: str,
+        access_key: str = "",
+        secret_key: str = "",
+        api_key: str = "",
+        path_prefix: str | None = None,
+        send_parent_task_id: bool | None = None,
+        task_lookup: TaskLookup | None = None,
+        time_scale: float = 1.0,
+        offline: bool = False,
+        name: str | None = None,
+    ) -> ProviderConfig:
+        """The client's settings for this provider: the one translation from a profile
+        (the keywords are the environment's or the command line's overrides)."""
+        return ProviderConfig(
+            name=name or self.name,
+            dialect="official" if self.auth == "jwt" else "proxy",
+            base_url=base_url,
+            path_prefix=self.path_prefix if path_prefix is None else path_prefix,
+            access_key=SecretStr(access_key) if access_key else None,
+            secret_key=SecretStr(secret_key) if secret_key else None,
+            api_key=SecretStr(api_key) if api_key else None,
+            send_parent_task_id=self.send_parent_task_id
+            if send_parent_task_id is None
+            else send_parent_task_id,
+            task_lookup=task_lookup or self.task_lookup,
+            account_costs=self.account_costs,
+            concurrency=self.concurrency,
+            offline=offline,
+            time_scale=time_scale,
+        )
+
+    def simulator_config(self, base: SimConfig) -> SimConfig:
+        """`base` changed so that the simulator behaves like this provider: the one
+        translation to the simulator's settings (they share the names in SIMULATED)."""
+        shared: dict[str, object] = {name: getattr(self, name) for name in SIMULATED}
+        # the simulator always has its task list; "none" is a client-side choice
+        shared["task_lookup"] = "external_id" if self.task_lookup == "external_id" else "list"
+        return base.model_copy(update={"dialect": "official" if self.auth == "jwt" else "proxy", **shared})
+
+    @classmethod
+    def of_simulator(cls, config: SimConfig, *, name: str, base_url: str) -> Profile:
+        """The profile a simulator with `config` presents, at `base_url`."""
+        return cls(
+            name=name,
+            description="chainer's offline simulator",
+            base_url=base_url,
+            auth="jwt" if config.dialect == "official" else "bearer",
+            account_costs=config.dialect == "official",
+            concurrency=config.concurrency,
+            **{name: getattr(config, name) for name in SIMULATED},
+        )
+
+
+#: The provider facts the simulator imitates, under the same names in Profile and SimConfig.
+SIMULATED = ("path_prefix", "send_parent_task_id", "prompt_max_chars", "extend_v1_5", "task_lookup")
 
 
 BUILTIN: dict[str, Profile] = {
@@ -221,19 +283,13 @@ def from_environment(
     lookup = env.get("KLING_TASK_LOOKUP", profile.task_lookup).strip()
     if lookup not in ("external_id", "list", "none"):
         raise ConfigError(f"KLING_TASK_LOOKUP={lookup!r}: expected external_id, list or none")
-    return ProviderConfig(
-        name=profile.name,
-        dialect="official" if profile.auth == "jwt" else "proxy",
+    return profile.client_config(
         base_url=url,
+        access_key=ak,
+        secret_key=sk,
+        api_key=key,
         path_prefix=prefix,
-        access_key=SecretStr(ak) if ak else None,
-        secret_key=SecretStr(sk) if sk else None,
-        api_key=SecretStr(key) if key else None,
         send_parent_task_id=send_parent,
-        prompt_max_chars=profile.prompt_max_chars,
-        refuse_v1_5_extension=not profile.extend_v1_5,
-        task_lookup=lookup,
-        account_costs=profile.account_costs,
-        concurrency=profile.concurrency,
+        task_lookup=cast(TaskLookup, lookup),
         time_scale=_time_scale(env),
     )

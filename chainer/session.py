@@ -16,12 +16,11 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
 import anyio
 import anyio.abc
 import httpx
-from pydantic import SecretStr
 
 from . import archive, batch, preflight, simulated
 from .batch import Batch, RunOptions
@@ -62,49 +61,21 @@ def _may_simulate(simulate: bool | None, state: Path, archive: Path, real: dict[
         )
 
 
-def imitating(config: SimConfig, profile: Profile) -> SimConfig:
-    """`config` changed so that the simulator behaves like `profile`'s provider."""
-    return config.model_copy(
-        update={
-            "dialect": "official" if profile.auth == "jwt" else "proxy",
-            "path_prefix": profile.path_prefix,
-            "require_parent_task_id": profile.send_parent_task_id,
-            "prompt_max_chars": profile.prompt_max_chars,
-            "refuse_v1_5_extension": not profile.extend_v1_5,
-            "external_id_lookup": profile.task_lookup == "external_id",
-        }
-    )
-
-
 def simulator_provider(
     sim: Simulator, *, time_scale: float, name: str = "simulator", base_url: str | None = None
 ) -> ProviderConfig:
     """A ProviderConfig that talks to `sim` in its own dialect with its own credentials
     (at `base_url`: IN_PROCESS_URL for a simulator served in-process)."""
     cfg = sim.config
-    common: dict[str, Any] = {
-        "name": name,
-        "concurrency": cfg.concurrency,
-        "base_url": base_url or sim.base_url,
-        "offline": True,
-        "time_scale": time_scale,
-        "path_prefix": cfg.path_prefix,
-        "prompt_max_chars": cfg.prompt_max_chars,
-        "task_lookup": "external_id" if cfg.external_id_lookup else "list",
-        "account_costs": cfg.dialect == "official",
-    }
-    if cfg.dialect == "proxy":
-        return ProviderConfig(
-            dialect="proxy",
-            api_key=SecretStr(cfg.api_key),
-            send_parent_task_id=cfg.require_parent_task_id,
-            **common,
-        )
-    return ProviderConfig(
-        dialect="official",
-        access_key=SecretStr(cfg.access_key),
-        secret_key=SecretStr(cfg.secret_key),
-        **common,
+    url = base_url or sim.base_url
+    official = cfg.dialect == "official"
+    return Profile.of_simulator(cfg, name=name, base_url=url).client_config(
+        base_url=url,
+        access_key=cfg.access_key if official else "",
+        secret_key=cfg.secret_key if official else "",
+        api_key="" if official else cfg.api_key,
+        time_scale=time_scale,
+        offline=True,
     )
 
 
@@ -170,7 +141,9 @@ class Session:
             if provider is None:
                 _may_simulate(simulate, state, archive_root, real)
                 chosen = profile or BUILTIN["kling"]
-                config = imitating(sim_config or SimConfig(time_scale=EMBEDDED_TIME_SCALE, seed=0), chosen)
+                config = chosen.simulator_config(
+                    sim_config or SimConfig(time_scale=EMBEDDED_TIME_SCALE, seed=0)
+                )
                 sim = stack.enter_context(Simulator(config, data_dir=state / "simulator"))
                 name = simulated.simulator_name(chosen.name)
                 provider = simulator_provider(sim, time_scale=config.time_scale, name=name)

@@ -66,9 +66,7 @@ def test_a_pack_that_expires_during_the_run_is_named_with_its_date(sim_factory, 
 
 
 def test_a_proxy_has_no_account_endpoint_and_the_run_goes_on(sim_factory, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
-    sim = sim_factory(
-        dialect="proxy", path_prefix="/kling", require_parent_task_id=True, prompt_max_chars=500
-    )
+    sim = sim_factory(dialect="proxy", path_prefix="/kling", send_parent_task_id=True, prompt_max_chars=500)
     env = provider_env(sim)
     for key in ("KLING_ACCESS_KEY", "KLING_SECRET_KEY"):
         env.pop(key)

@@ -14,7 +14,7 @@ from helpers import CHAINER
 
 from chainer import load_plan, profiles
 from chainer.errors import StoryboardError
-from chainer.session import Session, imitating
+from chainer.session import Session
 from chainer.simulator import SimConfig, Simulator
 
 FAST = {"time_scale": 0.0005, "width": 160, "height": 96}
@@ -53,7 +53,7 @@ def credentials(sim: Simulator, profile: profiles.Profile) -> dict[str, str]:
 @pytest.mark.parametrize("name", sorted(profiles.BUILTIN))
 def test_each_builtin_profile_end_to_end(name: str, tmp_path: Path) -> None:
     profile = profiles.BUILTIN[name]
-    with Simulator(imitating(SimConfig(**FAST), profile), data_dir=tmp_path / "sim", admin=True) as sim:
+    with Simulator(profile.simulator_config(SimConfig(**FAST)), data_dir=tmp_path / "sim", admin=True) as sim:
         env = {**credentials(sim, profile), "CHAINER_TIME_SCALE": str(sim.config.time_scale)}
         provider = profiles.from_environment(env, profile=profile)
         assert provider is not None and provider.name == name
@@ -124,7 +124,7 @@ def test_no_secret_in_anything_chainer_writes(profile_name: str, tmp_path: Path)
         "secret_key": "SKsecret-abcdefghijklmnopqrstuvwxyz012345",
         "api_key": "APIsecret-9876543210",
     }
-    config = imitating(SimConfig(**FAST, **secrets), profile)
+    config = profile.simulator_config(SimConfig(**FAST, **secrets))
     work = tmp_path / "work"
     work.mkdir()
     with Simulator(config, data_dir=tmp_path / "sim", admin=True) as sim:

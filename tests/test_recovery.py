@@ -40,7 +40,7 @@ def kinds(sim: Simulator) -> list[str]:
 
 
 def test_a_lost_start_at_a_list_only_provider_is_finished_by_adopting_it(sim_factory, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
-    sim = sim_factory(external_id_lookup=False, lose_create_rate=1.0)
+    sim = sim_factory(task_lookup="list", lose_create_rate=1.0)
     write_storyboard(tmp_path, STORY.format(first="a boat"), "stuck.yaml")
     lost = chainer(sim, tmp_path, "run", "stuck.yaml", KLING_TASK_LOOKUP="list")
     assert lost.returncode == 1
@@ -85,7 +85,7 @@ def test_adopt_refuses_a_task_that_extends_another_video(sim, tmp_path: Path) ->
 def test_a_retried_step_whose_answer_is_lost_is_reconciled_past_the_failed_attempt(
     sim_factory, tmp_path: Path
 ) -> None:  # type: ignore[no-untyped-def]
-    sim = sim_factory(external_id_lookup=False)
+    sim = sim_factory(task_lookup="list")
     write_storyboard(tmp_path, STORY.format(first="[sim:fail] a boat"), "stuck.yaml")
     failed = chainer(sim, tmp_path, "run", "stuck.yaml", KLING_TASK_LOOKUP="list")
     assert failed.returncode == 1
@@ -150,9 +150,9 @@ def test_the_account_sweep_names_a_list_it_cannot_read_and_sweeps_the_others(
     sim = sim_factory(
         dialect="proxy",
         path_prefix="/kling",
-        require_parent_task_id=True,
+        send_parent_task_id=True,
         prompt_max_chars=500,
-        external_id_lookup=False,
+        task_lookup="list",
         unlisted_kinds=["omni-video"],
     )
     env = {k: v for k, v in os.environ.items() if not k.startswith(("KLING_", "CHAINER_"))}

@@ -223,7 +223,7 @@ def run_with(
 
 
 def test_provider_without_lookup_is_reconciled_from_its_task_list(sim_factory, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
-    sim = sim_factory(external_id_lookup=False)
+    sim = sim_factory(task_lookup="list")
     transport = LoseFirstExtendResponse(sim.asgi_transport())
     run_with(sim, tmp_path, lambda inner: transport)  # the simulator provider maps this to task_lookup="list"
     assert transport.lost == 1

@@ -90,7 +90,7 @@ def api(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Api]:
 
 
 def _api(dialect: str, tmp_path: Path, **settings: Any) -> Iterator[Api]:
-    proxy = {"path_prefix": "/kling", "require_parent_task_id": True} if dialect == "proxy" else {}
+    proxy = {"path_prefix": "/kling", "send_parent_task_id": True} if dialect == "proxy" else {}
     sim = Simulator(
         SimConfig(dialect=dialect, **{**FAST, **proxy, **settings}), data_dir=tmp_path / dialect, admin=True
     ).start()
@@ -233,7 +233,7 @@ def test_extension_refusals(api: Api) -> None:
 
 
 def test_v1_5_refusal_is_optional(api_factory: Any) -> None:
-    api = api_factory(refuse_v1_5_extension=True)
+    api = api_factory(extend_v1_5=False)
     v15 = api.video({"image": png(), "model_name": "kling-v1-5"}, kind="image2video")
     status, body = api.create("video-extend", api.extend_body(v15))
     assert (status, body["code"]) == (400, 1201) and "kling-v1-5" in body["message"]

@@ -255,9 +255,7 @@ def test_download_urls_are_signed_and_expire(sim_factory) -> None:  # type: igno
 
 
 def test_proxy_dialect_needs_key_prefix_and_parent_task_id(sim_factory) -> None:  # type: ignore[no-untyped-def]
-    sim = sim_factory(
-        dialect="proxy", path_prefix="/kling", require_parent_task_id=True, prompt_max_chars=500
-    )
+    sim = sim_factory(dialect="proxy", path_prefix="/kling", send_parent_task_id=True, prompt_max_chars=500)
     key = {"auth": "Bearer sim-api-key"}
     assert (
         call(sim, "POST", "/kling/v1/videos/text2video", auth="Bearer wrong", json={"prompt": "a"})[1]["code"]

@@ -12,8 +12,6 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, SecretStr
 
-from ..rules import PROMPT_MAX_CHARS
-
 Dialect = Literal["official", "proxy"]
 #: How a create whose answer was lost is looked up: by external_task_id, by scanning the
 #: task list (extensions are recognised by their parent video), or not at all.
@@ -36,8 +34,6 @@ class ProviderConfig(BaseModel):
     api_key: SecretStr | None = None
     #: Send the parent task id along with video_id in video-extend (proxies need it).
     send_parent_task_id: bool = False
-    prompt_max_chars: int = PROMPT_MAX_CHARS
-    refuse_v1_5_extension: bool = False
     task_lookup: TaskLookup = "external_id"
     #: Whether the provider offers GET /account/costs (Kling does; proxies bill their own credit).
     account_costs: bool = True

@@ -177,7 +177,7 @@ def build_app(state: SimState, *, admin: bool = False) -> Starlette:
             "task_status": "submitted",
             "task_info": (
                 {"external_task_id": task.external_task_id}
-                if task.external_task_id and state.config.external_id_lookup
+                if task.external_task_id and state.config.task_lookup == "external_id"
                 else {}
             ),
             "created_at": task.created_ms,
@@ -196,7 +196,7 @@ def build_app(state: SimState, *, admin: bool = False) -> Starlette:
                 task = state.find(kind, key)
                 state.observed(task)
                 data: Any = state.task_json(task, base(request))
-            elif "external_task_id" in request.query_params and state.config.external_id_lookup:
+            elif "external_task_id" in request.query_params and state.config.task_lookup == "external_id":
                 data = state.task_json(
                     state.find(kind, request.query_params["external_task_id"]), base(request)
                 )

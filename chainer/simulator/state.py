@@ -23,7 +23,7 @@ from collections import Counter
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import httpx
 from pydantic import BaseModel, ConfigDict, Field
@@ -56,19 +56,20 @@ class SimConfig(BaseModel):
     secret_key: str = "sim-secret-key-0123456789abcdef0123"
     api_key: str = "sim-api-key"
     path_prefix: str = ""
-    #: Proxy dialect: video-extend must name the parent task id next to video_id.
-    require_parent_task_id: bool = False
+    #: Like the proxies: video-extend must send the parent task id next to video_id.
+    send_parent_task_id: bool = False
     prompt_max_chars: int = rules.PROMPT_MAX_CHARS
-    #: False: like some proxies, no lookup by external_task_id (the query parameter is
+    #: "list": like some proxies, no lookup by external_task_id (the query parameter is
     #: ignored, the list is returned) and external_task_id is not echoed in task objects.
-    external_id_lookup: bool = True
+    task_lookup: Literal["external_id", "list"] = "external_id"
     #: Task kinds whose list endpoint this provider lacks (answered 404, code 1203), as a
     #: proxy without the omni-video list.
     unlisted_kinds: list[str] = Field(default_factory=list)
     #: True: like a proxy that accepts external_task_id and throws it away: never stored, so
     #: never echoed, never found (lookups answer 1203) and never refused as a duplicate.
     ignore_external_task_id: bool = False
-    refuse_v1_5_extension: bool = False
+    #: False: like some proxies, video-extend refuses kling-v1-5 videos.
+    extend_v1_5: bool = True
     #: 1.0 is real time (minutes per task); tests use 0.001 or less.
     time_scale: float = 1.0
     concurrency: int = 5
@@ -613,13 +614,13 @@ class SimState:
         video = self.videos.get(video_id)
         if video is None or self.expired(video.created_ms):
             raise SimError(1203, f"video {video_id} not found (unknown, or deleted after 30 days)")
-        if self.config.require_parent_task_id:
+        if self.config.send_parent_task_id:
             parent_task = body.get("task_id")
             if not parent_task:
                 raise SimError(1201, "task_id (of the task that produced video_id) is required")
             if parent_task != video.task_id:
                 raise SimError(1201, f"task_id {parent_task} did not produce video {video_id}")
-        refusal = _extend_refusal(video, self.config.refuse_v1_5_extension)
+        refusal = _extend_refusal(video, not self.config.extend_v1_5)
         if refusal:
             raise SimError(1201, refusal)
         return video
@@ -691,7 +692,7 @@ class SimState:
         """A task of `kind` by task_id or external_task_id (Kling's path form takes both)."""
         with self.lock:
             task = self.tasks.get(key)
-            if task is None and self.config.external_id_lookup:
+            if task is None and self.config.task_lookup == "external_id":
                 task = next((t for t in self.tasks.values() if t.external_task_id == key), None)
             if task is None or task.kind != kind or self.expired(task.created_ms):
                 raise SimError(1203, f"task {key} not found")
@@ -726,7 +727,7 @@ class SimState:
         with self.lock:
             status = self.status(task)
             info: dict[str, Any] = {}
-            if task.external_task_id is not None and self.config.external_id_lookup:
+            if task.external_task_id is not None and self.config.task_lookup == "external_id":
                 info["external_task_id"] = task.external_task_id
             if task.parent is not None:
                 info["parent_video"] = {
