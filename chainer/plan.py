@@ -34,7 +34,9 @@ import os
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
+
+from pydantic import BaseModel, ConfigDict
 
 from . import profiles, rules, storyboard
 from .errors import Problem, StoryboardError
@@ -50,13 +52,72 @@ StepKind = Literal["existing", "text2video", "image2video", "video-extend", "omn
 Loc = tuple[str | int, ...]
 
 
+class StepRequest(BaseModel):
+    """What a step asks the provider for, in chainer's own terms (not the wire's).
+
+    The engine builds the wire request from these attributes (chainer.engine.requests),
+    so renaming a wire field changes that one place. The step's fingerprint is taken of
+    `canonical()`, a layout frozen here on purpose: were it the wire dict, a renamed wire
+    field would make every chain in flight look changed. Local image paths stay paths
+    until the create is built.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    model: str | None = None
+    mode: str | None = None
+    #: Seconds of video the request asks for.
+    duration: int | None = None
+    prompt: str | None = None
+    negative_prompt: str | None = None
+    cfg_scale: float | None = None
+    aspect_ratio: str | None = None
+    image: str | None = None
+    image_tail: str | None = None
+    #: Omni-Video reference images.
+    images: tuple[str, ...] | None = None
+    sound: str | None = None
+    #: An existing video to start from (step 0 only), and the task that made it.
+    video_id: str | None = None
+    task_id: str | None = None
+
+    #: The frozen names of the fingerprint layout, where they differ from the attributes'.
+    _CANONICAL_NAMES: ClassVar[dict[str, str]] = {"model": "model_name"}
+
+    def canonical(self) -> dict[str, Any]:
+        """The request in its frozen fingerprint layout (what `Step.fields` shows): unset
+        fields left out, but an existing video's task_id kept even when unknown."""
+        out: dict[str, Any] = {}
+        for name, value in self:
+            keep = value is not None or (name == "task_id" and self.video_id is not None)
+            if not keep:
+                continue
+            if name == "duration":
+                value = str(value)
+            elif name == "images":
+                value = list(value)
+            out[self._CANONICAL_NAMES.get(name, name)] = value
+        return out
+
+    @classmethod
+    def from_canonical(cls, fields: dict[str, Any]) -> StepRequest:
+        """The request whose canonical layout is `fields` (how the planner writes them)."""
+        names = {v: k for k, v in cls._CANONICAL_NAMES.items()}
+        values = {names.get(k, k): v for k, v in fields.items()}
+        if values.get("duration") is not None:
+            values["duration"] = int(values["duration"])
+        if values.get("images") is not None:
+            values["images"] = tuple(values["images"])
+        return cls(**values)
+
+
 @dataclass(frozen=True)
 class Step:
     index: int
     kind: StepKind
     prompt: str | None
-    #: Request fields sent as they are; local image paths are read at submit time.
-    fields: dict[str, Any]
+    #: What the step asks the provider for (the wire request is built from it at submit time).
+    request: StepRequest
     #: Projected total length after this step (4 s and 5 s per extension).
     min_total: float
     max_total: float
@@ -70,6 +131,11 @@ class Step:
     part: int = 0
     #: An image2video from the last frame of the previous step's video (the 180 s cap).
     handoff: bool = False
+
+    @property
+    def fields(self) -> dict[str, Any]:
+        """The request in its fingerprint layout (chainer's own, frozen: see StepRequest)."""
+        return self.request.canonical()
 
 
 @dataclass(frozen=True)
@@ -167,6 +233,13 @@ def _sha_file(path: Path) -> str:
 
 def _is_url(value: str) -> bool:
     return value.startswith(("http://", "https://"))
+
+
+def _request(previous: str, kind: str, fields: dict[str, Any], base: Path) -> tuple[StepRequest, str]:
+    """A step's typed request from the planner's fields, and its fingerprint (chained to
+    the previous step's, taken of the request's frozen canonical layout)."""
+    request = StepRequest.from_canonical(fields)
+    return request, _fingerprint(previous, kind, request.canonical(), base)
 
 
 def _fingerprint(previous: str, kind: str, fields: dict[str, Any], base: Path) -> str:
@@ -408,11 +481,10 @@ def _start_step(sb: storyboard.Storyboard, base: Path, start_min: float, start_m
     source = sb.start.source
     start_loc: Loc = ("start", sb.start.kind)
     if isinstance(source, ExistingVideo):
-        fields: dict[str, Any] = {"video_id": source.video_id, "task_id": source.task_id}
-        fp = _fingerprint("", "existing", fields, base)
-        return Step(0, "existing", None, fields, start_min, start_max, 0.0, fp, loc=start_loc)
+        request, fp = _request("", "existing", {"video_id": source.video_id, "task_id": source.task_id}, base)
+        return Step(0, "existing", None, request, start_min, start_max, 0.0, fp, loc=start_loc)
     start_kind: StepKind = "text2video" if isinstance(source, Text2Video) else "image2video"
-    fields = {
+    fields: dict[str, Any] = {
         "model_name": source.model,
         "mode": source.mode,
         "duration": str(source.duration),
@@ -425,10 +497,9 @@ def _start_step(sb: storyboard.Storyboard, base: Path, start_min: float, start_m
     if isinstance(source, Image2Video):
         fields["image"] = source.image
         fields["image_tail"] = source.image_tail
-    fields = {k: v for k, v in fields.items() if v is not None}
-    fp = _fingerprint("", start_kind, fields, base)
+    request, fp = _request("", start_kind, {k: v for k, v in fields.items() if v is not None}, base)
     units = rules.estimate_units(source.mode, start_max)
-    return Step(0, start_kind, source.prompt, fields, start_min, start_max, units, fp, loc=start_loc)
+    return Step(0, start_kind, source.prompt, request, start_min, start_max, units, fp, loc=start_loc)
 
 
 def _add_steps(
@@ -451,8 +522,8 @@ def _add_steps(
             part += 1
             lo, hi = lo + e.seconds[0], hi + e.seconds[1]
             units = rules.task_units(e.kind, omni_mode, e.seconds[1])
-            fp = _fingerprint(prev, e.kind, e.fields, base)
-            steps.append(Step(i, e.kind, e.prompt, e.fields, lo, hi, units, fp, e.optional, e.loc, part))
+            request, fp = _request(prev, e.kind, e.fields, base)
+            steps.append(Step(i, e.kind, e.prompt, request, lo, hi, units, fp, e.optional, e.loc, part))
         elif i in handoffs or part_max + rules.EXTEND_MAX_SECONDS > rules.MAX_TOTAL_SECONDS + 1e-9:
             part, part_max = part + 1, float(HANDOFF_SECONDS)
             lo, hi = lo + HANDOFF_SECONDS, hi + HANDOFF_SECONDS
@@ -468,10 +539,9 @@ def _add_steps(
             part_max += rules.EXTEND_MAX_SECONDS
             lo, hi = lo + rules.EXTEND_MIN_SECONDS, hi + rules.EXTEND_MAX_SECONDS
             units = rules.estimate_units(source.mode, rules.EXTEND_MAX_SECONDS)
-            fp = _fingerprint(prev, "video-extend", e.fields, base)
-            prompt = e.fields["prompt"]
+            request, fp = _request(prev, "video-extend", e.fields, base)
             steps.append(
-                Step(i, "video-extend", prompt, e.fields, lo, hi, units, fp, e.optional, e.loc, part)
+                Step(i, "video-extend", request.prompt, request, lo, hi, units, fp, e.optional, e.loc, part)
             )
 
 
@@ -485,11 +555,9 @@ def _handoff_step(
         "duration": str(HANDOFF_SECONDS),
         **{k: v for k, v in e.fields.items() if k in ("prompt", "negative_prompt", "cfg_scale")},
     }
-    fp = _fingerprint(prev, "handoff", handoff, base)
+    request, fp = _request(prev, "handoff", handoff, base)
     units = rules.estimate_units(source.mode, HANDOFF_SECONDS)
-    return Step(
-        i, "image2video", handoff["prompt"], handoff, lo, hi, units, fp, e.optional, e.loc, part, True
-    )
+    return Step(i, "image2video", request.prompt, request, lo, hi, units, fp, e.optional, e.loc, part, True)
 
 
 @dataclass(frozen=True)

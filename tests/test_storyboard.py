@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from helpers import plan_problems, write_storyboard
 
-from chainer import plan, storyboard
+from chainer import load_plan, plan, storyboard
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -264,3 +264,27 @@ def test_schema_knows_every_field() -> None:
         "max_units",
     } <= set(props)
     assert storyboard.json_schema()["additionalProperties"] is False
+
+
+def test_fingerprints_are_stable_across_releases() -> None:
+    """A step's fingerprint is how a resumed chain knows its steps are unchanged: if it
+    moved with a code change (say a renamed wire field), every chain in flight would be
+    refused as edited. These values were taken from storyboards/lighthouse.yaml when the
+    layout was frozen (chainer.plan.StepRequest.canonical); they must never change."""
+    p = load_plan(ROOT / "storyboards" / "lighthouse.yaml")
+    assert p.steps[0].fingerprint == "ce438a9f0dea072ae7f6eff38f1a313cee15e226d2bc31f03457e507e424a157"
+    assert p.steps[-1].fingerprint == "cec9d72eb727e97cf5e98297898d06eb30788f9757fc8545abe1a516538fcf7c"
+
+
+def test_a_step_request_keeps_its_canonical_layout_whatever_the_wire_calls_it() -> None:
+    from chainer.plan import StepRequest
+
+    request = StepRequest.from_canonical(
+        {"model_name": "kling-v1", "mode": "std", "duration": "5", "prompt": "p"}
+    )
+    assert (request.model, request.duration) == ("kling-v1", 5), "chainer's own names, typed"
+    assert request.canonical() == {"model_name": "kling-v1", "mode": "std", "duration": "5", "prompt": "p"}
+    existing = StepRequest.from_canonical({"video_id": "v", "task_id": None})
+    assert existing.canonical() == {"video_id": "v", "task_id": None}, (
+        "an unknown task_id is part of the layout"
+    )

@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import base64
 import functools
-from typing import cast
+from typing import Any, cast
 
 import anyio
 
 from .. import archive, errors, media, rules
 from ..chain import StepRow
-from ..plan import Step
+from ..plan import Step, StepRequest
 from ..provider.wire import (
     CreateRequest,
     Image2VideoRequest,
@@ -31,39 +31,56 @@ from . import assembly
 from .context import READ_DEADLINE_S, ChainRun
 
 
+def _wire(request: StepRequest) -> dict[str, Any]:
+    """The wire's names for a step's request (kling-api.md): the one place they are spelled."""
+    fields = {
+        "model_name": request.model,
+        "mode": request.mode,
+        "duration": str(request.duration) if request.duration is not None else None,
+        "prompt": request.prompt,
+        "negative_prompt": request.negative_prompt,
+        "cfg_scale": request.cfg_scale,
+        "aspect_ratio": request.aspect_ratio,
+        "image": request.image,
+        "image_tail": request.image_tail,
+        "sound": request.sound,
+    }
+    return {k: v for k, v in fields.items() if v is not None}
+
+
 async def build(run: ChainRun, step: Step, row: StepRow, parent: StepRow | None) -> CreateRequest:
     """The create request of `row`, a take of `step` after `parent`."""
-    fields = dict(step.fields)
+    fields = _wire(step.request)
     ext = row.external_task_id
     match step.kind:
         case "text2video":
-            return Text2VideoRequest(external_task_id=ext, **fields)
+            return Text2VideoRequest.model_validate({**fields, "external_task_id": ext})
         case "image2video" if step.handoff:
             assert parent is not None
-            image = await handoff_image(run, step, row, parent)
-            return Image2VideoRequest(external_task_id=ext, image=base64.b64encode(image).decode(), **fields)
+            image = base64.b64encode(await handoff_image(run, step, row, parent)).decode()
+            return Image2VideoRequest.model_validate({**fields, "external_task_id": ext, "image": image})
         case "image2video":
             for key in ("image", "image_tail"):
                 if fields.get(key):
                     fields[key] = _image(run, fields[key])
-            return Image2VideoRequest(external_task_id=ext, **fields)
+            return Image2VideoRequest.model_validate({**fields, "external_task_id": ext})
         case "omni-video":
             assert parent is not None
-            images = [OmniImage(image_url=_image(run, v)) for v in fields.pop("images", [])]
-            return OmniVideoRequest(
-                external_task_id=ext,
-                video_list=[OmniVideo(video_url=await reference_url(run, step, parent))],
-                image_list=images or None,
-                **fields,
+            images = [OmniImage(image_url=_image(run, v)) for v in step.request.images or ()]
+            video = OmniVideo(video_url=await reference_url(run, step, parent))
+            return OmniVideoRequest.model_validate(
+                {**fields, "external_task_id": ext, "video_list": [video], "image_list": images or None}
             )
         case "video-extend":
             assert parent is not None and parent.video_id is not None
             send_parent = run.ctx.client.config.send_parent_task_id
-            return VideoExtendRequest(
-                video_id=parent.video_id,
-                task_id=parent.task_id if send_parent else None,
-                external_task_id=ext,
-                **fields,
+            return VideoExtendRequest.model_validate(
+                {
+                    **fields,
+                    "video_id": parent.video_id,
+                    "task_id": parent.task_id if send_parent else None,
+                    "external_task_id": ext,
+                }
             )
         case "existing":
             raise AssertionError("an existing video is never submitted")

@@ -168,8 +168,8 @@ class ChainRunner:
                 row,
                 "succeeded",
                 "adopted an existing video",
-                video_id=step.fields["video_id"],
-                task_id=step.fields.get("task_id"),
+                video_id=step.request.video_id,
+                task_id=step.request.task_id,
                 duration=run.plan.existing.duration if run.plan.existing else None,
             )
         self._check_budget(step)
