@@ -21,6 +21,7 @@ from rich.progress import Progress as Bar
 from rich.table import Table
 
 from .archive import write_atomically
+from .chain import label
 from .events import ChainResult, Event
 from .plan import Plan
 
@@ -142,7 +143,7 @@ def summary_table(results: list[ChainResult]) -> Table:
     for r in results:
         table.add_row(
             r.chain,
-            r.state.replace("_", " "),
+            label(r.state),
             f"{r.duration:.2f} s" if r.duration is not None else "-",
             f"{r.units:g}",
             str(r.output) if r.output else r.message,

@@ -1,8 +1,10 @@
 """Retries with a deadline, driven by what the error says (stamina underneath).
 
-Reads (polls, lookups) retry on anything transient. Creates retry only on what proves
-that no task was made: the request never left (RequestNotSent), or the provider refused
-it for now (1302 too fast, 1303 concurrency full). `Retry-After` sets the wait when the
+Every "should this be tried again, and when" is answered here. Reads (polls, lookups)
+retry on anything transient. Creates retry only on what proves that no task was made:
+the request never left (RequestNotSent), or the provider refused it for now: 1302 (too
+fast) is sent again after a backoff; 1303 (the account is full) waits for a slot
+instead (FullAccountWaits, with the scheduler). `Retry-After` sets the wait when the
 provider sends one (capped). `stamina.set_testing(True)` turns every wait off in tests.
 """
 
@@ -69,6 +71,33 @@ def create_backoff(exc: Exception) -> bool | float:
     if isinstance(exc, AccountFull):
         return False
     return isinstance(exc, RequestNotSent) and exc.retryable
+
+
+class FullAccountWaits:
+    """The waits between creates an account refused as full (1303), for one step.
+
+    A 1303 is not retried like a 1302: sending sooner only meets it again. The scheduler
+    first waits for one of the run's own tasks to end; only when the account is full with
+    tasks that are not ours does the step wait here, doubling from 1 s (scaled like the
+    provider's task times) up to a minute, or as long as Retry-After says, and it gives
+    up `deadline_s` after the first refusal.
+    """
+
+    def __init__(self, deadline_s: float, *, time_scale: float = 1.0):
+        self.since = time.monotonic()
+        self.deadline_s = deadline_s
+        self.time_scale = time_scale
+        self._backoff = 1.0
+
+    def expired(self) -> bool:
+        return time.monotonic() - self.since > self.deadline_s
+
+    def next_wait(self, exc: AccountFull) -> float:
+        """Seconds to wait before asking the account again (at least 10 ms, at most the
+        Retry-After cap)."""
+        wait = exc.retry_after or self._backoff * self.time_scale
+        self._backoff = min(self._backoff * 2, 60.0)
+        return min(MAX_RETRY_AFTER_S, max(0.01, wait))
 
 
 async def retrying(

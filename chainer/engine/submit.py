@@ -23,7 +23,7 @@ from ..chain import StepRow
 from ..plan import Step
 from ..ports import Provider
 from ..provider.wire import CreateRequest, Task
-from ..retry import MAX_RETRY_AFTER_S, create_backoff, read_backoff, retrying
+from ..retry import FullAccountWaits, create_backoff, read_backoff, retrying
 from . import requests
 from .context import CREATE_DEADLINE_S, READ_DEADLINE_S, ChainRun, task_kind
 
@@ -36,24 +36,20 @@ LIST_PAGES = 20
 LIST_PAGE_SIZE = 100
 
 
-class _AccountFull:
-    """The waits of one step's creates refused with 1303 (the account is full)."""
-
-    def __init__(self) -> None:
-        self.since = time.monotonic()
-        self.backoff = 1.0
-
-    async def wait(self, run: ChainRun, step: Step, row: StepRow, exc: errors.AccountFull) -> None:
-        scheduler = run.ctx.scheduler
-        scheduler.rejected()  # while the refused create still counts as one of ours
-        run.let_go(step)
-        run.emit(step.index, "waiting", f"the account is full (1303); limit now {scheduler.limit}")
-        if time.monotonic() - self.since > CREATE_DEADLINE_S:
-            run.journal.transition(row, "planned", "the account stayed full; nothing was created")
-            raise exc
-        if scheduler.in_flight == 0:  # full with tasks that are not ours: wait, then ask again
-            await anyio.sleep(_wait(exc.retry_after or self.backoff * run.ctx.client.config.time_scale))
-            self.backoff = min(self.backoff * 2, 60.0)
+async def _account_full(
+    run: ChainRun, step: Step, row: StepRow, exc: errors.AccountFull, waits: FullAccountWaits
+) -> None:
+    """A create refused with 1303: the account's limit is lower than believed. Learn it,
+    give the slot back, and wait (chainer.retry.FullAccountWaits) unless it stayed full."""
+    scheduler = run.ctx.scheduler
+    scheduler.rejected()  # while the refused create still counts as one of ours
+    run.let_go(step)
+    run.emit(step.index, "waiting", f"the account is full (1303); limit now {scheduler.limit}")
+    if waits.expired():
+        run.journal.transition(row, "planned", "the account stayed full; nothing was created")
+        raise exc
+    if scheduler.in_flight == 0:  # full with tasks that are not ours: wait, then ask again
+        await anyio.sleep(waits.next_wait(exc))
 
 
 async def submit(run: ChainRun, step: Step, row: StepRow, parent: StepRow | None) -> StepRow:
@@ -61,7 +57,7 @@ async def submit(run: ChainRun, step: Step, row: StepRow, parent: StepRow | None
     journal = run.journal
     assert row.external_task_id is not None
     lost_answers = 0
-    full = _AccountFull()
+    waits = FullAccountWaits(CREATE_DEADLINE_S, time_scale=run.ctx.client.config.time_scale)
     while lost_answers < RECONCILE_ROUNDS:
         if step.index not in run.fresh_intents or row.state == "submit_unknown":
             # An earlier POST may have reached the provider: look before sending again.
@@ -86,15 +82,16 @@ async def submit(run: ChainRun, step: Step, row: StepRow, parent: StepRow | None
             row = journal.transition(row, "submit_unknown", str(exc))
             run.emit(step.index, "submit_unknown", f"{exc}; looking the task up")
         except errors.AccountFull as exc:  # the account's limit is lower than believed
-            await full.wait(run, step, row, exc)
+            await _account_full(run, step, row, exc, waits)
         except errors.DuplicateExternalId:
             # The provider already has a task with our id: an earlier POST arrived.
             run.fresh_intents.discard(step.index)
         except (errors.InvalidRequestError, errors.PolicyError) as exc:
             run.let_go(step)
             return refused(run, row, step, exc)
-        except (errors.AuthError, errors.AccountError, errors.RequestNotSent) as exc:
-            # Nothing was created and nothing is wrong with the step itself.
+        except (errors.AuthError, errors.AccountError, errors.RequestNotSent, errors.TooFast) as exc:
+            # Nothing was created and nothing is wrong with the step itself (a TooFast here has
+            # outlived its retries' deadline).
             if isinstance(exc, errors.AccountError):
                 run.ctx.gate.reason = exc
             run.let_go(step)
@@ -373,8 +370,3 @@ def local_time(epoch: float | None) -> str:
     if epoch is None:
         return "the time of the last run"
     return dt.datetime.fromtimestamp(epoch).astimezone().strftime("%Y-%m-%d %H:%M:%S %Z")
-
-
-def _wait(seconds: float) -> float:
-    """A wait between asks to a full account: at least 10 ms, at most Retry-After's cap."""
-    return min(MAX_RETRY_AFTER_S, max(0.01, seconds))
