@@ -4,11 +4,14 @@ The public API, for use from Python (the `chainer` command is a thin layer over 
 
 - `load_plan(path)`: read, validate and plan a storyboard
 - `Session.open(...)`: a provider (or the offline simulator), a journal and an archive
-- `Session.run(plan)`: run or resume one chain to its finished video
+- `Session.run(plan)`: run or resume one chain to its finished video (its error raised)
+- `Session.run_batch(plans, RunOptions(...))`: many chains under the account's limit, a
+  result per chain (the path `chainer run` takes, for one storyboard too)
 - `Simulator`, `SimConfig`: the offline Kling, on loopback
 - the error tree in `chainer.errors`
 """
 
+from .batch import Batch, RunOptions
 from .errors import (
     ChainerError,
     ConfigError,
@@ -23,6 +26,7 @@ from .session import Session
 from .simulator import SimConfig, Simulator
 
 __all__ = [
+    "Batch",
     "ChainResult",
     "ChainerError",
     "ConfigError",
@@ -30,6 +34,7 @@ __all__ = [
     "MediaError",
     "Plan",
     "ProviderError",
+    "RunOptions",
     "Session",
     "SimConfig",
     "Simulator",
