@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterator
 from contextlib import AbstractAsyncContextManager
 from pathlib import Path
@@ -56,6 +57,15 @@ def open_session(tmp_path: Path) -> Callable[..., AbstractAsyncContextManager[Se
         return simulator_session(sim, tmp_path, **options)
 
     return opener
+
+
+@pytest.fixture
+def workdir(tmp_path: Path) -> Iterator[Path]:
+    """tmp_path as the working directory for the test (chainer's defaults are relative)."""
+    old = Path.cwd()
+    os.chdir(tmp_path)
+    yield tmp_path
+    os.chdir(old)
 
 
 @pytest.fixture

@@ -27,6 +27,16 @@ def provider_env(sim: Simulator, **extra: str) -> dict[str, str]:
     return sim.client_env(**extra)
 
 
+def cli_in_process(sim: Simulator, *args: str) -> tuple[int, str]:
+    """`chainer ARGS...` run in this process against `sim` (typer's CliRunner): exit code, output."""
+    from typer.testing import CliRunner
+
+    from chainer.cli import app
+
+    result = CliRunner().invoke(app, list(args), env=provider_env(sim))
+    return result.exit_code, result.output
+
+
 def write_storyboard(tmp_path: Path, text: str, name: str = "sb.yaml") -> Path:
     """`text` (dedented) as a storyboard file in tmp_path."""
     path = tmp_path / name

@@ -214,6 +214,23 @@ output: OUT
 """
 
 
+#: A start and one segment with a target: the 15 s extension reaches it, its repeat is skipped.
+TARGET = """
+name: {name}
+start: {{text2video: {{prompt: "start", duration: 5}}}}
+segments: [{{prompt: "more"}}]
+target_duration: 12
+output: OUT
+"""
+#: A video already on the account, extended once.
+EXISTING = """
+name: {name}
+start: {{video: {{video_id: "v-own", model: kling-v1, mode: std, duration: 5}}}}
+segments: [{{prompt: "on"}}]
+output: OUT
+"""
+
+
 def chain(engine: Engine, start: str = "", one: str = "", two: str = "") -> Path:
     return engine.storyboard(CHAIN.format(start=start, one=one, two=two))
 
@@ -291,15 +308,7 @@ def test_a_missing_archived_file_is_fetched_again_never_made_again(engine: Engin
 
 
 def test_an_optional_step_the_video_no_longer_needs_is_skipped(engine: Engine) -> None:
-    sb = engine.storyboard(
-        """
-        name: c
-        start: {text2video: {prompt: "start", duration: 5}}
-        segments: [{prompt: "more"}]
-        target_duration: 12
-        output: OUT
-        """
-    )
+    sb = engine.storyboard(TARGET.format(name="c"))
     engine.run(sb)
     assert engine.states()[-1] == "skipped" and ("planned", "skipped") in engine.journal.moves
     assert len(engine.provider.creates) == 2, "the 15 s extension reached 12 s: the repeat was not made"
@@ -307,14 +316,7 @@ def test_an_optional_step_the_video_no_longer_needs_is_skipped(engine: Engine) -
 
 def test_an_existing_video_is_adopted_without_a_create(engine: Engine) -> None:
     engine.provider.tasks["t0"] = Task(task_id="t0", task_status="succeed")
-    sb = engine.storyboard(
-        """
-        name: c
-        start: {video: {video_id: "v-own", model: kling-v1, mode: std, duration: 5}}
-        segments: [{prompt: "on"}]
-        output: OUT
-        """
-    )
+    sb = engine.storyboard(EXISTING.format(name="c"))
     engine.run(sb)
     assert ("planned", "succeeded") in engine.journal.moves
     assert [body["video_id"] for _, body in engine.provider.creates] == ["v-own"]
@@ -350,28 +352,9 @@ def test_every_state_and_every_allowed_transition_is_walked(tmp_path: Path, clip
     extra.run(chain(extra))
     Path(extra.journal.steps("c")[2].file or "").unlink()
     extra.run(chain(extra))
-    sb = extra.storyboard(
-        """
-        name: t
-        start: {text2video: {prompt: "start", duration: 5}}
-        segments: [{prompt: "more"}]
-        target_duration: 12
-        output: OUT
-        """,
-        name="t",
-    )
-    extra.run(sb)
+    extra.run(extra.storyboard(TARGET.format(name="t"), name="t"))
     extra.provider.tasks["t0"] = Task(task_id="t0", task_status="succeed")
-    sb = extra.storyboard(
-        """
-        name: e
-        start: {video: {video_id: "v-own", model: kling-v1, mode: std, duration: 5}}
-        segments: [{prompt: "on"}]
-        output: OUT
-        """,
-        name="e",
-    )
-    extra.run(sb)
+    extra.run(extra.storyboard(EXISTING.format(name="e"), name="e"))
     moves |= set(extra.journal.moves)
     extra.journal.close()
     allowed = {(a, b) for a, targets in TRANSITIONS.items() for b in targets}

@@ -3,18 +3,13 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 import textwrap
-from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
-from helpers import provider_env
-from typer.testing import CliRunner
+from helpers import cli_in_process as cli
 
-from chainer.cli import app
 from chainer.simulator import Simulator
 
 STORYBOARD = """
@@ -35,19 +30,6 @@ with Journal(sys.argv[1]) as journal:
     print("locked", flush=True)
     sys.stdin.readline()
 """
-
-
-@pytest.fixture
-def workdir(tmp_path: Path) -> Iterator[Path]:
-    old = Path.cwd()
-    os.chdir(tmp_path)
-    yield tmp_path
-    os.chdir(old)
-
-
-def cli(sim: Simulator, *args: str) -> tuple[int, str]:
-    result = CliRunner().invoke(app, list(args), env=provider_env(sim))
-    return result.exit_code, result.output
 
 
 def test_a_single_failing_storyboard_still_writes_the_report_and_the_summary(

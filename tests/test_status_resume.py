@@ -6,11 +6,8 @@ import os
 import textwrap
 from pathlib import Path
 
-import pytest
-from helpers import provider_env
-from typer.testing import CliRunner
+from helpers import cli_in_process as cli
 
-from chainer.cli import app
 from chainer.simulator import Simulator
 
 STORYBOARD = """
@@ -22,19 +19,6 @@ segments:
   - prompt: "{second}"
 output: {name}.mp4
 """
-
-
-@pytest.fixture
-def workdir(tmp_path: Path) -> Path:
-    old = Path.cwd()
-    os.chdir(tmp_path)
-    yield tmp_path
-    os.chdir(old)
-
-
-def cli(sim: Simulator, *args: str) -> tuple[int, str]:
-    result = CliRunner().invoke(app, list(args), env=provider_env(sim))
-    return result.exit_code, result.output
 
 
 def test_status_shows_each_chain_and_what_needs_attention(sim: Simulator, workdir: Path) -> None:
