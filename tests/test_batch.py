@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from helpers import provider_env, simulator_session
+from helpers import provider_env
 from typer.testing import CliRunner
 
 from chainer.cli import app
@@ -148,7 +148,7 @@ def test_json_events_are_one_object_per_line(sim_factory, tmp_path: Path) -> Non
     assert all({"step", "steps", "state", "units", "at"} <= set(e) for e in events)
 
 
-def test_downloads_share_one_limit_across_chains(sim_factory, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_downloads_share_one_limit_across_chains(sim_factory, tmp_path: Path, open_session) -> None:  # type: ignore[no-untyped-def]
     import anyio
 
     from chainer import load_plan
@@ -173,8 +173,8 @@ def test_downloads_share_one_limit_across_chains(sim_factory, tmp_path: Path) ->
     counting = Counting(2)
 
     async def main() -> None:
-        async with simulator_session(
-            sim, tmp_path, state_dir=tmp_path / "s", archive_dir=tmp_path / "a", concurrency=8
+        async with open_session(
+            sim, state_dir=tmp_path / "s", archive_dir=tmp_path / "a", concurrency=8
         ) as session:
             session.downloads = counting  # type: ignore[assignment]
             await session.run_many([load_plan(p) for p in sorted(folder.glob("*.yaml"))])

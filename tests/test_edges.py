@@ -17,7 +17,7 @@ from pathlib import Path
 
 import anyio
 import pytest
-from helpers import CHAINER, provider_env, simulator_session, write_storyboard
+from helpers import CHAINER, provider_env, write_storyboard
 
 from chainer import load_plan
 from chainer.errors import ConfigError, WriteError
@@ -92,7 +92,7 @@ def test_an_unreachable_base_url_stops_soon_with_the_url_and_every_retry_shown(t
 
 
 def test_a_provider_that_ignores_external_task_id_never_gets_a_create_twice(
-    tmp_path: Path, sim_factory
+    tmp_path: Path, open_session, sim_factory
 ) -> None:  # type: ignore[no-untyped-def]
     """The profile claims lookups by external_task_id; the provider accepts the field and
     throws it away, and loses 30 % of create answers. Not one step may be created twice."""
@@ -103,7 +103,7 @@ def test_a_provider_that_ignores_external_task_id_never_gets_a_create_twice(
     ]
 
     async def main() -> list[ChainResult]:
-        async with simulator_session(sim, tmp_path) as session:
+        async with open_session(sim) as session:
             assert session.provider.task_lookup == "external_id"  # the claim under test
             return await session.run_many(plans)
 
@@ -190,7 +190,9 @@ def test_a_folder_that_cannot_be_written_is_refused_before_any_create(sim, tmp_p
     assert not sim.state.creates
 
 
-def test_too_little_free_space_is_refused_before_any_create(sim, tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+def test_too_little_free_space_is_refused_before_any_create(
+    sim, tmp_path: Path, open_session, monkeypatch
+) -> None:  # type: ignore[no-untyped-def]
     import shutil
 
     real = shutil.disk_usage
@@ -198,9 +200,8 @@ def test_too_little_free_space_is_refused_before_any_create(sim, tmp_path: Path,
     plan = load_plan(write_storyboard(tmp_path, SHORT.format(name="big"), "big.yaml"))
 
     async def main() -> None:
-        async with simulator_session(
+        async with open_session(
             sim,
-            tmp_path,
             provider_update={"offline": False},
             state_dir=tmp_path / "s",
             archive_dir=tmp_path / "a",
@@ -215,7 +216,7 @@ def test_too_little_free_space_is_refused_before_any_create(sim, tmp_path: Path,
 
 
 def test_an_output_that_fails_after_paying_leaves_everything_archived_and_status_truthful(
-    sim, tmp_path: Path, monkeypatch
+    sim, tmp_path: Path, open_session, monkeypatch
 ) -> None:  # type: ignore[no-untyped-def]
     import errno
 
@@ -229,9 +230,7 @@ def test_an_output_that_fails_after_paying_leaves_everything_archived_and_status
         raise OSError(errno.ENOSPC, "No space left on device")
 
     async def main() -> ChainResult:
-        async with simulator_session(
-            sim, tmp_path, state_dir=tmp_path / "s", archive_dir=tmp_path / "a"
-        ) as session:
+        async with open_session(sim, state_dir=tmp_path / "s", archive_dir=tmp_path / "a") as session:
             return await session.run(plan)
 
     monkeypatch.setattr(archive, "publish", full_disk)

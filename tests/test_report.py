@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 from urllib.parse import unquote
 
-from helpers import provider_env, simulator_session
+from helpers import provider_env
 from PIL import Image, ImageChops, ImageStat
 from typer.testing import CliRunner
 
@@ -105,7 +105,7 @@ def test_report_links_work_from_disk_and_sheet_shows_each_boundary(sim_factory, 
 
 
 def test_a_contact_sheet_that_cannot_be_made_does_not_fail_the_chain(
-    sim: Simulator, tmp_path: Path, monkeypatch
+    sim: Simulator, tmp_path: Path, open_session, monkeypatch
 ) -> None:  # type: ignore[no-untyped-def]
     import anyio
 
@@ -124,9 +124,7 @@ def test_a_contact_sheet_that_cannot_be_made_does_not_fail_the_chain(
     events: list[str] = []
 
     async def main() -> object:
-        async with simulator_session(
-            sim, tmp_path, state_dir=tmp_path / "s", archive_dir=tmp_path / "a"
-        ) as s:
+        async with open_session(sim, state_dir=tmp_path / "s", archive_dir=tmp_path / "a") as s:
             return await s.run(load_plan(sb), on_event=lambda e: events.append(f"{e.state}: {e.message}"))
 
     result = anyio.run(main)
