@@ -450,7 +450,11 @@ class Journal(_Reads):
         return chain
 
     def set_max_units(self, name: str, max_units: float | None) -> None:
-        """Record the chain's budget (None: no budget)."""
+        """Record the chain's budget (None: no budget); no write when it is already that
+        (a resume of a thousand chains would otherwise pay a thousand synchronous commits)."""
+        chain = self.chain(name)
+        if chain is not None and chain.max_units == max_units:
+            return
         with self.transaction() as db:
             db.execute("UPDATE chains SET max_units = ? WHERE name = ?", (max_units, name))
 

@@ -66,8 +66,9 @@ def expected_bytes(
 
 def check(needs: list[Need]) -> None:
     """Create, probe and measure every folder of `needs`; ConfigError says what to fix."""
+    probed: set[Path] = set()
     for need in needs:
-        _writable(need.folder)
+        _writable(need.folder, probed)
     by_device: dict[int, list[Need]] = {}
     for need in needs:
         by_device.setdefault(os.stat(need.folder).st_dev, []).append(need)
@@ -83,18 +84,27 @@ def check(needs: list[Need]) -> None:
             )
 
 
-def _writable(folder: Path) -> None:
+def _writable(folder: Path, probed: set[Path]) -> None:
+    """Make `folder` and write a probe file in it (once per folder: a batch of a thousand
+    chains names the same output folder a thousand times); a folder that exists is asked
+    with access(2), which also sees a read-only file system. Not fsynced: it asks whether
+    the folder takes files, and the free-space check asks whether it takes these."""
+    if folder in probed:
+        return
     try:
+        if folder.is_dir() and os.access(folder, os.W_OK | os.X_OK):
+            probed.add(folder)  # an existing folder (a resumed chain's): the kernel's answer will do
+            return
         folder.mkdir(parents=True, exist_ok=True)
         with tempfile.NamedTemporaryFile(dir=folder, prefix=".chainer-probe-") as probe:
             probe.write(b"x")
             probe.flush()
-            os.fsync(probe.fileno())
     except OSError as exc:
         raise ConfigError(
             f"cannot write to {folder}: {exc.strerror or exc}. Nothing was sent. Fix the folder (or its "
             "permissions), or choose another (--output, --archive-dir, --state-dir)"
         ) from exc
+    probed.add(folder)
 
 
 def _size(n: float) -> str:

@@ -33,7 +33,7 @@ from .lookup import LookupCheck
 from .plan import Plan, rebuild
 from .polling import PollPolicy
 from .profiles import BUILTIN, Profile, from_environment
-from .provider.client import DEFAULT_TIMEOUT, KlingClient
+from .provider.client import DEFAULT_LIMITS, DEFAULT_TIMEOUT, KlingClient
 from .provider.config import ProviderConfig
 from .scheduler import Scheduler
 from .simulator import SimConfig, Simulator
@@ -150,7 +150,7 @@ class Session:
                 archive_root = simulated.archive_root(archive_root)
             journal = stack.enter_context(Journal(state / f"journal-{provider.name}.sqlite"))
             http = await stack.enter_async_context(
-                httpx.AsyncClient(timeout=DEFAULT_TIMEOUT, transport=transport)
+                httpx.AsyncClient(timeout=DEFAULT_TIMEOUT, limits=DEFAULT_LIMITS, transport=transport)
             )
             client = await stack.enter_async_context(KlingClient(provider, http=http))
             poll = PollPolicy().scaled(provider.time_scale)

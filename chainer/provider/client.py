@@ -21,6 +21,7 @@ import socket
 import ssl
 from typing import Any, TypeVar
 
+import anyio
 import httpx
 from pydantic import BaseModel, ValidationError
 
@@ -40,6 +41,13 @@ _FAMILY_ERRORS: dict[str, type[errors.ApiError]] = {
 }
 
 DEFAULT_TIMEOUT = httpx.Timeout(connect=10.0, read=60.0, write=60.0, pool=10.0)
+#: API requests in flight at once from one client. More wait in an anyio limiter, where
+#: waiting costs nothing, rather than in httpcore's pool, whose work per request grows
+#: with the requests queued in it (a resumed batch of hundreds asks about every task at once).
+REQUESTS_AT_ONCE = 32
+#: Connections kept open between polls (the API's plus a run's downloads): httpx's
+#: defaults (20 idle connections, closed after 5 s) would reconnect for most polls.
+DEFAULT_LIMITS = httpx.Limits(max_connections=48, max_keepalive_connections=48, keepalive_expiry=60.0)
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -136,8 +144,9 @@ class KlingClient:
             if not config.api_key:
                 raise errors.ConfigError(f"provider {config.name!r} needs an API key")
             self._auth = BearerAuth(config.api_key.get_secret_value())
-        self._http = http or httpx.AsyncClient(timeout=DEFAULT_TIMEOUT)
+        self._http = http or httpx.AsyncClient(timeout=DEFAULT_TIMEOUT, limits=DEFAULT_LIMITS)
         self._owns_http = http is None
+        self._at_once = anyio.CapacityLimiter(REQUESTS_AT_ONCE)
 
     async def aclose(self) -> None:
         if self._owns_http:
@@ -253,7 +262,10 @@ class KlingClient:
         """Send one request; return the envelope's `data` and the provider's request id."""
         url = self.config.endpoint(path)
         try:
-            response = await self._http.request(method, url, json=json_body, params=params, auth=self._auth)
+            async with self._at_once:
+                response = await self._http.request(
+                    method, url, json=json_body, params=params, auth=self._auth
+                )
         except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as exc:
             cls = errors.CertificateRejected if _certificate_rejected(exc) else errors.RequestNotSent
             raise cls(
