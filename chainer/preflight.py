@@ -76,8 +76,8 @@ def check(needs: list[Need]) -> None:
         wanted = sum(n.bytes for n in group)
         free = shutil.disk_usage(group[0].folder).free
         if wanted > free:
-            folders = ", ".join(sorted({str(n.folder) for n in group}))
-            parts = "; ".join(f"{n.what} {_size(n.bytes)}" for n in group if n.bytes)
+            folders = _listed(sorted({str(n.folder) for n in group}), ", ")
+            parts = _listed([f"{n.what} {_size(n.bytes)}" for n in group if n.bytes], "; ")
             raise ConfigError(
                 f"{folders}: {_size(free)} free, but this run needs about {_size(wanted)} there ({parts}). "
                 "Nothing was sent. Make room, or choose other folders (--archive-dir, --output, --state-dir)"
@@ -105,6 +105,15 @@ def _writable(folder: Path, probed: set[Path]) -> None:
             "permissions), or choose another (--output, --archive-dir, --state-dir)"
         ) from exc
     probed.add(folder)
+
+
+#: A message lists this many folders or needs, then says how many more (a batch has thousands).
+LISTED = 6
+
+
+def _listed(items: list[str], sep: str) -> str:
+    shown = sep.join(items[:LISTED])
+    return shown if len(items) <= LISTED else f"{shown}{sep}and {len(items) - LISTED} more"
 
 
 def _size(n: float) -> str:

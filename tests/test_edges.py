@@ -403,6 +403,7 @@ def test_simulated_paths_are_apart_from_real_ones_and_stable() -> None:
 
 
 def test_expected_bytes_count_each_part_from_its_own_start_and_stop_at_the_budget(tmp_path: Path) -> None:
+
     from chainer import preflight
 
     plan = load_plan(write_storyboard(tmp_path, SHORT.format(name="size") + "target_duration: 300\n"))
@@ -418,3 +419,18 @@ def test_expected_bytes_count_each_part_from_its_own_start_and_stop_at_the_budge
     assert capped_output == int(plan.steps[1].max_total * preflight.MARGIN)
     done, _ = preflight.expected_bytes(plan, rate=1.0, done=[s.index for s in plan.steps])
     assert done == 0
+
+
+def test_a_batch_too_big_for_the_disk_is_told_in_a_few_lines(tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    import shutil
+
+    from chainer import preflight
+
+    real = shutil.disk_usage
+    monkeypatch.setattr("chainer.preflight.shutil.disk_usage", lambda p: real(p)._replace(free=1_000))
+    needs = [preflight.Need(tmp_path / f"c{n:04d}", 10_000, f"c{n:04d}'s results") for n in range(5000)]
+    with pytest.raises(ConfigError) as caught:
+        preflight.check(needs)
+    message = str(caught.value)
+    assert "and 4994 more" in message and len(message) < 1000, message
+    assert "c0000's results 10.0 KB" in message and "Nothing was sent" in message
