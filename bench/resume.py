@@ -1,11 +1,12 @@
-"""Benchmark 6, resume: 200 chains killed mid-flight, then started again.
+"""Benchmark 6, resume: 200 chains killed mid-flight, then started again; 3 runs, medians.
 
 `chainer run` on 200 storyboards against a simulator running tasks at Kling's real pace;
 once every chain has its task in flight the process is SIGKILLed. The figure is the time
 from starting `chainer run` again until every one of the 200 tasks has been asked about
 again (the simulator counts each task's queries), i.e. until every chain is reconciled
 with its journal and polling. Baseline, in the same run: the first start's time until
-all 200 tasks were created. Target: resume < 5 s.
+all 200 tasks were created. Target: resume / fresh start <= 0.5 (the median of 3 runs,
+each run's ratio taken against its own fresh start), and each task created exactly once.
 
     .venv/bin/python bench/resume.py [--smoke]
 """
@@ -13,14 +14,18 @@ all 200 tasks were created. Target: resume < 5 s.
 from __future__ import annotations
 
 import signal
+import statistics
 import tempfile
 from pathlib import Path
 
 from common import Result, chainer_batch, main_for, simulator, storyboard_folder, until
 
+RUNS = 3
+TARGET = 0.5
 
-def run(smoke: bool) -> Result:
-    chains = 10 if smoke else 200
+
+def once(chains: int) -> tuple[float, float, int]:
+    """(fresh start s, resume s, creates) of one kill-and-resume."""
     with (
         simulator(time_scale=1.0, concurrency=chains + 10, width=64, height=64, fps=8) as sim,
         tempfile.TemporaryDirectory() as tmp,
@@ -40,24 +45,39 @@ def run(smoke: bool) -> Result:
 
         try:
             resumed = until(all_polled, timeout=600)
-            creates = sim.admin("stats")["creates"]
+            creates = int(sim.admin("stats")["creates"])
         finally:
             again.send_signal(signal.SIGKILL)
             again.wait()
+    return fresh, resumed, creates
+
+
+def run(smoke: bool) -> Result:
+    chains = 10 if smoke else 200
+    runs = [once(chains) for _ in range(1 if smoke else RUNS)]
+    ratios = [resumed / fresh for fresh, resumed, _ in runs]
+    ratio = statistics.median(ratios)
+    exact = all(creates == chains for _, _, creates in runs)
     return Result(
         name="resume",
         command="bench/resume.py" + (" --smoke" if smoke else ""),
         figures={
             "chains killed in flight": chains,
-            "fresh start: s until all tasks created": fresh,
-            "resume: s until every chain is polling again": resumed,
-            "creates in all (each chain's task exactly once)": creates,
+            "runs": len(runs),
+            "fresh start: median s until all tasks created": statistics.median(r[0] for r in runs),
+            "resume: median s until every chain is polling again": statistics.median(r[1] for r in runs),
+            "resume / fresh start, each run": ", ".join(f"{r:.3f}" for r in ratios),
+            "creates in each run (each chain's task exactly once)": ", ".join(str(r[2]) for r in runs),
         },
-        ratio_name="resume s",
-        ratio=resumed,
-        target="< 5 s",
-        met=resumed < 5 and creates == chains,
-        notes=[f"resume / fresh start: {resumed / fresh:.3f}"],
+        ratio_name="resume / fresh start (median)",
+        ratio=ratio,
+        target=f"<= {TARGET}",
+        met=ratio <= TARGET and exact,
+        why_missed=(
+            "both starts pay the same fixed costs (Python and chainer's imports, reading 200 "
+            "storyboards, the preflight) before their own work (200 serial creates / 200 first "
+            "polls); see bench/PROFILE.md"
+        ),
     )
 
 
