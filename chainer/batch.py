@@ -125,9 +125,6 @@ async def run_batch(
         rest = sum(remaining_units(p, session.journal) for p in owned)
         whose = "the rest needs" if len(plans) == 1 else "the rest of this run needs"
         fatal[0].add_note(f"every task already paid for is archived; {whose} about {rest:g} units")
-        for r in results.values():
-            if r.error is fatal[0]:
-                r.message = _message(fatal[0])
     ordered = [results.get(p.chain) or stopped(session, p, fatal[0]) for p in plans]
     return Batch(ordered, fatal[0] if fatal else None)
 
@@ -179,10 +176,6 @@ def _check_unique(session: Session, plans: list[Plan]) -> None:
         outputs[out] = p.chain
 
 
-def _message(exc: errors.ChainerError) -> str:
-    return "; ".join([str(exc), *getattr(exc, "__notes__", [])])
-
-
 def stopped(session: Session, plan: Plan, exc: errors.ChainerError) -> ChainResult:
     """The result of a chain that stopped before its end, with what it had reached."""
     duration, units = None, 0.0
@@ -193,4 +186,4 @@ def stopped(session: Session, plan: Plan, exc: errors.ChainerError) -> ChainResu
         if session.journal.chain(plan.chain) is not None:
             view = session.journal.view(plan.chain)
             duration, units = view.length(), view.units()
-    return ChainResult(plan.chain, state, None, duration, units, _message(exc), error=exc)
+    return ChainResult(plan.chain, state, None, duration, units, error=exc)

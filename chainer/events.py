@@ -37,7 +37,13 @@ class ChainResult:
     output: Path | None
     duration: float | None
     units: float
-    message: str = ""
     #: The error that stopped the chain, if one did (its exit code is the command's for a
     #: run of one chain).
     error: errors.ChainerError | None = None
+
+    @property
+    def message(self) -> str:
+        """What stopped the chain, with every note added to the error since ("" when done)."""
+        if self.error is None:
+            return ""
+        return "; ".join([str(self.error), *getattr(self.error, "__notes__", [])])

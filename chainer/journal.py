@@ -322,11 +322,9 @@ class _Reads(_Store):
         return self._row(row) if row else None
 
     def units(self, chain: str) -> float:
-        """Units the provider reported for every attempt of every step of `chain`."""
-        row = self.db.execute(
-            "SELECT COALESCE(SUM(units), 0) FROM steps WHERE chain = ?", (chain,)
-        ).fetchone()
-        return float(row[0])
+        """Units the provider reported for every attempt of every step of `chain` (the chain
+        model's count: chainer.chain.ChainView.units)."""
+        return ChainView.of(self.steps(chain), self.takes(chain)).units()
 
     def task_times(self, chain: str, kind: str, *, last: int) -> list[float]:
         """How long (s) the `last` newest ended tasks of `kind` in `chain` took, newest first."""
