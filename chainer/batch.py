@@ -158,8 +158,8 @@ async def _settle(session: Session, name: str, from_step: int, ctx: RunContext) 
     await ChainRunner(old, ctx, ChainOptions(settle_before=from_step)).run()
 
 
-def _check_unique(session: Session, plans: list[Plan]) -> None:
-    """Chain names name archive folders and outputs name files: neither may clash."""
+def unique_names(plans: list[Plan]) -> None:
+    """Chain names name archive folders: none may repeat within a run (of any providers)."""
     seen: dict[str, Path] = {}
     for p in plans:
         if p.chain in seen:
@@ -168,6 +168,11 @@ def _check_unique(session: Session, plans: list[Plan]) -> None:
                 "chain names must be unique (they name the archive folders)"
             )
         seen[p.chain] = p.storyboard
+
+
+def _check_unique(session: Session, plans: list[Plan]) -> None:
+    """Chain names name archive folders and outputs name files: neither may clash."""
+    unique_names(plans)
     outputs: dict[Path, str] = {}
     for p in plans:
         out = simulated.output_path(p.output).resolve() if session.simulator else p.output.resolve()

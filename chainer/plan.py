@@ -361,11 +361,19 @@ def _check_start(
     if allowed is not None and source.model not in allowed:
         check.error(
             (*start_loc, "model"),
-            f"{kind} does not offer model {source.model!r}; choose one of {', '.join(allowed)}",
+            f"{kind} does not offer model {source.model!r}{rules.did_you_mean(source.model, allowed)}; "
+            f"choose one of {', '.join(allowed)}",
+        )
+    elif allowed is None and not rules.known_model(source.model):
+        check.error(
+            (*start_loc, "model"),
+            f"{source.model!r} is not a Kling video model"
+            f"{rules.did_you_mean(source.model, rules.EXTENDABLE_MODELS)}; the model that made the video "
+            f"is one of {', '.join(rules.EXTENDABLE_MODELS)} to extend it",
         )
     refusal = rules.extension_refusal(source.model, 0.0, refuse_v1_5=not profile.extend_v1_5)
     extends_first = hows[0] == "extend"
-    if extends_first and refusal:
+    if extends_first and refusal and rules.known_model(source.model):  # a typo: said above
         check.error(
             (*start_loc, "model"),
             f"{refusal}. To continue a {source.model} video, use Omni-Video shots instead: add "

@@ -54,7 +54,9 @@ class _Chain:
     seconds: float | None = None
     units: float = 0.0
     started: float | None = None
-    finished: bool = False
+    finished: float | None = None
+    #: What a waiting chain waits for ("for a free slot on the account (5/5 in use)").
+    note: str = ""
 
 
 class Progress:
@@ -71,12 +73,13 @@ class Progress:
             BarColumn(),
             MofNCompleteColumn(),
             TextColumn("steps"),
+            TextColumn("{task.fields[units]:g} units"),
             TimeElapsedColumn(),
             TextColumn("ETA"),
             TimeRemainingColumn(),
             console=console,
         )
-        self._task = self._bar.add_task("steps", total=sum(c.steps for c in self.chains.values()))
+        self._task = self._bar.add_task("steps", total=sum(c.steps for c in self.chains.values()), units=0.0)
         self._live: Live | None = None
 
     def __enter__(self) -> Progress:
@@ -92,17 +95,18 @@ class Progress:
     def on_event(self, event: Event) -> None:
         chain = self.chains.setdefault(event.chain, _Chain(steps=event.steps + 1))
         chain.step, chain.state, chain.units = event.step, event.state, event.units
+        chain.note = event.message if event.state == "waiting" else ""
         chain.started = chain.started or time.monotonic()
         if event.total_seconds is not None:
             chain.seconds = event.total_seconds
         if event.state in ("downloaded", "skipped"):
             self._bar.advance(self._task)
+        self._bar.update(self._task, units=sum(c.units for c in self.chains.values()))
         if event.state in ("done", "failed"):
-            chain.finished = True
+            chain.finished = time.monotonic()
         match self.mode:
             case "json":
-                line = json.dumps({"at": round(time.time(), 3), **dataclasses.asdict(event)})
-                self.console.print(line, markup=False, highlight=False, soft_wrap=True)
+                self._json(dataclasses.asdict(event))
             case "plain":
                 if self.verbose or event.state in MILESTONES:
                     self.console.print(_line(event), markup=False, soft_wrap=True)
@@ -114,27 +118,51 @@ class Progress:
             case "quiet":
                 pass
 
+    def finish(self, results: list[ChainResult]) -> None:
+        """The run is over: `--json` ends with one `summary` event (what last-run.json holds)."""
+        if self.mode == "json":
+            self._json({"chain": None, "state": "summary", **summary_data(results)})
+
+    def _json(self, data: dict[str, Any]) -> None:
+        line = json.dumps({"at": round(time.time(), 3), **data})
+        self.console.print(line, markup=False, highlight=False, soft_wrap=True)
+
     def _render(self) -> Group:
+        """Chains at work first, then finished ones (most recent first): as many as fit."""
         table = Table("chain", "step", "length", "state", "elapsed", "units", box=None, pad_edge=False)
         now = time.monotonic()
-        for name, c in self.chains.items():
-            if c.finished or c.started is None:
-                continue
+        started = [(n, c) for n, c in self.chains.items() if c.started is not None]
+        working = [(n, c) for n, c in started if c.finished is None]
+        finished = sorted(
+            (x for x in started if x[1].finished is not None), key=lambda x: -(x[1].finished or 0)
+        )
+        room = max(3, (self.console.height or 24) - 6)
+        for name, c in [*working, *finished][:room]:
             table.add_row(
                 name,
                 f"{c.step}/{c.steps - 1}",
-                f"{c.seconds:g} s" if c.seconds is not None else "-",
-                c.state,
-                f"{now - c.started:.0f} s",
+                seconds(c.seconds),
+                f"{c.state} {c.note}".strip(),
+                f"{(c.finished or now) - c.started:.0f} s" if c.started is not None else "-",
                 f"{c.units:g}",
             )
+        hidden = len(working) + len(finished) - room
+        if hidden > 0:
+            table.add_row(f"... {hidden} more", "", "", "", "", "")
         return Group(table, self._bar)
 
 
+def seconds(value: float | None) -> str:
+    """A length as people read it: one decimal ("14.7 s"), "-" when not known yet."""
+    return f"{value:.1f} s" if value is not None else "-"
+
+
 def _line(event: Event) -> str:
-    total = f" ({event.total_seconds:g} s)" if event.total_seconds is not None else ""
+    """A plain log line: local time, chain, step, state, length so far, message."""
+    total = f" ({seconds(event.total_seconds)})" if event.total_seconds is not None else ""
     label = "start" if event.step == 0 else f"segment {event.step}/{event.steps}"
-    return f"[{event.chain}] {label}: {event.state}{total} {event.message}".rstrip()
+    stamp = time.strftime("%H:%M:%S")
+    return f"{stamp} [{event.chain}] {label}: {event.state}{total} {event.message}".rstrip()
 
 
 def summary_table(results: list[ChainResult]) -> Table:
@@ -153,7 +181,13 @@ def summary_table(results: list[ChainResult]) -> Table:
 
 def write_summary(path: Path, results: list[ChainResult], *, extra: dict[str, Any]) -> None:
     """The run's results as JSON, written atomically."""
-    data = {
+    data = {**summary_data(results), **extra}
+    write_atomically(path, json.dumps(data, indent=2) + "\n")
+
+
+def summary_data(results: list[ChainResult]) -> dict[str, Any]:
+    """The run's results as plain data: a row per chain and the counts."""
+    return {
         "chains": [
             {
                 "chain": r.chain,
@@ -168,6 +202,5 @@ def write_summary(path: Path, results: list[ChainResult], *, extra: dict[str, An
         "done": sum(r.state == "done" for r in results),
         "failed": sum(r.state == "failed" for r in results),
         "needs_attention": sum(r.state == "needs_attention" for r in results),
-        **extra,
+        "units": sum(r.units for r in results),
     }
-    write_atomically(path, json.dumps(data, indent=2) + "\n")

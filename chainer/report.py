@@ -15,11 +15,13 @@ import datetime as dt
 import html
 import os
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 from PIL import Image, ImageDraw, ImageFont
 
-from . import archive, media, simulated
+from . import archive, media
+from .advice import what_next
 from .chain import ChainView, StepRow
 from .events import ChainResult
 from .journal import Journal
@@ -126,6 +128,8 @@ td,th{border:1px solid #ddd;padding:4px 8px;text-align:left;vertical-align:top}
 th{background:#f0f0f0}.num{text-align:right;white-space:nowrap}.old{color:#888}
 .ok{color:#1a7f37}.bad{color:#b42318}code{font-size:12px}
 .sim{background:#fff4ce;border:1px solid #e0b800;padding:8px 12px;font-weight:600}
+.made{background:#eef6ff;border:1px solid #8ab4f8;padding:8px 12px}
+.next{background:#fdecea;border:1px solid #f5c2bd;padding:8px 12px}
 video,img.sheet{max-width:100%;border:1px solid #ccc;background:#000}
 """
 
@@ -160,12 +164,41 @@ def _step_row(r: StepRow, base: Path, *, current: bool) -> str:
     return f'<tr class="{"" if current else "old"}">{"".join(cells)}</tr>'
 
 
-def write_report(journal: Journal, chains: Sequence[ChainResult], archive_dir: Path, dest: Path) -> Path:
-    """Write the run's `report.html` at `dest` (atomically), linking into `archive_dir`."""
-    base = dest.parent
-    rows = [journal.chain(c.chain) for c in chains]
-    providers = sorted({r.provider for r in rows if r is not None})
-    fake = bool(providers) and all(simulated.is_simulated_provider(p) for p in providers)
+@dataclass(frozen=True)
+class ReportSection:
+    """One provider's share of a run, as the report shows it."""
+
+    journal: Journal
+    archive_dir: Path
+    chains: Sequence[ChainResult]
+    provider: str
+    address: str
+    simulated: bool
+
+
+#: Earlier reports kept next to the latest one, in a `reports/` folder, and linked from it.
+HISTORY_DIR = "reports"
+
+
+def write_report(sections: Sequence[ReportSection], dest: Path, *, now: dt.datetime | None = None) -> Path:
+    """Write the run's report at `dest` (atomically), linking into each section's archive,
+    and keep a copy of it in `reports/` beside `dest`, so a run never loses the last one's
+    report: the latest report links every earlier one."""
+    now = now or dt.datetime.now().astimezone()
+    history = dest.parent / HISTORY_DIR
+    earlier = sorted(history.glob("report-*.html"), reverse=True) if history.is_dir() else []
+    kept = history / f"report-{now:%Y%m%d-%H%M%S}.html"
+    n = 1
+    while kept.exists():  # two runs within a second: both kept
+        n += 1
+        kept = history / f"report-{now:%Y%m%d-%H%M%S}-{n}.html"
+    archive.write_atomically(kept, _page(sections, kept.parent, now, earlier=[]))
+    return archive.write_atomically(dest, _page(sections, dest.parent, now, earlier=[kept, *earlier]))
+
+
+def _page(sections: Sequence[ReportSection], base: Path, now: dt.datetime, *, earlier: list[Path]) -> str:
+    chains = [c for s in sections for c in s.chains]
+    fake = bool(sections) and all(s.simulated for s in sections)
     title = "chainer report (simulated)" if fake else "chainer report"
     parts = [
         "<!doctype html><html><head><meta charset='utf-8'>",
@@ -179,46 +212,72 @@ def write_report(journal: Journal, chains: Sequence[ChainResult], archive_dir: P
             "credits were spent, and none of this is a provider's result.</p>"
         )
     parts.append(
-        f"<p>Written {dt.datetime.now().astimezone():%Y-%m-%d %H:%M %Z}; {len(chains)} chain"
-        f"{'s' if len(chains) != 1 else ''}, {sum(c.state == 'done' for c in chains)} done; "
-        f"provider: {html.escape(', '.join(providers) or 'none')}.</p>"
+        f"<p>Written {now:%Y-%m-%d %H:%M %Z}; {len(chains)} chain{'s' if len(chains) != 1 else ''}, "
+        f"{sum(c.state == 'done' for c in chains)} done.</p>"
     )
-    for c in chains:
-        folder = archive_dir / c.chain
-        cls = "ok" if c.state == "done" else "bad"
-        parts.append(f"<h2 id='{html.escape(c.chain)}'>{html.escape(c.chain)}</h2>")
-        summary = [f"<span class='{cls}'>{html.escape(c.state)}</span>"]
-        if c.duration is not None:
-            summary.append(f"{c.duration:.2f} s")
-        summary.append(f"{c.units:g} units")
-        if c.message:
-            summary.append(html.escape(c.message))
-        parts.append(f"<p>{' · '.join(summary)}</p>")
-        if c.output is not None and c.output.exists():
-            rel = Path(os.path.relpath(c.output.resolve(), base.resolve())).as_posix()
-            parts.append(f"<video controls preload='metadata' src='{html.escape(rel)}'></video>")
-            parts.append(f"<p>Final video: {_link(c.output, base)}</p>")
-        sheet = folder / archive.CONTACT_SHEET
-        if sheet.exists():
-            rel = Path(os.path.relpath(sheet.resolve(), base.resolve())).as_posix()
-            parts.append(
-                f"<p><a href='{html.escape(rel)}'><img class='sheet' src='{html.escape(rel)}' "
-                f"alt='contact sheet of {html.escape(c.chain)}'></a></p>"
-            )
-        if journal.chain(c.chain) is None:
-            continue
-        parts.append(
-            "<table><tr><th>step</th><th>take</th><th>kind</th><th>prompt</th><th>duration</th>"
-            "<th>units</th><th>task id</th><th>state</th><th>archived file</th></tr>"
-        )
-        earlier: dict[int, list[StepRow]] = {}
-        for r in journal.takes(c.chain):
-            earlier.setdefault(r.idx, []).append(r)
-        for r in journal.steps(c.chain):
-            parts.append(_step_row(r, base, current=True))
-            parts += [_step_row(o, base, current=False) for o in earlier.get(r.idx, [])]
-        parts.append("</table>")
-        parts.append(f"<p>Archive: {_link(folder, base, str(folder.name) + '/')} · ")
-        parts.append(f"{_link(folder / 'manifest.json', base)}</p>")
+    for section in sections:
+        parts.append(f"<p class='{'sim' if section.simulated else 'made'}'>{_made_by(section)}</p>")
+        for c in section.chains:
+            parts += _chain_part(section, c, base)
+    if earlier:
+        links = " · ".join(_link(p, base, p.stem.removeprefix("report-")) for p in earlier)
+        parts.append(f"<h2>Earlier reports</h2><p>{links}</p>")
     parts.append("</body></html>\n")
-    return archive.write_atomically(dest, "\n".join(parts))
+    return "\n".join(parts)
+
+
+def _made_by(section: ReportSection) -> str:
+    """Who made a section's videos, said so that a simulated result cannot pass for a paid one."""
+    names = ", ".join(html.escape(c.chain) for c in section.chains)
+    if section.simulated:
+        return (
+            f"Made by chainer's offline simulator ({html.escape(section.provider)}, imitating that "
+            f"provider's API; no credits spent): {names}."
+        )
+    return (
+        f"Made by provider <b>{html.escape(section.provider)}</b> at "
+        f"<code>{html.escape(section.address)}</code> (paid): {names}."
+    )
+
+
+def _chain_part(section: ReportSection, c: ChainResult, base: Path) -> list[str]:
+    """One chain's heading, outcome, what to do next, video, contact sheet and steps."""
+    journal, folder = section.journal, section.archive_dir / c.chain
+    cls = "ok" if c.state == "done" else "bad"
+    parts = [f"<h2 id='{html.escape(c.chain)}'>{html.escape(c.chain)}</h2>"]
+    summary = [f"<span class='{cls}'>{html.escape(c.state)}</span>"]
+    if c.duration is not None:
+        summary.append(f"{c.duration:.2f} s")
+    summary.append(f"{c.units:g} units")
+    if c.message:
+        summary.append(html.escape(c.message))
+    parts.append(f"<p>{' · '.join(summary)}</p>")
+    if c.state != "done":
+        parts.append(f"<p class='next'><b>What to do next:</b> {html.escape(what_next(c))}</p>")
+    if c.output is not None and c.output.exists():
+        rel = Path(os.path.relpath(c.output.resolve(), base.resolve())).as_posix()
+        parts.append(f"<video controls preload='metadata' src='{html.escape(rel)}'></video>")
+        parts.append(f"<p>Final video: {_link(c.output, base)}</p>")
+    sheet = folder / archive.CONTACT_SHEET
+    if sheet.exists():
+        rel = Path(os.path.relpath(sheet.resolve(), base.resolve())).as_posix()
+        parts.append(
+            f"<p><a href='{html.escape(rel)}'><img class='sheet' src='{html.escape(rel)}' "
+            f"alt='contact sheet of {html.escape(c.chain)}'></a></p>"
+        )
+    if journal.chain(c.chain) is None:
+        return parts
+    parts.append(
+        "<table><tr><th>step</th><th>take</th><th>kind</th><th>prompt</th><th>duration</th>"
+        "<th>units</th><th>task id</th><th>state</th><th>archived file</th></tr>"
+    )
+    earlier: dict[int, list[StepRow]] = {}
+    for r in journal.takes(c.chain):
+        earlier.setdefault(r.idx, []).append(r)
+    for r in journal.steps(c.chain):
+        parts.append(_step_row(r, base, current=True))
+        parts += [_step_row(o, base, current=False) for o in earlier.get(r.idx, [])]
+    parts.append("</table>")
+    parts.append(f"<p>Archive: {_link(folder, base, str(folder.name) + '/')} · ")
+    parts.append(f"{_link(folder / 'manifest.json', base)}</p>")
+    return parts

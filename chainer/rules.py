@@ -6,6 +6,7 @@ section) or an estimate clearly named as one. Nothing here does I/O.
 
 from __future__ import annotations
 
+import difflib
 from dataclasses import dataclass
 from typing import Final, Literal, get_args
 
@@ -131,8 +132,25 @@ def omni_placeholder_problem(prompt: str, *, videos: int, images: int) -> str | 
 def omni_refusal(model: str) -> str | None:
     """Why omni-video would not take `model`, or None."""
     if model not in OMNI_MODELS:
-        return f"omni-video does not offer model {model!r}; it offers {', '.join(OMNI_MODELS)}"
+        return (
+            f"omni-video does not offer model {model!r}{did_you_mean(model, OMNI_MODELS)}; "
+            f"it offers {', '.join(OMNI_MODELS)}"
+        )
     return None
+
+
+def known_model(model: str) -> bool:
+    """Whether `model` is a video model Kling is known to have (any endpoint)."""
+    return model in (*TEXT2VIDEO_MODELS, *IMAGE2VIDEO_MODELS, *EXTENDABLE_MODELS, *OMNI_MODELS)
+
+
+def did_you_mean(model: str, choices: tuple[str, ...]) -> str:
+    """' (did you mean kling-v1-6?)' for a near miss among `choices` (a dash left out or
+    doubled, a letter's case), else ''."""
+    squash = {c.replace("-", "").lower(): c for c in choices}
+    typed = model.replace("-", "").replace("_", "").lower()
+    close = difflib.get_close_matches(typed, list(squash), n=1, cutoff=0.75)
+    return f" (did you mean {squash[close[0]]}?)" if close else ""
 
 
 # ---------------------------------------------------------------- images (§2.2)

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import difflib
 import hashlib
+import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -360,16 +361,78 @@ def _messages(exc: ValidationError, pos: _Positions, file: str) -> Iterator[Prob
         dotted = describe(loc)
         if kind == "missing":
             yield Problem(file, line, col, f"{dotted} is required")
+        elif kind == "string_too_long" and isinstance(err.get("input"), str):
+            length, most = len(err["input"]), (err.get("ctx") or {}).get("max_length", 0)
+            yield Problem(
+                file,
+                line,
+                col,
+                f"{dotted} has {length} characters; Kling accepts at most {most}: shorten it by "
+                f"{length - most} (or split it over two segments)",
+            )
         else:
             msg = err["msg"].removeprefix("Value error, ")
             yield Problem(file, line, col, f"{dotted}: {msg}")
 
 
+#: The largest storyboard file read, checked before parsing: the longest chain (45 segments of
+#: 2,500-character prompts, comments and Omni references included) is well under 200 KB, and a
+#: YAML parser takes minutes and gigabytes over a file of tens of megabytes.
+MAX_BYTES = 1_000_000
+
+#: What PyYAML says when a bracket or a quote it opened runs on to where it gives up.
+_OPENERS = {
+    "while scanning a quoted scalar": "a quoted string opened here is never closed",
+    "while parsing a flow sequence": "a [ list opened here is never closed",
+    "while parsing a flow mapping": "a { mapping opened here is never closed",
+}
+
+
+def _syntax_problem(file: str, exc: yaml.MarkedYAMLError) -> Problem:
+    """A YAML syntax error at the place to fix: for an unclosed quote or bracket, where it was
+    opened (the parser notices only where it gives up, often the end of the file)."""
+    opened = _OPENERS.get(exc.context or "")
+    if opened and exc.context_mark is not None:
+        mark, gave_up = exc.context_mark, exc.problem_mark
+        where = f" (the parser gave up at line {gave_up.line + 1}: {exc.problem})" if gave_up else ""
+        return Problem(file, mark.line + 1, mark.column + 1, f"YAML syntax error: {opened}{where}")
+    at = exc.problem_mark or exc.context_mark
+    line, col = (at.line + 1, at.column + 1) if at else (1, 1)
+    return Problem(file, line, col, f"YAML syntax error: {exc.problem or exc}")
+
+
+def _too_large(file: str, size: int) -> StoryboardError:
+    return StoryboardError(
+        [
+            Problem(
+                file,
+                1,
+                1,
+                f"the file is {size / 1e6:.1f} MB; a storyboard is at most {MAX_BYTES / 1e6:g} MB "
+                "(the longest chain's is under 0.2 MB): is this the right file?",
+            )
+        ]
+    )
+
+
 def load(path: str | Path) -> Loaded:
-    """Read, parse and validate a storyboard file; StoryboardError lists every problem."""
+    """Read, parse and validate a storyboard file; StoryboardError lists every problem.
+    A file over MAX_BYTES is refused before it is read."""
     path = Path(path)
     try:
-        raw = path.read_bytes()
+        with path.open("rb") as f:
+            size = os.fstat(f.fileno()).st_size
+            if size > MAX_BYTES:
+                raise _too_large(str(path), size)
+            raw = f.read(MAX_BYTES + 1)
+    except IsADirectoryError as exc:
+        raise StoryboardError(
+            [
+                Problem(
+                    str(path), 1, 1, "a folder, not a storyboard file (`chainer run FOLDER` runs its *.yaml)"
+                )
+            ]
+        ) from exc
     except OSError as exc:
         raise StoryboardError(
             [Problem(str(path), 1, 1, f"cannot read the storyboard: {exc.strerror or exc}")]
@@ -382,6 +445,8 @@ def loads(raw: bytes, path: str | Path) -> Loaded:
     relative image paths refer to it): how a chain is finished from the text it began with."""
     path = Path(path)
     file = str(path)
+    if len(raw) > MAX_BYTES:  # a pipe or a growing file can pass the size check in load()
+        raise _too_large(file, len(raw))
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
@@ -389,9 +454,7 @@ def loads(raw: bytes, path: str | Path) -> Loaded:
     try:
         docs = list(yaml.compose_all(text, Loader=yaml.SafeLoader))
     except yaml.MarkedYAMLError as exc:
-        mark = exc.problem_mark or exc.context_mark
-        line, col = (mark.line + 1, mark.column + 1) if mark else (1, 1)
-        raise StoryboardError([Problem(file, line, col, f"YAML syntax error: {exc.problem or exc}")]) from exc
+        raise StoryboardError([_syntax_problem(file, exc)]) from exc
     except yaml.YAMLError as exc:
         raise StoryboardError([Problem(file, 1, 1, f"YAML error: {exc}")]) from exc
     docs = [d for d in docs if d is not None]

@@ -1,11 +1,12 @@
-"""Regenerate the example report committed under examples/report/ (offline, no credits):
+"""Make an example report in examples/report/ (offline, no credits):
 
     .venv/bin/python examples/make_report.py [FOLDER]
 
-It runs storyboards/lighthouse.yaml on the simulator (small frames, so the committed files
-stay small), then re-rolls its last segment once, so the report shows an earlier take
-next to the current one. Open examples/report/report.html in a browser; the contact sheet
-is examples/report/archive/lighthouse/contact-sheet.png.
+It runs storyboards/lighthouse.yaml on the simulator (small frames), then re-rolls its last
+segment once, so the report shows an earlier take next to the current one. The folder is
+made anew each time and is not committed (its task ids and times differ on every run).
+Open examples/report/report.html in a browser; the contact sheet is
+examples/report/archive/lighthouse/contact-sheet.png.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from pathlib import Path
 import anyio
 
 from chainer import Session, load_plan
-from chainer.report import write_report
+from chainer.report import ReportSection, write_report
 from chainer.session import simulator_provider
 from chainer.simulator import SimConfig, Simulator
 
@@ -36,7 +37,15 @@ async def main(here: Path, state: Path, sim: Simulator) -> None:
         await session.run(plan)
         last = len(plan.steps) - 1
         result = await session.run(plan, from_step=last)  # a second take of the last segment
-        write_report(session.journal, [result], session.archive_dir, here / "report.html")
+        section = ReportSection(
+            session.journal,
+            session.archive_dir,
+            [result],
+            provider=session.provider.name,
+            address=session.provider.base_url,
+            simulated=True,
+        )
+        write_report([section], here / "report.html")
     print(f"wrote {here / 'report.html'} ({result.duration:.2f} s video, {result.units:g} units)")
 
 

@@ -142,10 +142,15 @@ def test_json_events_are_one_object_per_line(sim_factory, tmp_path: Path) -> Non
         env=provider_env(sim),
     )
     assert result.exit_code == 0, result.output
-    events = [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
+    lines = result.stdout.splitlines()
+    assert all(line.startswith("{") for line in lines), lines
+    *events, summary = [json.loads(line) for line in lines]
     assert {e["chain"] for e in events} == {"c00", "c01"}
     assert sum(e["state"] == "done" for e in events) == 2
     assert all({"step", "steps", "state", "units", "at"} <= set(e) for e in events)
+    # the last line sums the run up, so a script reading the stream needs nothing else
+    assert summary["chain"] is None and summary["state"] == "summary"
+    assert summary["done"] == 2 and summary["units"] == sum(c["units"] for c in summary["chains"]) > 0
 
 
 def test_downloads_share_one_limit_across_chains(sim_factory, tmp_path: Path, open_session) -> None:  # type: ignore[no-untyped-def]

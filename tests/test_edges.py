@@ -170,7 +170,8 @@ def test_missing_credentials_never_let_the_simulator_touch_real_results(sim, tmp
     assert json.loads((tmp_path / ".chainer" / "last-run.simulated.json").read_text())["simulated"] is True
     for path, data in before.items():
         assert path.read_bytes() == data, f"{path} changed"
-    assert "simulator" not in (tmp_path / "archive" / "report.html").read_text().split("provider:")[1][:40]
+    real_report = (tmp_path / "archive" / "report.html").read_text()
+    assert "Made by provider <b>" in real_report and "offline simulator" not in real_report
 
 
 # ---------------------------------------------------------------- case 3: folders checked before spending

@@ -48,7 +48,7 @@ def test_python_example_runs_on_the_simulator(tmp_path: Path) -> None:
 
 
 def test_example_report_regenerates_with_its_documented_command(tmp_path: Path) -> None:
-    """The committed examples/report/ comes from examples/make_report.py; it must keep working."""
+    """examples/make_report.py (the README's way to see a report without a run of one's own)."""
     proc = subprocess.run(
         [sys.executable, str(ROOT / "examples" / "make_report.py"), str(tmp_path / "report")],
         capture_output=True,
@@ -58,8 +58,6 @@ def test_example_report_regenerates_with_its_documented_command(tmp_path: Path) 
     assert proc.returncode == 0, proc.stderr
     made = {p.relative_to(tmp_path / "report").as_posix() for p in (tmp_path / "report").rglob("*")}
     assert {"report.html", "lighthouse.mp4", "archive/lighthouse/contact-sheet.png"} <= made
-    committed = ROOT / "examples" / "report"
-    assert (committed / "report.html").is_file() and (
-        committed / "archive/lighthouse/contact-sheet.png"
-    ).is_file()
+    page = (tmp_path / "report" / "report.html").read_text()
+    assert "Made by chainer's offline simulator" in page and "earlier" in page
     assert "examples/make_report.py" in (ROOT / "README.md").read_text()

@@ -11,6 +11,7 @@ import os
 import socket
 import tempfile
 import threading
+from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
 
@@ -175,21 +176,37 @@ def serve_forever(
     admin: bool,
     ssl_certfile: Path | None = None,
     ssl_keyfile: Path | None = None,
+    on_listening: Callable[[str], None] = lambda url: None,
 ) -> None:
-    """Serve in the foreground until Ctrl-C (for `chainer sim`); https with a certificate."""
-    state = SimState(config, data_dir or Path(tempfile.mkdtemp(prefix="chainer-sim-")))
-    scheme = "https" if ssl_certfile else "http"
-    notifier = _Notifier(state, f"{scheme}://{host}:{port}")
+    """Serve in the foreground until Ctrl-C (for `chainer sim`); https with a certificate.
+
+    The port is bound first, so a busy one raises OSError before anything is announced;
+    `on_listening` then gets the URL served (with the real port when `port` was 0)."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     try:
-        uvicorn.run(
-            build_app(state, admin=admin),
-            host=host,
-            port=port,
-            log_level="info",
-            lifespan="off",
-            ssl_certfile=ssl_certfile,
-            ssl_keyfile=ssl_keyfile,
+        sock.bind((host, port))
+    except OSError:
+        sock.close()
+        raise
+    scheme = "https" if ssl_certfile else "http"
+    url = f"{scheme}://{host}:{sock.getsockname()[1]}"
+    state = SimState(config, data_dir or Path(tempfile.mkdtemp(prefix="chainer-sim-")))
+    notifier = _Notifier(state, url)
+    on_listening(url)
+    try:
+        server = uvicorn.Server(
+            uvicorn.Config(
+                build_app(state, admin=admin),
+                log_level="info",
+                lifespan="off",
+                ssl_certfile=ssl_certfile,
+                ssl_keyfile=ssl_keyfile,
+            )
         )
+        server.run(sockets=[sock])
     finally:
         notifier.stop()
         state.close()
+        sock.close()
