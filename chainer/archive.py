@@ -440,6 +440,38 @@ def _commit(tmp: Path, target: Path) -> None:
     fsync_dir(target.parent)
 
 
+class ArchiveLocation(BaseModel):
+    """STATE_DIR/archive-location.json: where the archive of a state dir's chains is, so a
+    command run from another folder with --state-dir finds it (relative: to the state
+    dir's parent, so a project folder can move)."""
+
+    archive_dir: str
+
+
+LOCATION_FILE = "archive-location.json"
+
+
+def location(state_dir: Path, given: str | os.PathLike[str] | None) -> Path:
+    """The archive folder of `state_dir`'s chains: `given` when set, else the one recorded
+    there, else `archive/` beside the state dir. The first to open a state dir records it."""
+    record = state_dir / LOCATION_FILE
+    base = state_dir.parent
+    try:
+        recorded: Path | None = base / ArchiveLocation.model_validate_json(record.read_bytes()).archive_dir
+    except FileNotFoundError:
+        recorded = None
+    except ValueError as exc:
+        raise ConfigError(f"{record} is not chainer's: {exc}; delete it or pass --archive-dir") from exc
+    chosen = Path(given) if given is not None else recorded or base / "archive"
+    if recorded is None:
+        rel = os.path.relpath(chosen.resolve(), base.resolve())
+        kept = chosen.resolve() if rel.startswith("..") else Path(rel)
+        with contextlib.suppress(OSError):  # a read-only folder: opening the journal says so
+            state_dir.mkdir(parents=True, exist_ok=True)
+            write_atomically(record, ArchiveLocation(archive_dir=str(kept)).model_dump_json())
+    return chosen
+
+
 def write_manifest(folder: Path, manifest: Manifest) -> Path:
     """Write the chain's `manifest.json` atomically."""
     return write_atomically(folder / "manifest.json", manifest.model_dump_json(indent=2) + "\n")

@@ -84,10 +84,12 @@ async def run_batch(
     owned: list[Plan] = []
     for p in plans:
         try:
+            if p.placeholders:  # a create with them would only fail at the provider
+                raise errors.StoryboardError(p.placeholders)
             owned.append(
                 session.with_journal_handoffs(session.own(p), options.from_step, options.from_last_frame)
             )
-        except errors.ConfigError as exc:
+        except (errors.ConfigError, errors.StoryboardError) as exc:
             if len(plans) == 1:
                 raise
             results[p.chain] = stopped(session, p, exc)

@@ -60,6 +60,14 @@ IN_FLIGHT: tuple[StepState, ...] = ("submit_intent", "submit_unknown", "submitte
 ChainState = Literal["done", "in progress", "failed", "needs attention"]
 #: How a run of a chain ended, as results and last-run.json say it.
 Outcome = Literal["done", "failed", "needs_attention"]
+#: What `chainer status` shows: an in-progress chain is running (a process holds it),
+#: stalled (held, but no event for STALL_AFTER_S) or interrupted (no process holds it).
+Liveness = Literal["done", "failed", "needs attention", "running", "stalled", "interrupted"]
+
+#: No journal event for this long while a process holds the chain reads as stalled: most
+#: Kling tasks end well within it, so a task is queued unusually long at the provider (the
+#: poller waits up to PollPolicy.deadline) or the process hangs.
+STALL_AFTER_S = 3600.0
 
 
 @dataclass(frozen=True)
@@ -276,3 +284,15 @@ def outcome_of(state: ChainState) -> Outcome:
             return "failed"
         case "needs attention" | "in progress":
             return "needs_attention"
+
+
+def liveness(state: ChainState, *, held: bool, idle_s: float | None) -> Liveness:
+    """How an in-progress chain is doing: `held` says a process owns it (its lock), `idle_s`
+    how long ago its last journal event was (None: none yet)."""
+    match state:
+        case "done" | "failed" | "needs attention":
+            return state
+        case "in progress":
+            if not held:
+                return "interrupted"
+            return "stalled" if idle_s is not None and idle_s > STALL_AFTER_S else "running"

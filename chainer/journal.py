@@ -178,6 +178,42 @@ class ChainSummary:
     attention: str
 
 
+_PROC_LOCKS = Path("/proc/locks")
+
+
+def _flock_held(st: os.stat_result) -> bool:
+    """Whether the kernel's lock table lists a granted flock on the file `st` describes."""
+    for line in _PROC_LOCKS.read_text().splitlines():
+        fields = line.split()
+        if "->" in fields or "FLOCK" not in fields:
+            continue  # "->": a waiter, not a holder
+        dev_ino = next((f for f in fields if f.count(":") == 2), "")
+        major, minor, ino = dev_ino.split(":") if dev_ino else ("0", "0", "-1")
+        if (int(major, 16), int(minor, 16), int(ino)) == (
+            os.major(st.st_dev),
+            os.minor(st.st_dev),
+            st.st_ino,
+        ):
+            return True
+    return False
+
+
+def _pid_alive(written: str) -> bool:
+    """Whether the "pid N on HOST" an owner wrote names a live process of this host."""
+    parts = written.split()
+    if len(parts) != 4 or parts[0] != "pid" or not parts[1].isdigit():
+        return False
+    if parts[3] != socket.gethostname():
+        return True  # another machine's process: nothing here can tell, so assume it runs
+    try:
+        os.kill(int(parts[1]), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 class _Store:
     """The journal file: its connection, schema migrations, transactions and chain locks."""
 
@@ -251,6 +287,27 @@ class _Store:
             raise
         self.db.execute("COMMIT")
 
+    def _lock_file(self, name: str) -> Path:
+        return self.path.parent / "locks" / f"{name}.lock"
+
+    def lock_holder(self, name: str) -> str | None:
+        """Which process owns `name` now ("pid N on HOST"), or None when no process does.
+
+        Asked without touching the lock (a probe that took it, even shared and for a moment,
+        could make a starting run refuse the chain): the kernel's lock table where there is
+        one (Linux), else whether the pid the owner wrote is alive. A killed owner's lock is
+        gone with it, so its leftover lock file reads as not held."""
+        if name in self._locks:
+            return f"pid {os.getpid()} on {socket.gethostname()} (this process)"
+        path = self._lock_file(name)
+        try:
+            written = path.read_text(errors="replace").strip()
+            st = path.stat()
+        except (FileNotFoundError, NotADirectoryError):
+            return None
+        held = _flock_held(st) if _PROC_LOCKS.exists() else _pid_alive(written)
+        return (written or "another process") if held else None
+
     def lock_chain(self, name: str) -> None:
         """Own `name` until close(); ChainLocked says which process holds it otherwise."""
         if name in self._locks:
@@ -258,9 +315,8 @@ class _Store:
         if self.in_memory:  # nothing outside this process can see the journal
             self._locks[name] = -1
             return
-        lock_dir = self.path.parent / "locks"
-        lock_dir.mkdir(exist_ok=True)
-        fd = os.open(lock_dir / f"{name}.lock", os.O_RDWR | os.O_CREAT, 0o644)
+        self._lock_file(name).parent.mkdir(exist_ok=True)
+        fd = os.open(self._lock_file(name), os.O_RDWR | os.O_CREAT, 0o644)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -302,6 +358,11 @@ class _Reads(_Store):
         return ChainSummary(
             chain, view.state(), view.steps_done(), view.steps_total(), view.length(), view.units(), attention
         )
+
+    def last_events(self) -> dict[str, float]:
+        """Each chain's newest journal event (wall clock, s)."""
+        rows = self.db.execute("SELECT chain, max(at) FROM events GROUP BY chain").fetchall()
+        return {r[0]: r[1] for r in rows}
 
     def fact(self, provider: str, base_url: str, name: str) -> ProviderFact | None:
         """What was last seen of `provider` at `base_url` about `name`, if anything."""

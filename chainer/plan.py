@@ -31,6 +31,7 @@ import hashlib
 import json
 import math
 import os
+import re
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -153,6 +154,9 @@ class Plan:
     target_duration: float | None = None
     keep: Literal["all", "final"] = "all"
     warnings: list[Problem] = field(default_factory=list)
+    #: Values left as the example had them ("replace-with-your-video-id"): shown as warnings
+    #: by plan and validate, and the run refuses the chain before anything is sent.
+    placeholders: list[Problem] = field(default_factory=list)
     #: The storyboard's text as planned (the file may change later).
     storyboard_text: str = ""
 
@@ -256,6 +260,10 @@ def _fingerprint(previous: str, kind: str, fields: dict[str, Any], base: Path) -
     return hashlib.sha256(blob.encode()).hexdigest()
 
 
+#: What the example storyboards and common templates use for "fill this in".
+_PLACEHOLDER = re.compile(r"replace|your[-_ ]|placeholder|<[^>]*>|^\.\.\.$|^x{3,}$|todo|changeme", re.I)
+
+
 class _Checker:
     """Collects positioned problems and warnings while the plan is built."""
 
@@ -263,12 +271,23 @@ class _Checker:
         self.loaded = loaded
         self.problems: list[Problem] = []
         self.warnings: list[Problem] = []
+        self.placeholders: list[Problem] = []
 
     def error(self, loc: Loc, message: str) -> None:
         self.problems.append(self.loaded.problem(loc, message))
 
     def warn(self, loc: Loc, message: str) -> None:
         self.warnings.append(self.loaded.problem(loc, message))
+
+    def placeholder(self, loc: Loc, value: str | None, what: str) -> None:
+        """A value that looks like an example's placeholder is a warning now and a refusal
+        when the chain is run (a create with it would fail at the provider, 1203)."""
+        if value is not None and _PLACEHOLDER.search(value):
+            problem = self.loaded.problem(
+                loc, f"{value!r} looks like a placeholder: put {what} here before running it"
+            )
+            self.warnings.append(problem)
+            self.placeholders.append(problem)
 
     def image(self, loc: Loc, value: str, base: Path) -> None:
         """A local image file (relative to the storyboard) must exist and suit Kling; URLs
@@ -346,6 +365,7 @@ def build(loaded: Loaded, *, output: Path | None = None, handoffs: Collection[in
         target_duration=sb.target_duration,
         keep=sb.archive.keep,
         warnings=sorted(check.warnings, key=lambda p: (p.line, p.column)),
+        placeholders=check.placeholders,
     )
 
 
@@ -391,6 +411,11 @@ def _check_start(
             f"{profile.name} needs the id of the task that made the video to extend it: "
             "add `task_id` (shown next to the video in the provider's task list)",
         )
+    if isinstance(source, ExistingVideo):
+        check.placeholder(
+            (*start_loc, "video_id"), source.video_id, "the id of your video (task_result.videos[0].id)"
+        )
+        check.placeholder((*start_loc, "task_id"), source.task_id, "the id of the task that made it")
     if source.mode == "pro" and extends_first:
         check.warn(
             (*start_loc, "mode"), "pro mode: every extension inherits it and is priced as pro (~3.5x std)"

@@ -108,7 +108,7 @@ class Session:
         cls,
         *,
         state_dir: str | os.PathLike[str] = ".chainer",
-        archive_dir: str | os.PathLike[str] = "archive",
+        archive_dir: str | os.PathLike[str] | None = None,
         provider: ProviderConfig | None = None,
         base_url: str | None = None,
         path_prefix: str | None = None,
@@ -127,12 +127,14 @@ class Session:
         never does (no credentials is then an error); None (the default) uses it only when
         no credentials are set and nothing was ever run for real from `state_dir`. The
         simulator's results are kept apart from real ones (see chainer.simulated).
+        `archive_dir`: None is the one recorded in `state_dir` (chainer.archive.location),
+        else `archive/` beside it.
         `transport` is the one seam under every request the session makes (the provider's
         API and the downloads alike): tests serve a simulator in-process through it
         (Simulator.asgi_transport) or wrap one to inject faults.
         """
         state = Path(state_dir)
-        archive_root = Path(archive_dir)
+        archive_root = archive.location(state, archive_dir)
         real = simulated.real_history(state) if state.is_dir() else {}
         async with AsyncExitStack() as stack:
             sim: Simulator | None = None

@@ -5,13 +5,16 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import socket
 import subprocess
 import tomllib
 from pathlib import Path
 
 import pytest
-from helpers import CHAINER
+from helpers import CHAINER, provider_env
+
+from chainer.simulator import Simulator
 
 ROOT = Path(__file__).resolve().parents[1]
 COMMANDS = ["run", "resume", "status", "plan", "validate", "archive", "adopt", "providers", "schema", "sim"]
@@ -165,3 +168,26 @@ def test_a_too_long_prompt_says_its_length(tmp_path: Path) -> None:
     assert (
         "segment 1 prompt has 2600 characters; Kling accepts at most 2500: shorten it by 100" in done.stderr
     )
+
+
+def test_placeholder_ids_are_flagged_by_plan_and_refused_by_run_before_anything_starts(
+    sim: Simulator, tmp_path: Path
+) -> None:
+    shutil.copy(ROOT / "storyboards" / "existing-video.yaml", tmp_path)
+    where = "existing-video.yaml:7:15: 'replace-with-your-video-id' looks like a placeholder"
+    plan = chainer("plan", "existing-video.yaml", cwd=tmp_path)
+    assert plan.returncode == 0 and f"warning: {where}" in plan.stderr
+    assert "existing-video.yaml:8:14: 'replace-with-its-task-id' looks like a placeholder" in plan.stderr
+    alone = chainer("run", "existing-video.yaml", cwd=tmp_path, **provider_env(sim))
+    assert alone.returncode == 2 and where in alone.stderr and "nothing was sent" in alone.stderr
+    assert not (tmp_path / ".chainer").exists() and not sim.state.creates
+
+    # in a batch the template is refused, the others run
+    (tmp_path / "good.yaml").write_text(
+        "name: good\nstart:\n  text2video: {prompt: x}\nsegments:\n  - prompt: y\n"
+    )
+    both = chainer("run", "existing-video.yaml", "good.yaml", cwd=tmp_path, **provider_env(sim))
+    assert both.returncode == 1
+    flat = " ".join(both.stdout.split())
+    assert "good done" in flat and "continue-my-video failed" in flat and "looks like a placeholder" in flat
+    assert len(sim.state.creates) == 2

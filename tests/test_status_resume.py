@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import json
 import os
+import subprocess
 import textwrap
 from pathlib import Path
 
+from helpers import CHAINER, provider_env
 from helpers import cli_in_process as cli
 
+from chainer.chain import STALL_AFTER_S
+from chainer.journal import Journal
 from chainer.simulator import Simulator
 
 STORYBOARD = """
@@ -44,17 +49,12 @@ def test_resume_finishes_unfinished_chains_from_another_directory(sim: Simulator
     elsewhere = workdir / "elsewhere"
     elsewhere.mkdir()
     os.chdir(elsewhere)
-    code, output = cli(
-        sim,
-        "resume",
-        "--state-dir",
-        str(workdir / ".chainer"),
-        "--archive-dir",
-        str(workdir / "archive"),
-        "--retry-failed",
-    )
+    code, output = cli(sim, "resume", "--state-dir", str(workdir / ".chainer"), "--retry-failed")
     assert code == 0, output
     assert (workdir / "bad.mp4").is_file(), "the output goes where the chain was started"
+    # the archive the state dir recorded at its first run, not a second one in this folder
+    assert not (elsewhere / "archive").exists()
+    assert len(list((workdir / "archive" / "bad").glob("*.mp4"))) == 3
     assert len(sim.state.creates) == 4  # 3 first time (the last failed), 1 retry
     code, output = cli(sim, "resume", "--state-dir", str(workdir / ".chainer"))
     assert code == 0 and "Nothing to resume" in output
@@ -95,3 +95,58 @@ def test_resume_finds_chains_of_any_profile_offline(tmp_path: Path) -> None:
     assert "Done:" in done.stdout and (tmp_path / "comet.simulated.mp4").is_file()
     log = (tmp_path / ".chainer" / "simulator" / "state.jsonl").read_text()
     assert log.count('"e":"task"') == 3, "every step created exactly once across the kill"
+
+
+def test_resume_with_no_journal_says_so_and_fails(sim: Simulator, workdir: Path) -> None:
+    code, output = cli(sim, "resume")
+    assert code == 2
+    assert "No journal in .chainer" in output and "--state-dir" in output
+
+
+def _status(sim: Simulator, cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [CHAINER, "status", *args],
+        cwd=cwd,
+        env=provider_env(sim),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def test_status_tells_running_from_interrupted_from_stalled(sim_factory, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    slow = sim_factory(time_scale=1.0)  # tasks take minutes: the chain is mid-step while looked at
+    (tmp_path / "live.yaml").write_text(textwrap.dedent(STORYBOARD).format(name="live", second="two"))
+    proc = subprocess.Popen(
+        [CHAINER, "run", "live.yaml"], cwd=tmp_path, env=provider_env(slow), stdout=subprocess.PIPE, text=True
+    )
+    assert proc.stdout is not None
+    for line in proc.stdout:  # bounded by the work: the first create is answered
+        if "submitted" in line:
+            break
+    running = _status(slow, tmp_path, "--json")
+    row = json.loads(running.stdout.splitlines()[0])
+    assert row["state"] == "running" and row["held_by"].startswith(f"pid {proc.pid} on ")
+    assert row["steps_done"] == 0 and row["steps_total"] == 3 and row["needs"] == ""
+    assert running.returncode == 0
+    table = _status(slow, tmp_path)
+    assert "running" in table.stdout and "last event" in table.stdout and f"pid {proc.pid}" in table.stdout
+
+    proc.kill()
+    proc.wait()
+    proc.stdout.close()
+    interrupted = _status(slow, tmp_path)
+    assert interrupted.returncode == 1
+    line = " ".join(interrupted.stdout.split())
+    assert "live kling interrupted 0/3" in line and "chainer resume" in line
+
+    # held by a process (this one) whose last event is older than the stall limit
+    with Journal(tmp_path / ".chainer" / "journal-kling.sqlite") as journal:
+        journal.db.execute("UPDATE events SET at = at - ?", (STALL_AFTER_S + 60,))
+        journal.lock_chain("live")
+        stalled = _status(slow, tmp_path, "--json")
+    row = json.loads(stalled.stdout.splitlines()[0])
+    assert stalled.returncode == 1
+    assert row["state"] == "stalled" and row["held_by"].startswith(f"pid {os.getpid()} on ")
+    assert "no event for 1 h 1 min" in row["needs"] and "chainer resume" in row["needs"]
+    assert len(slow.state.creates) == 1, "looking never creates anything"

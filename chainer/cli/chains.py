@@ -39,7 +39,7 @@ def archive_command(
     base_url: BaseUrl = None,
     path_prefix: PathPrefix = None,
     state_dir: StateDir = Path(".chainer"),
-    archive_dir: ArchiveDir = Path("archive"),
+    archive_dir: ArchiveDir = None,
     archive_url: ArchiveUrl = None,
     account: Annotated[
         bool,
@@ -176,7 +176,7 @@ def resume(
     base_url: BaseUrl = None,
     path_prefix: PathPrefix = None,
     state_dir: StateDir = Path(".chainer"),
-    archive_dir: ArchiveDir = Path("archive"),
+    archive_dir: ArchiveDir = None,
     archive_url: ArchiveUrl = None,
     retry_failed: Annotated[
         bool, typer.Option("--retry-failed", help="Give failed steps a new attempt (charged again).")
@@ -188,7 +188,13 @@ def resume(
     async def main() -> int:
         # Chains live in one journal per provider: look in all of them.
         found: list[tuple[Path, str, Plan | errors.ChainerError]] = []
-        for path in sorted(state_dir.glob("journal-*.sqlite")):
+        journals = sorted(state_dir.glob("journal-*.sqlite"))
+        if not journals:
+            raise errors.ConfigError(
+                f"No journal in {state_dir}: nothing was run from here. Run `chainer resume` in the "
+                "folder you ran `chainer run` in, or pass --state-dir"
+            )
+        for path in journals:
             with Journal(path) as journal:
                 for c in journal.chains():
                     wanted = c.name in names if names else journal.summary(c.name).state != "done"

@@ -36,8 +36,13 @@ StateDir = Annotated[
     Path, typer.Option("--state-dir", help="Folder for the journals (and the offline simulator's files).")
 ]
 ArchiveDir = Annotated[
-    Path,
-    typer.Option("--archive-dir", help="Folder where every result is archived, one sub-folder per chain."),
+    Path | None,
+    typer.Option(
+        "--archive-dir",
+        help="Folder where every result is archived, one sub-folder per chain "
+        "(default: the one STATE_DIR recorded at its first run, else archive/ beside STATE_DIR).",
+        show_default=False,
+    ),
 ]
 ArchiveUrl = Annotated[
     str | None,
@@ -51,6 +56,7 @@ SimTimeScale = Annotated[
     float,
     typer.Option(
         "--sim-time-scale",
+        envvar="CHAINER_SIM_TIME_SCALE",
         min=0.0001,
         help="Offline simulator only: task time as a fraction of Kling's real minutes.",
     ),
@@ -190,7 +196,7 @@ def run_async(main: Callable[[], Awaitable[int]]) -> None:
 
 def where(
     state_dir: Path,
-    archive_dir: Path,
+    archive_dir: Path | None,
     archive_url: str | None,
     base_url: str | None,
     path_prefix: str | None,

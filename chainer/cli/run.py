@@ -14,7 +14,7 @@ import anyio
 import typer
 from rich.console import Console
 
-from .. import balance, errors, profiles, simulated
+from .. import archive, balance, errors, profiles, simulated
 from ..batch import Batch, RunOptions, unique_names
 from ..batch import stopped as batch_stopped
 from ..budget import remaining_units
@@ -174,7 +174,7 @@ def run(
     base_url: BaseUrl = None,
     path_prefix: PathPrefix = None,
     state_dir: StateDir = Path(".chainer"),
-    archive_dir: ArchiveDir = Path("archive"),
+    archive_dir: ArchiveDir = None,
     archive_url: ArchiveUrl = None,
     concurrency: RunConcurrency = None,
     retry_failed: RunRetryFailed = False,
@@ -209,6 +209,10 @@ def run(
         from_step=from_step,
         from_last_frame=from_last_frame,
     )
+    try:
+        archive_dir = archive.location(state_dir, archive_dir)
+    except errors.ChainerError as exc:
+        raise fail(exc) from None
     records = _RunRecords(state_dir, archive_dir, summary, report)
     groups = _by_provider(plans)
     if len(groups) > 1:
@@ -374,11 +378,14 @@ def _run_inputs(
             raise errors.ConfigError("--from-last-frame goes with --from-step N (the step to start from)")
         plans = _load_all(paths, output=output)
         unique_names(plans)
+        if len(plans) == 1 and plans[0].placeholders:  # refused before anything starts
+            raise errors.StoryboardError(plans[0].placeholders)
     except errors.ChainerError as exc:
         raise fail(exc) from None
     for p in plans:
         for warning in p.warnings:
-            err.print(f"warning: {warning}", markup=False)
+            if warning not in p.placeholders:  # the batch refuses those chains, saying why
+                err.print(f"warning: {warning}", markup=False)
     if keep not in (None, "all", "final"):
         err.print(f"--keep {keep!r}: expected all or final", markup=False)
         raise typer.Exit(2)

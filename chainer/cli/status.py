@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
-import dataclasses
+import time
 from pathlib import Path
+from typing import Annotated
 
 import typer
+from pydantic import BaseModel
 from rich.table import Table
 
 from .. import archive, errors
+from ..chain import Liveness, liveness
 from ..journal import Journal
 from .common import StateDir, app, fail, out
 
@@ -19,38 +22,120 @@ WARN_DAYS = 7
 @app.command(short_help="List every chain: state, progress, what needs you.")
 def status(
     state_dir: StateDir = Path(".chainer"),
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Print one JSON object per chain instead of a table.")
+    ] = False,
 ) -> None:
-    """List every chain in the journals: state, steps done, length so far, units spent, attention."""
+    """List every chain in the journals: running, stalled, interrupted, done, failed or
+    needing attention; steps done, length, units, the last event and what needs you.
+
+    Exits 1 while something needs you (a failed, stalled or interrupted chain, a lost
+    answer, a result close to deletion)."""
     journals = sorted(state_dir.glob("journal-*.sqlite"))
     if not journals:
         out.print(f"No journal in {state_dir}: nothing has been run from here yet.", markup=False)
         return
-    table = Table("chain", "provider", "state", "steps", "length", "units", box=None, pad_edge=False)
-    table.add_column("needs", overflow="fold")
-    attention = 0
-    for path in journals:
-        try:
-            with Journal(path) as journal:
-                for chain in journal.chains():
-                    s = journal.summary(chain.name)
-                    expiry = _expiry_note(journal, chain.name)
-                    attention += s.state in ("failed", "needs attention") or bool(expiry)
-                    if expiry:
-                        s = dataclasses.replace(s, attention=f"{s.attention}; {expiry}".strip("; "))
-                    table.add_row(
-                        chain.name,
-                        chain.provider,
-                        s.state,
-                        f"{s.steps_done}/{s.steps_total}",
-                        f"{s.duration:g} s" if s.duration is not None else "-",
-                        f"{s.units:g}",
-                        s.attention,
-                    )
-        except errors.ChainerError as exc:
-            raise fail(exc) from None
-    out.print(table)
-    if attention:
+    try:
+        rows = [row for path in journals for row in _rows(path)]
+    except errors.ChainerError as exc:
+        raise fail(exc) from None
+    if as_json:
+        for row in rows:
+            print(row.model_dump_json())
+    else:
+        _print_table(rows)
+    if any(row.needs for row in rows):
         raise typer.Exit(1)
+
+
+class ChainStatus(BaseModel):
+    """One chain as `chainer status` shows it; `--json` prints one of these per line."""
+
+    chain: str
+    provider: str
+    state: Liveness
+    steps_done: int
+    steps_total: int
+    length_s: float | None
+    units: float
+    #: "pid N on HOST" of the process that runs the chain now, if one does.
+    held_by: str | None
+    #: The chain's newest journal event (Unix time, s).
+    last_event_at: float | None
+    #: What needs the user ("" when nothing); status exits 1 when any chain has something.
+    needs: str
+    journal: str
+
+
+def _rows(path: Path) -> list[ChainStatus]:
+    """One journal's chains as status shows them (also its --json objects)."""
+    now = time.time()
+    rows = []
+    with Journal(path) as journal:
+        last = journal.last_events()
+        for chain in journal.chains():
+            s = journal.summary(chain.name)
+            holder = journal.lock_holder(chain.name)
+            at = last.get(chain.name)
+            state = liveness(s.state, held=holder is not None, idle_s=None if at is None else now - at)
+            needs = [s.attention, _expiry_note(journal, chain.name), _liveness_note(state, holder, at, now)]
+            rows.append(
+                ChainStatus(
+                    chain=chain.name,
+                    provider=chain.provider,
+                    state=state,
+                    steps_done=s.steps_done,
+                    steps_total=s.steps_total,
+                    length_s=s.duration,
+                    units=s.units,
+                    held_by=holder,
+                    last_event_at=at,
+                    needs="; ".join(n for n in needs if n),
+                    journal=str(path),
+                )
+            )
+    return rows
+
+
+def _liveness_note(state: Liveness, holder: str | None, at: float | None, now: float) -> str:
+    match state:
+        case "interrupted":
+            return "no process runs it: `chainer resume` goes on where it stopped (nothing is paid twice)"
+        case "stalled":
+            idle = _ago(at, now)
+            return (
+                f"no event for {idle} while {holder} holds it: a task may be queued long at the "
+                "provider, or the process hangs (stop it, then `chainer resume`)"
+            )
+        case "running" | "done" | "failed" | "needs attention":
+            return ""
+
+
+def _ago(at: float | None, now: float) -> str:
+    if at is None:
+        return "-"
+    s = max(0, int(now - at))
+    return f"{s} s" if s < 120 else f"{s // 60} min" if s < 3600 else f"{s // 3600} h {s % 3600 // 60} min"
+
+
+def _print_table(rows: list[ChainStatus]) -> None:
+    now = time.time()
+    table = Table(
+        "chain", "provider", "state", "steps", "length", "units", "last event", box=None, pad_edge=False
+    )
+    table.add_column("needs / held by", overflow="fold")
+    for row in rows:
+        table.add_row(
+            row.chain,
+            row.provider,
+            row.state,
+            f"{row.steps_done}/{row.steps_total}",
+            f"{row.length_s:g} s" if row.length_s is not None else "-",
+            f"{row.units:g}",
+            f"{_ago(row.last_event_at, now)} ago" if row.last_event_at else "-",
+            row.needs or (f"run by {row.held_by}" if row.held_by else ""),
+        )
+    out.print(table)
 
 
 def _expiry_note(journal: Journal, name: str) -> str:
