@@ -55,9 +55,13 @@ class Scheduler:
         #: Held around each create request: creates go out one at a time.
         self.create_lock = anyio.Lock()
 
+    def would_wait(self) -> bool:
+        """Whether an acquire now would wait (every slot is taken, or others wait first)."""
+        return self.in_flight >= self.limit or bool(self._waiters)
+
     async def acquire(self, remaining_steps: int) -> None:
         """Wait for a slot; chains with more steps left go first."""
-        if self.in_flight < self.limit and not self._waiters:
+        if not self.would_wait():
             self._take()
             return
         waiter = _Waiter(-float(remaining_steps), next(self._seq), anyio.Event())

@@ -88,3 +88,12 @@ def image_server(tmp_path: Path) -> Iterator[str]:
 def no_user_profiles(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Tests never read the developer's own provider profiles."""
     monkeypatch.setenv("CHAINER_PROVIDERS", str(tmp_path / "no-such-providers.toml"))
+
+
+#: The longest tests (each over half a minute): started first, so that on several workers
+#: none of them is left running alone at the end.
+SLOW_FIRST = ("test_readme.py", "test_soak.py", "test_bench.py", "test_wheel.py", "test_past_cap.py")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    items.sort(key=lambda item: item.path.name not in SLOW_FIRST)  # stable: file order otherwise

@@ -24,7 +24,7 @@ from chainer import media
 from chainer.journal import Journal
 from chainer.simulator import Simulator
 
-ITERATIONS = int(os.environ.get("CHAINER_SOAK_ITERATIONS", "20"))
+ITERATIONS = int(os.environ.get("CHAINER_SOAK_ITERATIONS", "8"))
 #: Chains in flight at once (below the simulator's account limit of 5).
 LANES = 4
 STEPS = 10

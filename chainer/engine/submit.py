@@ -141,9 +141,12 @@ async def _request_in_slot(
     """Wait for one of the account's slots, then build the request (None: queue again)."""
     if step.index not in run.holding:
         sched = run.ctx.scheduler
-        run.emit(
-            step.index, "waiting", f"for a free slot on the account ({sched.in_flight}/{sched.limit} in use)"
-        )
+        if sched.would_wait():
+            run.emit(
+                step.index,
+                "waiting",
+                f"for a free slot on the account ({sched.in_flight}/{sched.limit} in use)",
+            )
         await run.ctx.scheduler.acquire(len(run.plan.steps) - step.index)
         run.holding[step.index] = False
     try:
