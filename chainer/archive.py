@@ -627,6 +627,13 @@ def write_account_manifest(folder: Path, manifest: AccountManifest) -> Path:
 MIRRORED = (".mp4", ".png", ".json")
 
 
+def is_mirrored(local: Path) -> bool:
+    """Whether the mirror copies `local`: finished files only. A download's `.part` and its
+    `.part.json` sidecar, `.rejected` files and temporary files stay local."""
+    partial = any(s in (".part", ".rejected") for s in local.suffixes)
+    return local.is_file() and not local.name.startswith(".") and local.suffix in MIRRORED and not partial
+
+
 class Mirror:
     """A copy of the archive at an fsspec URL (`s3://bucket/prefix`, `gs://...`, ...).
 
@@ -659,8 +666,8 @@ class Mirror:
                 raise DownloadError(f"cannot create {self.url}/{folder.name}: {exc}") from exc
         sent = []
         for local in sorted(folder.iterdir()):
-            if not local.is_file() or local.name.startswith(".") or local.suffix not in MIRRORED:
-                continue  # .part, .rejected and temporary files stay local
+            if not is_mirrored(local):
+                continue
             size = local.stat().st_size
             if existing.get(local.name) == size and local.name != "manifest.json":
                 continue

@@ -175,7 +175,7 @@ def test_archive_mirrored_to_an_fsspec_url(sim, tmp_path: Path) -> None:  # type
     assert CliRunner().invoke(app, args, env=provider_env(sim)).exit_code == 0
     local = tmp_path / "archive" / "mirrored"
     copied = {p.name: p.read_bytes() for p in (mirror / "mirrored").iterdir()}
-    assert set(copied) == {p.name for p in local.iterdir() if p.suffix in archive.MIRRORED}
+    assert set(copied) == {p.name for p in local.iterdir() if archive.is_mirrored(p)}
     for name, data in copied.items():
         assert hashlib.sha256(data).digest() == hashlib.sha256((local / name).read_bytes()).digest()
     (mirror / "mirrored" / sorted(copied)[0]).unlink()  # lost on the far side: `archive` puts it back
@@ -224,10 +224,22 @@ def test_archive_mirrored_to_s3_on_a_loopback_server(sim, tmp_path: Path, monkey
         local = tmp_path / "archive" / "mirrored"
         listed = s3.list_objects_v2(Bucket="videos", Prefix="studio/mirrored/")["Contents"]
         remote = {o["Key"].rsplit("/", 1)[1]: o["Size"] for o in listed}
-        expected = {p.name: p.stat().st_size for p in local.iterdir() if p.suffix in archive.MIRRORED}
+        expected = {p.name: p.stat().st_size for p in local.iterdir() if archive.is_mirrored(p)}
         assert remote == expected and len(expected) == 4  # 2 videos, the manifest, the contact sheet
         final = sorted(p for p in local.glob("*.mp4"))[-1]
         body = s3.get_object(Bucket="videos", Key=f"studio/mirrored/{final.name}")["Body"].read()
         assert hashlib.sha256(body).hexdigest() == hashlib.sha256(final.read_bytes()).hexdigest()
     finally:
         server.stop()
+
+
+def test_the_mirror_never_copies_a_download_in_progress(tmp_path: Path) -> None:
+    names = ["000-v.mp4", "manifest.json", "contact-sheet.png", "001-w.mp4.part", "001-w.mp4.part.json"]
+    names += ["002-x.mp4.rejected", ".manifest.json.tmp"]
+    for name in names:
+        (tmp_path / name).write_bytes(b"x")
+    assert sorted(p.name for p in tmp_path.iterdir() if archive.is_mirrored(p)) == [
+        "000-v.mp4",
+        "contact-sheet.png",
+        "manifest.json",
+    ]

@@ -41,7 +41,8 @@ def test_the_built_wheel_installs_into_a_fresh_venv_and_runs_an_example_from_els
 
     version = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["version"]
     assert run(venv / "bin" / "chainer", "--version").strip() == f"chainer {version}"
-    where = run(venv / "bin" / "python", "-c", "import chainer; print(chainer.__file__)")
+    # from another folder: `python -c` puts the working directory first on sys.path
+    where = run(venv / "bin" / "python", "-c", "import chainer; print(chainer.__file__)", cwd=tmp_path)
     assert where.startswith(str(venv)), f"chainer imported from {where}, not from the installed wheel"
 
     elsewhere = tmp_path / "my-film"
