@@ -24,6 +24,7 @@ import httpx
 
 from . import archive, batch, preflight, simulated
 from .batch import Batch, RunOptions
+from .callbacks import CallbackHub
 from .engine import CreateGate, RunContext
 from .engine.context import DOWNLOADS_AT_ONCE
 from .errors import ConfigError
@@ -97,6 +98,8 @@ class Session:
     real_chains: frozenset[str] = frozenset()
     #: Shut by the first account error (1100-1103): no more creates from this session.
     gate: CreateGate = field(default_factory=CreateGate)
+    #: The callback receiver, when the session was opened with a callback_url.
+    callbacks: CallbackHub | None = None
 
     def __post_init__(self) -> None:
         if self.lookup is None:
@@ -118,6 +121,7 @@ class Session:
         archive_url: str | None = None,
         simulate: bool | None = None,
         transport: httpx.AsyncBaseTransport | None = None,
+        callbacks: CallbackHub | None = None,
     ) -> AsyncIterator[Session]:
         """Resolve the provider (flags, environment, else the embedded simulator) and open everything.
 
@@ -129,6 +133,8 @@ class Session:
         simulator's results are kept apart from real ones (see chainer.simulated).
         `archive_dir`: None is the one recorded in `state_dir` (chainer.archive.location),
         else `archive/` beside it.
+        `callbacks`: a running callback receiver (`chainer.callbacks.receiving`); each create
+        then carries its URL, and pollers are woken by what it hears.
         `transport` is the one seam under every request the session makes (the provider's
         API and the downloads alike): tests serve a simulator in-process through it
         (Simulator.asgi_transport) or wrap one to inject faults.
@@ -172,6 +178,7 @@ class Session:
                 sim,
                 mirror,
                 real_chains=frozenset(name for names in real.values() for name in names),
+                callbacks=callbacks,
             )
 
     def own(self, plan: Plan) -> Plan:
@@ -307,4 +314,5 @@ class Session:
             downloads=self.downloads,
             lookup=self.lookup,
             gate=self.gate,
+            callbacks=self.callbacks,
         )

@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 from typing import Annotated
 
 import anyio
 import typer
 
-from .. import errors, profiles, simulated
+from .. import callbacks, errors, profiles, simulated
 from ..adopt import adopt as adopt_task
 from ..batch import RunOptions
+from ..callbacks import CallbackHub
 from ..journal import Journal
 from ..plan import Plan, chain_plan
 from ..progress import Progress
@@ -20,6 +22,8 @@ from .common import (
     ArchiveDir,
     ArchiveUrl,
     BaseUrl,
+    CallbackUrl,
+    Listen,
     PathPrefix,
     SimTimeScale,
     StateDir,
@@ -27,6 +31,7 @@ from .common import (
     err,
     journal_session,
     out,
+    receive_callbacks,
     run_async,
     show_retry,
     where,
@@ -168,6 +173,30 @@ def adopt(
     run_async(main)
 
 
+_Found = tuple[Path, str, Plan | errors.ChainerError]
+
+
+def _to_resume(state_dir: Path, names: list[str] | None) -> list[_Found]:
+    """(journal, chain, its plan or why it has none) for the chains named, else every
+    unfinished one. Chains live in one journal per provider: all of them are read."""
+    journals = sorted(state_dir.glob("journal-*.sqlite"))
+    if not journals:
+        raise errors.ConfigError(
+            f"No journal in {state_dir}: nothing was run from here. Run `chainer resume` in the "
+            "folder you ran `chainer run` in, or pass --state-dir"
+        )
+    found: list[_Found] = []
+    for path in journals:
+        with Journal(path) as journal:
+            for c in journal.chains():
+                if c.name in names if names else journal.summary(c.name).state != "done":
+                    try:
+                        found.append((path, c.name, chain_plan(c)))
+                    except errors.ChainerError as exc:
+                        found.append((path, c.name, exc))
+    return found
+
+
 @app.command(short_help="Resume unfinished chains from the journals.")
 def resume(
     names: Annotated[
@@ -182,27 +211,13 @@ def resume(
         bool, typer.Option("--retry-failed", help="Give failed steps a new attempt (charged again).")
     ] = False,
     sim_time_scale: SimTimeScale = EMBEDDED_TIME_SCALE,
+    callback_url: CallbackUrl = None,
+    listen: Listen = callbacks.DEFAULT_LISTEN,
 ) -> None:
     """Resume unfinished chains from the journal, each from its recorded storyboard."""
 
     async def main() -> int:
-        # Chains live in one journal per provider: look in all of them.
-        found: list[tuple[Path, str, Plan | errors.ChainerError]] = []
-        journals = sorted(state_dir.glob("journal-*.sqlite"))
-        if not journals:
-            raise errors.ConfigError(
-                f"No journal in {state_dir}: nothing was run from here. Run `chainer resume` in the "
-                "folder you ran `chainer run` in, or pass --state-dir"
-            )
-        for path in journals:
-            with Journal(path) as journal:
-                for c in journal.chains():
-                    wanted = c.name in names if names else journal.summary(c.name).state != "done"
-                    if wanted:
-                        try:
-                            found.append((path, c.name, chain_plan(c)))
-                        except errors.ChainerError as exc:
-                            found.append((path, c.name, exc))
+        found = _to_resume(state_dir, names)
         unknown = set(names or ()) - {name for _, name, _ in found}
         if unknown:
             raise errors.ConfigError(f"no chain named {', '.join(sorted(unknown))} in {state_dir}")
@@ -218,12 +233,16 @@ def resume(
             else:
                 by_journal.setdefault(path, []).append(plan)
         counts: list[int] = []
-        async with anyio.create_task_group() as group:  # each journal's provider at once
-            for path, plans in by_journal.items():
-                group.start_soon(_resume_group, path, plans, counts)
+        async with contextlib.AsyncExitStack() as stack:
+            hub = await receive_callbacks(stack, callback_url, listen, err)
+            async with anyio.create_task_group() as group:  # each journal's provider at once
+                for path, plans in by_journal.items():
+                    group.start_soon(_resume_group, path, plans, counts, hub)
         return 1 if failures or sum(counts) else 0
 
-    async def _resume_group(path: Path, group: list[Plan], counts: list[int]) -> None:
+    async def _resume_group(
+        path: Path, group: list[Plan], counts: list[int], hub: CallbackHub | None
+    ) -> None:
         """Resume the chains of one journal with its own provider, as one batch (the same
         path and failure policy as `chainer run`); counts how many did not finish."""
         try:
@@ -231,6 +250,7 @@ def resume(
                 path,
                 group[0].provider.name,
                 **where(state_dir, archive_dir, archive_url, base_url, path_prefix, sim_time_scale),
+                callbacks=hub,
             ) as session:
                 with Progress(group, "plain", out) as view:
                     done = await session.run_batch(

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import importlib.metadata
 from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
+from contextlib import AsyncExitStack, asynccontextmanager
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -13,7 +13,8 @@ import typer
 from rich.console import Console
 from typer.core import TyperGroup
 
-from .. import errors, profiles, simulated
+from .. import callbacks, errors, profiles, simulated
+from ..callbacks import CallbackHub
 from ..session import Session
 from ..simulator import SimConfig
 
@@ -50,6 +51,22 @@ ArchiveUrl = Annotated[
         "--archive-url",
         envvar="CHAINER_ARCHIVE_URL",
         help="Also keep the archive at this fsspec URL (e.g. s3://bucket/prefix), synced after every step.",
+    ),
+]
+CallbackUrl = Annotated[
+    str | None,
+    typer.Option(
+        "--callback-url",
+        envvar="CHAINER_CALLBACK_URL",
+        help="Public URL where the provider can POST task updates (a reverse proxy or tunnel to "
+        "--listen); chainer adds a secret per-run token to its path. Polling stays on as the "
+        "safety net; without it, chainer only polls.",
+    ),
+]
+Listen = Annotated[
+    str,
+    typer.Option(
+        "--listen", envvar="CHAINER_CALLBACK_LISTEN", help="Where the callback receiver listens (HOST:PORT)."
     ),
 ]
 SimTimeScale = Annotated[
@@ -232,3 +249,18 @@ def show_retry(exc: Exception, attempt: int, wait: float | None) -> None:
     """Every retry of a request is shown (the run's events do this for `chainer run`)."""
     asked = f"; waiting {wait:g} s as the provider asked" if wait is not None else ""
     err.print(f"retry, attempt {attempt}: {exc}{asked}; trying again", markup=False)
+
+
+async def receive_callbacks(
+    stack: AsyncExitStack, callback_url: str | None, listen: str, talk: Console
+) -> CallbackHub | None:
+    """The run's callback receiver, serving until `stack` closes (None without a URL)."""
+    if not callback_url:
+        return None
+    hub = await stack.enter_async_context(callbacks.receiving(callback_url, listen))
+    talk.print(
+        f"Callbacks: the provider posts task updates to {callback_url.rstrip('/')}/<a token for this "
+        f"run>, received on {listen}; polling stays on for any that do not arrive.",
+        markup=False,
+    )
+    return hub

@@ -14,7 +14,7 @@ import anyio
 import typer
 from rich.console import Console
 
-from .. import archive, balance, errors, profiles, simulated
+from .. import archive, balance, callbacks, errors, profiles, simulated
 from ..batch import Batch, RunOptions, unique_names
 from ..batch import stopped as batch_stopped
 from ..budget import remaining_units
@@ -27,6 +27,8 @@ from .common import (
     ArchiveDir,
     ArchiveUrl,
     BaseUrl,
+    CallbackUrl,
+    Listen,
     PathPrefix,
     SimTimeScale,
     StateDir,
@@ -35,6 +37,7 @@ from .common import (
     fail,
     out,
     print_error,
+    receive_callbacks,
     run_async,
     where,
 )
@@ -193,6 +196,8 @@ def run(
     report: RunReport = None,
     sim_time_scale: SimTimeScale = EMBEDDED_TIME_SCALE,
     simulate: RunSimulate = False,
+    callback_url: CallbackUrl = None,
+    listen: Listen = callbacks.DEFAULT_LISTEN,
 ) -> None:
     """Run storyboards to finished videos (many at once share the account), resuming interrupted ones."""
     plans, keep_mode = _run_inputs(storyboards, output, from_step, from_last_frame, keep)
@@ -209,11 +214,8 @@ def run(
         from_step=from_step,
         from_last_frame=from_last_frame,
     )
-    try:
-        archive_dir = archive.location(state_dir, archive_dir)
-    except errors.ChainerError as exc:
-        raise fail(exc) from None
-    records = _RunRecords(state_dir, archive_dir, summary, report)
+    records = _RunRecords.at(state_dir, archive_dir, summary, report)
+    archive_dir = records.archive_dir
     groups = _by_provider(plans)
     if len(groups) > 1:
         _refuse_one_account_flags(groups, max_units, base_url, path_prefix, concurrency)
@@ -221,7 +223,8 @@ def run(
 
     async def main() -> int:
         async with contextlib.AsyncExitStack() as stack:
-            runs = await _open_groups(stack, groups, common, concurrency, simulate)
+            hub = await receive_callbacks(stack, callback_url, listen, talk)
+            runs = await _open_groups(stack, groups, {**common, "callbacks": hub}, concurrency, simulate)
             for g in runs:
                 _announce(g.session, simulate, talk)
                 await _check_balance(g.session, g.plans, max_units, ignore_balance, talk)
@@ -415,6 +418,16 @@ class _RunRecords:
     summary: Path | None
     report: Path | None
     started: float = 0.0
+
+    @classmethod
+    def at(
+        cls, state_dir: Path, archive_dir: Path | None, summary: Path | None, report: Path | None
+    ) -> _RunRecords:
+        """The records of a run from `state_dir`, its archive where the state dir keeps it."""
+        try:
+            return cls(state_dir, archive.location(state_dir, archive_dir), summary, report)
+        except errors.ChainerError as exc:
+            raise fail(exc) from None
 
     def shown_archive(self, simulated_run: bool) -> Path:
         return simulated.archive_root(self.archive_dir) if simulated_run else self.archive_dir

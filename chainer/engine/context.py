@@ -21,6 +21,7 @@ from PIL import Image
 
 from .. import archive, errors
 from ..budget import RunBudget
+from ..callbacks import CallbackHub
 from ..chain import ChainView, StepRow
 from ..events import Event
 from ..lookup import LookupCheck
@@ -70,6 +71,11 @@ class RunContext:
     budget: RunBudget | None = None
     #: Shut by an account error: no more creates in this run.
     gate: CreateGate = field(default_factory=CreateGate)
+    #: The callback receiver's side of the run, when callbacks are on (chainer.callbacks).
+    callbacks: CallbackHub | None = None
+    #: How long the tasks of this run took, by kind, newest last: every chain's poll
+    #: schedule learns from all of them (a batch's first tasks teach the others).
+    task_times: dict[str, list[float]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.lookup is None:

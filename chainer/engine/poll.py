@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import time
 from typing import assert_never
@@ -30,44 +31,62 @@ async def await_task(run: ChainRun, step: Step, row: StepRow) -> StepRow:
     submitted = row.submitted_at or time.time()
     expected = expected_seconds(run, kind)
     run.emit(step.index, "processing", f"task {task_id}")
-    while True:
-        failpoints.hit("polling", step.index)
-        try:
-            task = await retrying(
-                functools.partial(client.get_task, kind, task_id),
-                on=read_backoff,
-                deadline_s=READ_DEADLINE_S,
-                on_retry=run.on_retry(step.index, f"poll of task {task_id}"),
-            )
-        except errors.NotFound as exc:
-            return forgotten(run, step, row, exc)
-        match task.task_status:
-            case "submitted" | "processing":
-                # Counted once the provider says it runs: a resumed task that has already
-                # ended holds none of the account's slots (nor the run's peak).
-                run.hold(step)
-                elapsed = time.time() - submitted
-                if elapsed > run.ctx.poll.deadline:
-                    raise errors.ProviderError(
-                        f"task {task_id} is still {task.task_status} after {elapsed:.0f} s; "
-                        "run again later to keep waiting (nothing will be re-created)"
+    hub = run.ctx.callbacks
+    with hub.expecting(task_id) if hub is not None else contextlib.nullcontext():
+        while True:
+            failpoints.hit("polling", step.index)
+            try:
+                task = await retrying(
+                    functools.partial(client.get_task, kind, task_id),
+                    on=read_backoff,
+                    deadline_s=READ_DEADLINE_S,
+                    on_retry=run.on_retry(step.index, f"poll of task {task_id}"),
+                )
+            except errors.NotFound as exc:
+                return forgotten(run, step, row, exc)
+            match task.task_status:
+                case "submitted" | "processing":
+                    # Counted once the provider says it runs: a resumed task that has already
+                    # ended holds none of the account's slots (nor the run's peak).
+                    run.hold(step)
+                    elapsed = time.time() - submitted
+                    if elapsed > run.ctx.poll.deadline:
+                        raise errors.ProviderError(
+                            f"task {task_id} is still {task.task_status} after {elapsed:.0f} s; "
+                            "run again later to keep waiting (nothing will be re-created)"
+                        )
+                    await pause(run, task_id, elapsed=elapsed, expected=expected)
+                case "succeed":
+                    run.let_go(step)
+                    learn(run, kind, submitted)
+                    return succeeded(run, step, row, task)
+                case "failed":
+                    run.let_go(step)
+                    learn(run, kind, submitted)
+                    reason = task.task_status_msg or "the provider gave no reason"
+                    row = run.journal.transition(
+                        row, "failed", reason, error=reason, units=task.units, finished_at=time.time()
                     )
-                await anyio.sleep(
-                    next_delay(run.ctx.poll, elapsed=elapsed, expected=expected, rng=run.ctx.rng)
-                )
-            case "succeed":
-                run.let_go(step)
-                return succeeded(run, step, row, task)
-            case "failed":
-                run.let_go(step)
-                reason = task.task_status_msg or "the provider gave no reason"
-                row = run.journal.transition(
-                    row, "failed", reason, error=reason, units=task.units, finished_at=time.time()
-                )
-                run.emit(step.index, "failed", reason)
-                return row
-            case _:
-                assert_never(task.task_status)
+                    run.emit(step.index, "failed", reason)
+                    return row
+                case _:
+                    assert_never(task.task_status)
+
+
+async def pause(run: ChainRun, task_id: str, *, elapsed: float, expected: float) -> None:
+    """Wait before the next poll: the usual schedule (chainer.polling) or, with callbacks
+    on, until a callback says the task ended or it is overdue (chainer.callbacks)."""
+    usual = next_delay(run.ctx.poll, elapsed=elapsed, expected=expected, rng=run.ctx.rng)
+    hub = run.ctx.callbacks
+    if hub is None:
+        await anyio.sleep(usual)
+        return
+    began = time.monotonic()
+    woken = await hub.wait(task_id, hub.wait_budget(elapsed=elapsed, expected=expected, usual=usual))
+    if woken == "live":  # callbacks just proved to arrive: wait as long as they allow
+        spent = time.monotonic() - began
+        rest = hub.wait_budget(elapsed=elapsed + spent, expected=expected, usual=max(0.0, usual - spent))
+        await hub.wait(task_id, rest)
 
 
 def forgotten(run: ChainRun, step: Step, row: StepRow, exc: errors.ApiError) -> StepRow:
@@ -105,8 +124,18 @@ def succeeded(run: ChainRun, step: Step, row: StepRow, task: Task) -> StepRow:
 
 
 def expected_seconds(run: ChainRun, kind: rules.TaskKind) -> float:
-    """How long a task of `kind` should take: this chain's last few, else Kling's usual."""
-    took = run.journal.task_times(run.name, kind, last=EXPECTED_FROM_LAST)
+    """How long a task of `kind` should take: the run's last few (any chain of the batch),
+    else this chain's last few in the journal (a resume), else Kling's usual."""
+    took = run.ctx.task_times.get(kind, [])[-EXPECTED_FROM_LAST:] or run.journal.task_times(
+        run.name, kind, last=EXPECTED_FROM_LAST
+    )
     if took:
         return sum(took) / len(took)
     return rules.EXPECTED_SECONDS[kind] * run.ctx.client.config.time_scale
+
+
+def learn(run: ChainRun, kind: rules.TaskKind, submitted: float) -> None:
+    """Remember how long a task of this run took, for every chain's next expectation."""
+    times = run.ctx.task_times.setdefault(kind, [])
+    times.append(time.time() - submitted)
+    del times[:-EXPECTED_FROM_LAST]

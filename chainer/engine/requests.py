@@ -49,8 +49,12 @@ def _wire(request: StepRequest) -> dict[str, Any]:
 
 
 async def build(run: ChainRun, step: Step, row: StepRow, parent: StepRow | None) -> CreateRequest:
-    """The create request of `row`, a take of `step` after `parent`."""
+    """The create request of `row`, a take of `step` after `parent`. The run's callback_url
+    is added here, outside the step's fingerprint: a resume with another one (or none)
+    sends the same step."""
     fields = _wire(step.request)
+    if run.ctx.callbacks is not None:
+        fields["callback_url"] = run.ctx.callbacks.url
     ext = row.external_task_id
     match step.kind:
         case "text2video":

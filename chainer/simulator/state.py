@@ -13,7 +13,9 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
+import heapq
 import hmac
+import itertools
 import json
 import random
 import threading
@@ -85,6 +87,12 @@ class SimConfig(BaseModel):
     #: Fraction of accepted creates whose answer is lost (a 502 from a "gateway") although
     #: the task was created, as when a response dies on the way back.
     lose_create_rate: float = Field(0.0, ge=0.0, le=1.0)
+    #: Callbacks as a real network delivers them (seeded): this fraction never sent, this
+    #: fraction sent twice, and each one held back up to this long (so they also overtake
+    #: one another: a task's "succeed" may arrive before its "processing").
+    callback_drop_rate: float = Field(0.0, ge=0.0, le=1.0)
+    callback_duplicate_rate: float = Field(0.0, ge=0.0, le=1.0)
+    callback_delay_s: float = Field(0.0, ge=0.0)
     #: Fraction of API requests answered 500 / code 5000 before anything is done.
     error_rate: float = Field(0.0, ge=0.0, le=1.0)
     #: Fraction of downloads cut off half-way (the connection drops after Content-Length was sent).
@@ -186,6 +194,10 @@ class SimState:
         self.lock = threading.RLock()
         self.rng = random.Random(self.config.seed)
         self.fault_rng = random.Random(self.config.seed + 1)
+        self.callback_rng = random.Random(self.config.seed + 2)
+        #: Callbacks due later (send time, order, url, body): the delayed ones.
+        self._held_callbacks: list[tuple[float, int, str, dict[str, Any]]] = []
+        self._callback_seq = itertools.count()
         # a bucket of one second's requests (at least one), full at start
         self._capacity = max(1.0, float(self.config.rate_limit_per_s or 0.0))
         self._tokens = self._capacity
@@ -403,9 +415,27 @@ class SimState:
                 task.notified = status
         return due
 
+    def _deliverable(self, base_url: str) -> list[tuple[str, dict[str, Any]]]:
+        """The callbacks to POST now, after the network faults the config asks for."""
+        cfg, rng, now = self.config, self.callback_rng, time.monotonic()
+        with self.lock:
+            for url, body in self.due_callbacks(base_url):
+                if rng.random() < cfg.callback_drop_rate:
+                    self.requests[f"CALLBACK {body['task_status']} dropped"] += 1
+                    continue
+                copies = 2 if rng.random() < cfg.callback_duplicate_rate else 1
+                for _ in range(copies):
+                    at = now + rng.uniform(0.0, cfg.callback_delay_s)
+                    heapq.heappush(self._held_callbacks, (at, next(self._callback_seq), url, body))
+            ready = []
+            while self._held_callbacks and self._held_callbacks[0][0] <= now:
+                _, _, url, body = heapq.heappop(self._held_callbacks)
+                ready.append((url, body))
+        return ready
+
     def send_callbacks(self, base_url: str) -> None:
         """POST the flat task object (no envelope, as Kling does) to each due callback_url."""
-        for url, body in self.due_callbacks(base_url):
+        for url, body in self._deliverable(base_url):
             if httpx.URL(url).host not in ("127.0.0.1", "localhost", "::1"):
                 outcome = "refused: not loopback"
             else:

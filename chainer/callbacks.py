@@ -1,0 +1,225 @@
+"""The callback receiver: Kling POSTs a task's object to its `callback_url` on every status
+change, so a run learns that a task ended the moment it does instead of at its next poll.
+
+Nothing in a callback is trusted. The URL carries an unguessable per-run token in its
+path; a POST with another token, a body over MAX_BODY bytes, a body that is not a task
+object (flat, or wrapped in the `{code, message, data}` envelope: both are accepted), or
+a task this run is not waiting for, is answered and ignored. A callback that claims a task
+ended only wakes that task's poller, which asks the provider with one GET before anything
+is committed: a forged callback can cost a GET, never a url, a status or a video id.
+Repeated and out-of-order callbacks change nothing (a woken poller that finds the task
+still running goes back to waiting).
+
+Polling stays the safety net: until the first genuine callback of the run arrives, polls
+keep their usual schedule; from then on a task is polled once after its create and then
+only when a callback says it ended or when it is overdue (CallbackHub.wait_budget), so a
+dropped callback costs detection time, never a result.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hmac
+import json
+import secrets
+import socket
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass, field
+from typing import Annotated, Any, Literal
+
+import anyio
+import uvicorn
+from pydantic import BaseModel, StringConstraints, ValidationError
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.types import Receive, Scope, Send
+
+from .errors import ConfigError
+from .rules import TaskStatus
+
+#: A task object is a few hundred bytes; anything far larger is not one.
+MAX_BODY = 64 * 1024
+#: Where the receiver listens unless told otherwise.
+DEFAULT_LISTEN = "127.0.0.1:8787"
+#: Why a wait ended (CallbackHub.wait).
+Woken = Literal["ended", "live", "timeout"]
+#: With callbacks arriving, a task is polled again only this long past its expected time
+#: (as a multiple of it) when no callback said it ended: its callback is overdue.
+OVERDUE_FACTOR = 1.5
+
+
+@dataclass
+class CallbackHub:
+    """The run's side of the callbacks: the URL sent with each create, the tasks waited
+    for, and what arrived. Lives on the run's event loop (the receiver runs on it too)."""
+
+    public_url: str
+    token: str = field(default_factory=lambda: secrets.token_urlsafe(32))
+    #: A genuine callback (right token, a task we wait for) has arrived in this run.
+    live: bool = False
+    #: Callbacks answered, by what was done with them ("woke", "noted", "wrong token", ...).
+    counts: dict[str, int] = field(default_factory=dict)
+    _waiting: dict[str, anyio.Event] = field(default_factory=dict)
+    #: Tasks a callback said had ended before their poller waited (a fast task).
+    _ended: set[str] = field(default_factory=set)
+
+    @property
+    def url(self) -> str:
+        """The callback_url of every create of this run (it holds the token: never logged)."""
+        return f"{self.public_url.rstrip('/')}/{self.token}"
+
+    @contextlib.contextmanager
+    def expecting(self, task_id: str) -> Iterator[None]:
+        """While a poller waits for `task_id`, callbacks about it are heard."""
+        self._waiting.setdefault(task_id, anyio.Event())
+        try:
+            yield
+        finally:
+            self._waiting.pop(task_id, None)
+            self._ended.discard(task_id)
+
+    async def wait(self, task_id: str, timeout: float) -> Woken:
+        """Sleep up to `timeout` s; less when a callback says the task ended ("ended"), or
+        when the run's first genuine callback arrives ("live": the waiter may now wait
+        longer, see wait_budget)."""
+        event = self._waiting.get(task_id)
+        if event is None:
+            await anyio.sleep(timeout)
+            return "timeout"
+        if task_id not in self._ended:
+            with anyio.move_on_after(timeout):
+                await event.wait()
+            self._waiting[task_id] = anyio.Event()  # the next wait waits for the next callback
+        if task_id in self._ended:
+            self._ended.discard(task_id)
+            return "ended"
+        return "live" if event.is_set() else "timeout"
+
+    def wait_budget(self, *, elapsed: float, expected: float, usual: float) -> float:
+        """How long a poller of a task `elapsed` s old waits before its next GET: `usual`
+        until callbacks are seen to arrive; then until the task is overdue (its expected
+        time x OVERDUE_FACTOR), after which the usual schedule again."""
+        if not self.live:
+            return usual
+        overdue_at = expected * OVERDUE_FACTOR
+        return max(usual, overdue_at - elapsed) if elapsed < overdue_at else usual
+
+    def heard(self, task: Claim) -> str:
+        """A well-formed callback with the right token: what it changes (see the module)."""
+        if task.task_id not in self._waiting:
+            return "not waited for"
+        if not self.live:  # callbacks reach us: every poller may stretch its wait
+            self.live = True
+            for event in self._waiting.values():
+                event.set()
+        if task.task_status not in ("succeed", "failed"):
+            return "noted"  # still running: nothing to ask the provider yet
+        self._ended.add(task.task_id)
+        self._waiting[task.task_id].set()
+        return "woke"
+
+    def count(self, what: str) -> None:
+        self.counts[what] = self.counts.get(what, 0) + 1
+
+
+class Claim(BaseModel):
+    """What chainer reads of a callback body: which task, and the status it claims. The
+    rest (urls, video ids, units) is never used: the poller's GET tells those."""
+
+    task_id: Annotated[str, StringConstraints(min_length=1, max_length=200)]
+    task_status: TaskStatus
+
+
+def parse_task(body: bytes) -> Claim | None:
+    """The claim of a callback body, flat or in the envelope; None if it is not a task."""
+    try:
+        data: Any = json.loads(body)
+        if isinstance(data, dict) and isinstance(data.get("data"), dict):
+            data = data["data"]
+        return Claim.model_validate(data)
+    except (ValueError, ValidationError):
+        return None
+
+
+class Receiver:
+    """The ASGI app that takes callbacks for `hub`: any path whose last segment is the token."""
+
+    def __init__(self, hub: CallbackHub):
+        self.hub = hub
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return  # lifespan and websockets: nothing to do
+        response = await self._answer(Request(scope, receive))
+        await response(scope, receive, send)
+
+    async def _answer(self, request: Request) -> JSONResponse:
+        hub = self.hub
+        token = request.url.path.rstrip("/").rsplit("/", 1)[-1]
+        if request.method != "POST" or not hmac.compare_digest(token.encode(), hub.token.encode()):
+            hub.count("wrong token")
+            return JSONResponse({"ok": False}, status_code=404)
+        body = bytearray()
+        async for chunk in request.stream():
+            body += chunk
+            if len(body) > MAX_BODY:
+                hub.count("too large")
+                return JSONResponse({"ok": False}, status_code=413)
+        task = parse_task(bytes(body))
+        if task is None:
+            hub.count("not a task")
+            return JSONResponse({"ok": False}, status_code=400)
+        hub.count(hub.heard(task))
+        return JSONResponse({"ok": True})
+
+
+class _Server(uvicorn.Server):
+    """uvicorn inside chainer's event loop: Ctrl-C stays chainer's (no signal handlers)."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
+def bind(listen: str) -> socket.socket:
+    """A listening socket on `listen` (HOST:PORT), or ConfigError saying why not."""
+    host, sep, port = listen.rpartition(":")
+    if not sep or not port.isdigit():
+        raise ConfigError(f"--listen {listen!r}: expected HOST:PORT, e.g. {DEFAULT_LISTEN}")
+    sock = socket.socket(socket.AF_INET6 if ":" in host.strip("[]") else socket.AF_INET)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host.strip("[]"), int(port)))
+    except OSError as exc:
+        sock.close()
+        raise ConfigError(
+            f"cannot listen for callbacks on {listen}: {exc.strerror}; choose another --listen "
+            "address (nothing was sent)"
+        ) from None
+    sock.listen(128)
+    sock.setblocking(False)
+    return sock
+
+
+def server(hub: CallbackHub) -> _Server:
+    """The receiver's HTTP server (no access log: the path holds the token)."""
+    config = uvicorn.Config(Receiver(hub), log_level="warning", access_log=False, lifespan="off")
+    return _Server(config)
+
+
+@contextlib.asynccontextmanager
+async def receiving(public_url: str, listen: str = DEFAULT_LISTEN) -> AsyncIterator[CallbackHub]:
+    """Serve the receiver on `listen` for as long as the block runs; `public_url` is where
+    the provider reaches it (a reverse proxy or tunnel in front of `listen`)."""
+    if not public_url.startswith(("https://", "http://")):
+        raise ConfigError(f"--callback-url {public_url!r}: expected an http(s) URL the provider can reach")
+    hub = CallbackHub(public_url)
+    sock = bind(listen)
+    served = server(hub)
+    async with anyio.create_task_group() as group:
+        group.start_soon(served.serve, [sock])
+        try:
+            yield hub
+        finally:
+            served.should_exit = True
+    sock.close()
