@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,6 +31,8 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from chainer import callbacks  # noqa: E402
+from chainer.callbacks import CallbackHub  # noqa: E402
 from chainer.provider.config import ProviderConfig  # noqa: E402
 from chainer.session import simulator_provider  # noqa: E402
 from chainer.simulator import SimConfig, client_env  # noqa: E402
@@ -175,8 +178,11 @@ def test_pattern(dest: Path, *, size: str, seconds: float, hue: int = 0) -> Path
     return dest
 
 
-async def run_batch(sim: Sim, work: Path, plans: list[Any], concurrency: int) -> float:
-    """chainer's library running `plans` at once against `sim`; the seconds it took."""
+async def run_batch(
+    sim: Sim, work: Path, plans: list[Any], concurrency: int, *, hub: CallbackHub | None = None
+) -> float:
+    """chainer's library running `plans` at once against `sim` (with callbacks through
+    `hub` if given); the seconds it took."""
     from chainer import Session
 
     async with Session.open(
@@ -184,6 +190,7 @@ async def run_batch(sim: Sim, work: Path, plans: list[Any], concurrency: int) ->
         archive_dir=work / "archive",
         provider=sim.provider(),
         concurrency=concurrency,
+        callbacks=hub,
     ) as session:
         started = time.perf_counter()
         results = await session.run_many(plans)
@@ -334,11 +341,24 @@ async def download(url: str, dest: Path) -> float:
     return time.perf_counter() - started
 
 
-def main_for(run: Callable[[bool], Result]) -> None:
+def main_for(run: Callable[[bool], Result | list[Result]]) -> None:
     """The command line of one benchmark: `--smoke` for the tiny CI version, `--json` to
-    print the result as one JSON line (run_all uses it)."""
+    print each result as one JSON line (run_all uses them)."""
     smoke = "--smoke" in sys.argv
-    result = run(smoke)
-    result.show()
+    made = run(smoke)
+    results = made if isinstance(made, list) else [made]
+    for result in results:
+        result.show()
     if "--json" in sys.argv:
-        print("RESULT " + result.to_json())
+        for result in results:
+            print("RESULT " + result.to_json())
+
+
+@asynccontextmanager
+async def callback_receiver() -> AsyncIterator[CallbackHub]:
+    """chainer's callback receiver on a free loopback port (the simulator posts to it)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    async with callbacks.receiving(f"http://127.0.0.1:{port}/hooks", f"127.0.0.1:{port}") as hub:
+        yield hub

@@ -47,7 +47,7 @@ def main() -> int:
             sys.stderr.write(proc.stderr)
             print(f"{name}: failed with exit code {proc.returncode}")
             return 1
-        results.append(json.loads(proc.stdout.split("RESULT ", 1)[1]))
+        results += [json.loads(line[7:]) for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
     took = time.monotonic() - started
     print(f"all benchmarks: {took:.0f} s")
     if smoke:

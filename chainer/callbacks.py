@@ -41,6 +41,8 @@ from .rules import TaskStatus
 MAX_BODY = 64 * 1024
 #: Where the receiver listens unless told otherwise.
 DEFAULT_LISTEN = "127.0.0.1:8787"
+#: Claims about task ids not (yet) waited for that are kept, at most.
+EARLY_KEPT = 1024
 #: Why a wait ended (CallbackHub.wait).
 Woken = Literal["ended", "live", "timeout"]
 #: With callbacks arriving, a task is polled again only this long past its expected time
@@ -60,8 +62,10 @@ class CallbackHub:
     #: Callbacks answered, by what was done with them ("woke", "noted", "wrong token", ...).
     counts: dict[str, int] = field(default_factory=dict)
     _waiting: dict[str, anyio.Event] = field(default_factory=dict)
-    #: Tasks a callback said had ended before their poller waited (a fast task).
+    #: Tasks a callback said had ended, not yet told to their poller.
     _ended: set[str] = field(default_factory=set)
+    #: The last claims about task ids nobody waits for (yet), oldest first.
+    _early: dict[str, TaskStatus] = field(default_factory=dict)
 
     @property
     def url(self) -> str:
@@ -70,8 +74,12 @@ class CallbackHub:
 
     @contextlib.contextmanager
     def expecting(self, task_id: str) -> Iterator[None]:
-        """While a poller waits for `task_id`, callbacks about it are heard."""
+        """While a poller waits for `task_id`, callbacks about it are heard (also one that
+        came between the create's answer and this: the provider announces at once)."""
         self._waiting.setdefault(task_id, anyio.Event())
+        early = self._early.pop(task_id, None)
+        if early is not None:
+            self.heard(Claim(task_id=task_id, task_status=early))
         try:
             yield
         finally:
@@ -107,6 +115,11 @@ class CallbackHub:
     def heard(self, task: Claim) -> str:
         """A well-formed callback with the right token: what it changes (see the module)."""
         if task.task_id not in self._waiting:
+            # Kept a little while (bounded), changing nothing unless a poller of ours later
+            # waits for that very task id: its create's answer may still be on its way.
+            self._early[task.task_id] = task.task_status
+            while len(self._early) > EARLY_KEPT:
+                self._early.pop(next(iter(self._early)))
             return "not waited for"
         if not self.live:  # callbacks reach us: every poller may stretch its wait
             self.live = True

@@ -156,15 +156,17 @@ class _Notifier:
         self._thread.start()
 
     def _run(self, state: SimState, base_url: str) -> None:
-        while not self._stop.wait(CALLBACK_INTERVAL_S):
-            state.send_callbacks(base_url)
+        with httpx.Client() as http:  # kept alive: a receiver is posted to again and again
+            while not self._stop.wait(CALLBACK_INTERVAL_S):
+                state.send_callbacks(base_url, http)
 
     def stop(self) -> None:
         self._stop.set()
         self._thread.join(timeout=10)
 
 
-CALLBACK_INTERVAL_S = 0.02
+#: How often due callbacks are looked for (cheap: only tasks with a callback_url are).
+CALLBACK_INTERVAL_S = 0.005
 
 
 def serve_forever(

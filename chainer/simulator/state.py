@@ -195,6 +195,8 @@ class SimState:
         self.rng = random.Random(self.config.seed)
         self.fault_rng = random.Random(self.config.seed + 1)
         self.callback_rng = random.Random(self.config.seed + 2)
+        #: Tasks with a callback_url whose end is not announced yet (the sender's work list).
+        self._announcing: dict[str, SimTask] = {}
         #: Callbacks due later (send time, order, url, body): the delayed ones.
         self._held_callbacks: list[tuple[float, int, str, dict[str, Any]]] = []
         self._callback_seq = itertools.count()
@@ -258,6 +260,8 @@ class SimState:
                     reference = self.videos.get(event.pop("reference_video_id", None) or "")
                     task = SimTask(**event, parent=parent, reference=reference)
                     self.tasks[task.task_id] = task
+                    if task.callback_url is not None:  # a restart announces again
+                        self._announcing[task.task_id] = task
                     self.creates.append(CreateRecord(task.task_id, task.kind, task.body, task.created_ms))
                     self._next_id = max(self._next_id, int(task.task_id))
                     pending.append((task, scene))
@@ -394,10 +398,11 @@ class SimState:
         """(url, body) for every task whose status changed since its callback was last sent."""
         due = []
         with self.lock:
-            for task in self.tasks.values():
-                if task.callback_url is None:
-                    continue
+            for task in list(self._announcing.values()):
+                assert task.callback_url is not None
                 status = self.status(task)
+                if status in ("succeed", "failed"):
+                    del self._announcing[task.task_id]  # announced below, for the last time
                 if status == task.notified:
                     continue
                 # Every change is announced, also the ones a fast task passed between two ticks.
@@ -433,14 +438,15 @@ class SimState:
                 ready.append((url, body))
         return ready
 
-    def send_callbacks(self, base_url: str) -> None:
+    def send_callbacks(self, base_url: str, http: httpx.Client | None = None) -> None:
         """POST the flat task object (no envelope, as Kling does) to each due callback_url."""
         for url, body in self._deliverable(base_url):
             if httpx.URL(url).host not in ("127.0.0.1", "localhost", "::1"):
                 outcome = "refused: not loopback"
             else:
                 try:
-                    outcome = str(httpx.post(url, json=body, timeout=5.0).status_code)
+                    post = http.post if http is not None else httpx.post
+                    outcome = str(post(url, json=body, timeout=5.0).status_code)
                 except httpx.HTTPError as exc:
                     outcome = type(exc).__name__
             with self.lock:
@@ -533,6 +539,8 @@ class SimState:
             else:
                 task.render = _done()
             self.tasks[task_id] = task
+            if task.callback_url is not None:
+                self._announcing[task_id] = task
             self.creates.append(CreateRecord(task_id, kind, dict(body), now))
             self.peak_concurrency = max(self.peak_concurrency, in_flight + 1)
             return task
