@@ -246,3 +246,22 @@ def test_killed_with_callbacks_on_resumes_with_no_second_create(sim: Simulator, 
     for url in urls:
         token = str(url).rsplit("/", 1)[-1]
         assert all(token not in text for text in token_free), "the token is never printed or written"
+
+
+def test_a_callback_that_beats_the_creates_answer_is_kept_for_its_poller() -> None:
+    """The provider announces a task at once; its poller starts waiting only when the
+    create's answer is back. A claim about a task not waited for yet changes nothing until
+    then, and the cache of such claims is bounded."""
+    hub = CallbackHub("http://127.0.0.1:9/hooks")
+
+    async def main() -> str:
+        assert hub.heard(callbacks.Claim(task_id="fast", task_status="succeed")) == "not waited for"
+        assert not hub.live
+        with hub.expecting("fast"):
+            assert hub.live
+            return await hub.wait("fast", timeout=60)  # returns at once: its end is known
+
+    assert anyio.run(main) == "ended"
+    for n in range(callbacks.EARLY_KEPT + 10):
+        hub.heard(callbacks.Claim(task_id=f"other-{n}", task_status="processing"))
+    assert len(hub._early) == callbacks.EARLY_KEPT and "other-0" not in hub._early
