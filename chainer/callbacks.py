@@ -45,9 +45,11 @@ DEFAULT_LISTEN = "127.0.0.1:8787"
 EARLY_KEPT = 1024
 #: Why a wait ended (CallbackHub.wait).
 Woken = Literal["ended", "live", "timeout"]
-#: With callbacks arriving, a task is polled again only this long past its expected time
-#: (as a multiple of it) when no callback said it ended: its callback is overdue.
-OVERDUE_FACTOR = 1.5
+#: With callbacks arriving, a task is polled again without one only this long past its
+#: expected time (as a multiple of it): its callback is overdue. Task times vary (Kling's
+#: by tens of percent), so 2x leaves almost every task to its callback and still finds one
+#: whose callback was lost within twice its usual time.
+OVERDUE_FACTOR = 2.0
 
 
 @dataclass
