@@ -58,11 +58,11 @@ async def await_task(run: ChainRun, step: Step, row: StepRow) -> StepRow:
                     await pause(run, task_id, elapsed=elapsed, expected=expected)
                 case "succeed":
                     run.let_go(step)
-                    learn(run, kind, submitted)
+                    learn(run, kind, task, submitted)
                     return succeeded(run, step, row, task)
                 case "failed":
                     run.let_go(step)
-                    learn(run, kind, submitted)
+                    learn(run, kind, task, submitted)
                     reason = task.task_status_msg or "the provider gave no reason"
                     row = run.journal.transition(
                         row, "failed", reason, error=reason, units=task.units, finished_at=time.time()
@@ -134,8 +134,14 @@ def expected_seconds(run: ChainRun, kind: rules.TaskKind) -> float:
     return rules.EXPECTED_SECONDS[kind] * run.ctx.client.config.time_scale
 
 
-def learn(run: ChainRun, kind: rules.TaskKind, submitted: float) -> None:
-    """Remember how long a task of this run took, for every chain's next expectation."""
+def learn(run: ChainRun, kind: rules.TaskKind, task: Task, submitted: float) -> None:
+    """Remember how long a task of this run took, for every chain's next expectation: by
+    the provider's own clock where it says (created_at to updated_at, so the time it took
+    us to notice is not learned as the task's: a late callback would feed on itself),
+    else by ours."""
+    took = time.time() - submitted
+    if task.created_at and task.updated_at and task.updated_at >= task.created_at:
+        took = (task.updated_at - task.created_at) / 1000
     times = run.ctx.task_times.setdefault(kind, [])
-    times.append(time.time() - submitted)
+    times.append(took)
     del times[:-EXPECTED_FROM_LAST]

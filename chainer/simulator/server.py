@@ -12,6 +12,7 @@ import socket
 import tempfile
 import threading
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from types import TracebackType
 
@@ -156,9 +157,13 @@ class _Notifier:
         self._thread.start()
 
     def _run(self, state: SimState, base_url: str) -> None:
-        with httpx.Client() as http:  # kept alive: a receiver is posted to again and again
+        # kept alive: a receiver is posted to again and again, several callbacks at once
+        with (
+            httpx.Client(limits=httpx.Limits(max_connections=CALLBACKS_AT_ONCE)) as http,
+            ThreadPoolExecutor(CALLBACKS_AT_ONCE, thread_name_prefix="sim-callback") as pool,
+        ):
             while not self._stop.wait(CALLBACK_INTERVAL_S):
-                state.send_callbacks(base_url, http)
+                state.send_callbacks(base_url, http, pool)
 
     def stop(self) -> None:
         self._stop.set()
@@ -167,6 +172,8 @@ class _Notifier:
 
 #: How often due callbacks are looked for (cheap: only tasks with a callback_url are).
 CALLBACK_INTERVAL_S = 0.005
+#: Callbacks in flight at once.
+CALLBACKS_AT_ONCE = 16
 
 
 def serve_forever(

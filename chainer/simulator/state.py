@@ -438,19 +438,29 @@ class SimState:
                 ready.append((url, body))
         return ready
 
-    def send_callbacks(self, base_url: str, http: httpx.Client | None = None) -> None:
-        """POST the flat task object (no envelope, as Kling does) to each due callback_url."""
+    def send_callbacks(
+        self, base_url: str, http: httpx.Client | None = None, pool: ThreadPoolExecutor | None = None
+    ) -> None:
+        """POST the flat task object (no envelope, as Kling does) to each due callback_url;
+        through `pool`, several at once (as a provider's fleet does: one slow receiver
+        answer does not hold back the other tasks' callbacks)."""
         for url, body in self._deliverable(base_url):
-            if httpx.URL(url).host not in ("127.0.0.1", "localhost", "::1"):
-                outcome = "refused: not loopback"
+            if pool is not None:
+                pool.submit(self._post_callback, url, body, http)
             else:
-                try:
-                    post = http.post if http is not None else httpx.post
-                    outcome = str(post(url, json=body, timeout=5.0).status_code)
-                except httpx.HTTPError as exc:
-                    outcome = type(exc).__name__
-            with self.lock:
-                self.requests[f"CALLBACK {body['task_status']} {outcome}"] += 1
+                self._post_callback(url, body, http)
+
+    def _post_callback(self, url: str, body: dict[str, Any], http: httpx.Client | None) -> None:
+        if httpx.URL(url).host not in ("127.0.0.1", "localhost", "::1"):
+            outcome = "refused: not loopback"
+        else:
+            try:
+                post = http.post if http is not None else httpx.post
+                outcome = str(post(url, json=body, timeout=5.0).status_code)
+            except httpx.HTTPError as exc:
+                outcome = type(exc).__name__
+        with self.lock:
+            self.requests[f"CALLBACK {body['task_status']} {outcome}"] += 1
 
     def in_flight(self) -> int:
         return sum(1 for t in self.tasks.values() if self.status(t) in ("submitted", "processing"))
