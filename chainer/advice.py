@@ -18,8 +18,7 @@ def what_next(result: ChainResult) -> str:
     return _for_error(result.error, result.chain)
 
 
-# One return per kind of error, on purpose (many returns: PLR0911).
-def _for_error(error: errors.ChainerError | None, chain: str) -> str:  # noqa: PLR0911
+def _for_error(error: errors.ChainerError | None, chain: str) -> str:
     go_on = "`chainer resume` goes on from where it stopped (nothing done is paid again)"
     match error:
         case None:
