@@ -458,7 +458,7 @@ def location(state_dir: Path, given: str | os.PathLike[str] | None) -> Path:
     base = state_dir.parent
     try:
         recorded: Path | None = base / ArchiveLocation.model_validate_json(record.read_bytes()).archive_dir
-    except FileNotFoundError:
+    except (FileNotFoundError, NotADirectoryError):  # none yet (opening the state dir says why)
         recorded = None
     except ValueError as exc:
         raise ConfigError(f"{record} is not chainer's: {exc}; delete it or pass --archive-dir") from exc

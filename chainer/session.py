@@ -140,6 +140,13 @@ class Session:
         (Simulator.asgi_transport) or wrap one to inject faults.
         """
         state = Path(state_dir)
+        try:
+            state.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise ConfigError(
+                f"cannot create the state folder {state}: {exc.strerror or exc}; choose another "
+                "--state-dir (nothing was sent)"
+            ) from None
         archive_root = archive.location(state, archive_dir)
         real = simulated.real_history(state) if state.is_dir() else {}
         async with AsyncExitStack() as stack:

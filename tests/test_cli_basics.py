@@ -191,3 +191,12 @@ def test_placeholder_ids_are_flagged_by_plan_and_refused_by_run_before_anything_
     flat = " ".join(both.stdout.split())
     assert "good done" in flat and "continue-my-video failed" in flat and "looks like a placeholder" in flat
     assert len(sim.state.creates) == 2
+
+
+def test_a_state_folder_that_cannot_be_made_is_an_error_not_a_traceback(tmp_path: Path) -> None:
+    shutil.copy(ROOT / "storyboards" / "lighthouse.yaml", tmp_path)
+    (tmp_path / "taken").write_text("a file where the folder should go")
+    done = chainer("run", "lighthouse.yaml", "--state-dir", str(tmp_path / "taken" / "state"), cwd=tmp_path)
+    assert done.returncode == 2
+    assert "cannot create the state folder" in done.stderr and "Traceback" not in done.stderr
+    assert not (tmp_path / "out").exists()
