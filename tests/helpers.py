@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import shutil
+import subprocess
 import sys
 import textwrap
 from collections.abc import Callable
@@ -20,6 +22,8 @@ from chainer.session import Session, simulator_provider
 from chainer.simulator import IN_PROCESS_URL, Simulator
 
 CHAINER = str(Path(sys.executable).parent / "chainer")
+#: The project's root folder (a clone).
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def provider_env(sim: Simulator, **extra: str) -> dict[str, str]:
@@ -87,3 +91,17 @@ def run_chain(sim: Simulator, sb: Path, tmp_path: Path) -> ChainResult:
             return await session.run(load_plan(sb))
 
     return anyio.run(main)
+
+
+def project_copy(dest: Path, *, venv: bool = True) -> Path:
+    """The project's files (tracked and new, not ignored) in `dest`, with this venv as .venv."""
+    listed = subprocess.run(
+        ["git", "ls-files", "-co", "--exclude-standard", "-z"], cwd=ROOT, capture_output=True, check=True
+    ).stdout.decode()
+    for name in filter(None, listed.split("\0")):
+        if (ROOT / name).is_file():
+            (dest / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(ROOT / name, dest / name)
+    if venv:
+        (dest / ".venv").symlink_to(Path(sys.prefix))
+    return dest

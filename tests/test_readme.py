@@ -15,10 +15,10 @@ from __future__ import annotations
 import os
 import re
 import shlex
-import shutil
 import subprocess
-import sys
 from pathlib import Path
+
+from helpers import project_copy
 
 ROOT = Path(__file__).resolve().parents[1]
 SKIPPED = ("./setup.sh", ".venv/bin/pytest", ".venv/bin/python bench/run_all.py")
@@ -45,20 +45,6 @@ def readme_commands(text: str) -> list[tuple[str, int]]:
         expected = EXITS.search(comment)
         commands.append((command.strip(), int(expected[1]) if expected else 0))
     return commands
-
-
-def project_copy(dest: Path, *, venv: bool = True) -> Path:
-    """The project's files (tracked and new, not ignored) in `dest`, with this venv as .venv."""
-    listed = subprocess.run(
-        ["git", "ls-files", "-co", "--exclude-standard", "-z"], cwd=ROOT, capture_output=True, check=True
-    ).stdout.decode()
-    for name in filter(None, listed.split("\0")):
-        if (ROOT / name).is_file():
-            (dest / name).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(ROOT / name, dest / name)
-    if venv:
-        (dest / ".venv").symlink_to(Path(sys.prefix))
-    return dest
 
 
 def test_the_readme_commands_can_be_parsed() -> None:

@@ -14,7 +14,7 @@ import sys
 import tomllib
 from pathlib import Path
 
-from test_readme import project_copy
+from helpers import project_copy
 
 ROOT = Path(__file__).resolve().parents[1]
 
