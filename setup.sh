@@ -19,6 +19,15 @@ if ! "$PY" -c 'import ensurepip, venv' 2>/dev/null; then
         exit 1
     fi
 fi
+# PostgreSQL's server programs: team mode's tests start a throwaway cluster with them.
+if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 && ! command -v initdb >/dev/null; then
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+        apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null
+    else
+        echo "PostgreSQL is missing (team mode's tests need it): run 'sudo apt-get install postgresql', then this again." >&2
+        exit 1
+    fi
+fi
 [ -x .venv/bin/python ] || "$PY" -m venv .venv
 .venv/bin/python -m pip install --quiet --disable-pip-version-check -e '.[dev]'
 .venv/bin/python -c 'from chainer import media; t = media.tools(); print(f"ffmpeg: {t.ffmpeg}\nffprobe: {t.ffprobe}")'

@@ -20,7 +20,7 @@ async def adopt(session: Session, name: str, idx: int, task_id: str) -> StepRow:
     for an extension, extends the step's parent video. The next run goes on from it."""
     journal = session.journal
     if journal.chain(name) is None:
-        raise ConfigError(f"no chain named {name!r} in {journal.path}")
+        raise ConfigError(f"no chain named {name!r} in {journal.where}")
     journal.lock_chain(name)
     row = journal.step(name, idx)
     if row.kind == "existing" or row.state not in (

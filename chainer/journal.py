@@ -19,10 +19,10 @@ import socket
 import sqlite3
 import time
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Self, cast
+from typing import Any, Protocol, Self, cast
 
 from .chain import TRANSITIONS, ChainState, ChainView, StepRow, StepState
 from .errors import ChainLocked, JournalError
@@ -214,13 +214,50 @@ def _pid_alive(written: str) -> bool:
     return True
 
 
-class _Store:
-    """The journal file: its connection, schema migrations, transactions and chain locks."""
+class Database(Protocol):
+    """What the journal needs of the engine that keeps it: SQLite here (the embedded
+    default), PostgreSQL for a team (chainer.team.database). The SQL is the journal's,
+    written once in the dialect both accept; a backend translates only what differs."""
 
-    def __init__(self, path: str | Path):
-        #: `Journal(IN_MEMORY)` lives in this process only (engine tests): no file, no locks.
+    #: The file, or the server's URL without its password: for messages.
+    where: str
+    #: The folder a journal file lives in (None for a server).
+    folder: Path | None
+    #: Lives in this process only (engine tests): no file, no locks.
+    in_memory: bool
+
+    def execute(self, sql: str, params: Sequence[Any] = ()) -> Any: ...
+
+    def transaction(self) -> AbstractContextManager[Any]: ...
+
+    def ddl(self, statement: str) -> str: ...
+
+    def version(self) -> int: ...
+
+    def set_version(self, version: int) -> None: ...
+
+    def check(self) -> str: ...
+
+    def lock_chain(self, name: str) -> None: ...
+
+    def unlock_chain(self, name: str) -> None: ...
+
+    def lock_holder(self, name: str) -> str | None: ...
+
+    def close(self) -> None: ...
+
+
+class SqliteDb:
+    """A journal file: SQLite in WAL mode, synchronous=FULL, BEGIN IMMEDIATE per transaction;
+    a chain is owned through an flock the kernel drops when its process dies."""
+
+    folder: Path | None
+
+    def __init__(self, path: str | os.PathLike[str]):
         self.in_memory = str(path) == IN_MEMORY
         self.path = Path(path)
+        self.where = str(path)
+        self.folder = None if self.in_memory else self.path.parent
         if not self.in_memory:
             self.path.parent.mkdir(parents=True, exist_ok=True)
         try:
@@ -230,10 +267,38 @@ class _Store:
             self.db.execute("PRAGMA synchronous=FULL")
             self.db.execute("PRAGMA foreign_keys=ON")
             self.db.execute("PRAGMA busy_timeout=30000")
-            self._migrate()
         except sqlite3.DatabaseError as exc:
             raise JournalError(f"the journal {self.path} cannot be opened: {exc}") from exc
         self._locks: dict[str, int] = {}
+
+    def execute(self, sql: str, params: Sequence[Any] = ()) -> sqlite3.Cursor:
+        return self.db.execute(sql, params)
+
+    @contextmanager
+    def transaction(self) -> Iterator[SqliteDb]:
+        """One BEGIN IMMEDIATE ... COMMIT; rolled back on any exception."""
+        self.db.execute("BEGIN IMMEDIATE")
+        try:
+            yield self
+        except BaseException:
+            self.db.execute("ROLLBACK")
+            raise
+        self.db.execute("COMMIT")
+
+    def ddl(self, statement: str) -> str:
+        return statement  # the schema is written in SQLite's words
+
+    def version(self) -> int:
+        return int(self.db.execute("PRAGMA user_version").fetchone()[0])
+
+    def set_version(self, version: int) -> None:
+        self.db.execute(f"PRAGMA user_version={int(version)}")
+
+    def check(self) -> str:
+        return str(self.db.execute("PRAGMA quick_check").fetchone()[0])
+
+    def integrity_check(self) -> str:
+        return str(self.db.execute("PRAGMA integrity_check").fetchone()[0])
 
     def close(self) -> None:
         for fd in self._locks.values():
@@ -241,51 +306,6 @@ class _Store:
                 os.close(fd)
         self._locks.clear()
         self.db.close()
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    def _migrate(self) -> None:
-        with self.transaction():
-            version = self.db.execute("PRAGMA user_version").fetchone()[0]
-            if version > SCHEMA_VERSION:
-                raise JournalError(
-                    f"the journal {self.path} was written by a newer chainer (schema {version}); "
-                    "upgrade chainer"
-                )
-            if version == 0:
-                # one statement at a time: executescript() would COMMIT our transaction
-                for statement in filter(str.strip, _SCHEMA_V1.split(";")):
-                    self.db.execute(statement)
-                version = 1
-            while version < SCHEMA_VERSION:
-                for statement in MIGRATIONS[version]:
-                    self.db.execute(statement)
-                version += 1
-            self.db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
-        problem = self.db.execute("PRAGMA quick_check").fetchone()[0]
-        if problem != "ok":
-            raise JournalError(
-                f"the journal {self.path} is damaged ({problem}); keep a copy of it and of the "
-                "archive folder, then ask for help before running again"
-            )
-
-    def integrity_check(self) -> str:
-        return str(self.db.execute("PRAGMA integrity_check").fetchone()[0])
-
-    @contextmanager
-    def transaction(self) -> Iterator[sqlite3.Connection]:
-        """One BEGIN IMMEDIATE ... COMMIT; rolled back on any exception."""
-        self.db.execute("BEGIN IMMEDIATE")
-        try:
-            yield self.db
-        except BaseException:
-            self.db.execute("ROLLBACK")
-            raise
-        self.db.execute("COMMIT")
 
     def _lock_file(self, name: str) -> Path:
         return self.path.parent / "locks" / f"{name}.lock"
@@ -329,6 +349,100 @@ class _Store:
         os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()}".encode(), 0)
         self._locks[name] = fd
 
+    def unlock_chain(self, name: str) -> None:
+        fd = self._locks.pop(name, -1)
+        if fd >= 0:
+            os.close(fd)
+
+
+def is_database_url(location: str | os.PathLike[str]) -> bool:
+    """Whether `location` names a PostgreSQL server rather than a journal file."""
+    return str(location).startswith(("postgresql://", "postgres://"))
+
+
+def open_database(location: str | os.PathLike[str]) -> Database:
+    """The backend for `location`: a PostgreSQL URL, else a SQLite file (or IN_MEMORY)."""
+    if is_database_url(location):
+        from .team.database import PgDb
+
+        return PgDb(str(location))
+    return SqliteDb(location)
+
+
+class _Store:
+    """The journal's database (chainer.journal.Database): schema migrations, transactions
+    and the chain locks, the same whichever engine keeps it."""
+
+    def __init__(self, location: str | Path):
+        self.db: Database = open_database(location)
+        self.in_memory = self.db.in_memory
+        #: The journal file, or the server's URL without its password: for messages.
+        self.where = self.db.where
+        #: The folder a journal file lives in (None for a server).
+        self.folder = self.db.folder
+        try:
+            self._migrate()
+        except sqlite3.DatabaseError as exc:
+            self.db.close()
+            raise JournalError(f"the journal {self.where} cannot be opened: {exc}") from exc
+        except BaseException:
+            self.db.close()
+            raise
+
+    def close(self) -> None:
+        self.db.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _migrate(self) -> None:
+        with self.transaction():
+            version = self.db.version()
+            if version > SCHEMA_VERSION:
+                raise JournalError(
+                    f"the journal {self.where} was written by a newer chainer (schema {version}); "
+                    "upgrade chainer"
+                )
+            if version == 0:
+                # one statement at a time: executescript() would COMMIT our transaction
+                for statement in filter(str.strip, _SCHEMA_V1.split(";")):
+                    self.db.execute(self.db.ddl(statement))
+                version = 1
+            while version < SCHEMA_VERSION:
+                for statement in MIGRATIONS[version]:
+                    self.db.execute(self.db.ddl(statement))
+                version += 1
+            self.db.set_version(SCHEMA_VERSION)
+        problem = self.db.check()
+        if problem != "ok":
+            raise JournalError(
+                f"the journal {self.where} is damaged ({problem}); keep a copy of it and of the "
+                "archive folder, then ask for help before running again"
+            )
+
+    def integrity_check(self) -> str:
+        """The engine's own full check of the journal ("ok" when nothing is wrong)."""
+        return self.db.check() if not isinstance(self.db, SqliteDb) else self.db.integrity_check()
+
+    def transaction(self) -> AbstractContextManager[Any]:
+        """One transaction (SQLite: BEGIN IMMEDIATE); rolled back on any exception."""
+        return self.db.transaction()
+
+    def lock_holder(self, name: str) -> str | None:
+        """Which process owns `name` now, or None when none does (see the backend's)."""
+        return self.db.lock_holder(name)
+
+    def lock_chain(self, name: str) -> None:
+        """Own `name` until close() or unlock_chain(); ChainLocked names its owner otherwise."""
+        self.db.lock_chain(name)
+
+    def unlock_chain(self, name: str) -> None:
+        """Let another process take `name` (its run here has ended)."""
+        self.db.unlock_chain(name)
+
 
 class _Reads(_Store):
     """Everything the journal can be asked (no writes)."""
@@ -352,7 +466,7 @@ class _Reads(_Store):
         """Where a chain stands, derived from its steps (chainer.chain)."""
         chain = self.chain(name)
         if chain is None:
-            raise JournalError(f"no chain named {name!r} in {self.path}")
+            raise JournalError(f"no chain named {name!r} in {self.where}")
         view = self.view(name)
         attention = view.attention(name, chain.output, output_exists=Path(chain.output).exists())
         return ChainSummary(
@@ -431,8 +545,8 @@ class _Reads(_Store):
         return self._row(row)
 
     @staticmethod
-    def _row(row: sqlite3.Row) -> StepRow:
-        data = {k: row[k] for k in row.keys() if k != "updated_at"}  # noqa: SIM118 (sqlite3.Row)
+    def _row(row: Any) -> StepRow:
+        data = {k: row[k] for k in row.keys() if k != "updated_at"}  # noqa: SIM118 (a row, not a dict)
         return StepRow(**data)
 
     def intent_time(self, step: StepRow) -> float | None:

@@ -195,7 +195,7 @@ class Session:
             return plan
         if plan.chain in self.real_chains:
             raise ConfigError(
-                f"chain {plan.chain!r} was run for real from {self.journal.path.parent}; the offline "
+                f"chain {plan.chain!r} was run for real from {self.journal.folder}; the offline "
                 "simulator never runs it (its results would mix with paid ones). Set the provider's "
                 "credentials to go on with it, or rehearse under another `name`"
             )
@@ -266,7 +266,9 @@ class Session:
     def preflight(self, plans: list[Plan], *, budget: float | None = None) -> None:
         """Before anything is spent: can every folder these plans write be written, with room
         for as much of them as their budgets (each chain's, the run's) can pay for?"""
-        needs = [preflight.Need(self.journal.path.parent, 1_000_000, "the journal")]
+        needs = []
+        if self.journal.folder is not None:  # a journal on a server needs no room here
+            needs.append(preflight.Need(self.journal.folder, 1_000_000, "the journal"))
         for p in plans:
             done: set[int] = set()
             if self.journal.chain(p.chain) is not None:

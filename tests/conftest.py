@@ -84,6 +84,31 @@ def image_server(tmp_path: Path) -> Iterator[str]:
     server.shutdown()
 
 
+@pytest.fixture(scope="session")
+def pg_cluster() -> Iterator[Any]:
+    """One throwaway PostgreSQL cluster per test process (tests/pgcluster.py), made the
+    first time a test asks for it; each test then makes its own database in it."""
+    from pgcluster import Cluster
+
+    cluster = Cluster()
+    yield cluster
+    cluster.stop()
+
+
+@pytest.fixture
+def pg_url(pg_cluster: Any) -> str:
+    """A new empty PostgreSQL database for this test."""
+    return str(pg_cluster.new_database())
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def journal_location(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """Where a journal lives, once per backend: a SQLite file, then a PostgreSQL database."""
+    if request.param == "sqlite":
+        return str(tmp_path / "state" / "journal.sqlite")
+    return str(request.getfixturevalue("pg_url"))
+
+
 @pytest.fixture(autouse=True)
 def no_user_profiles(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Tests never read the developer's own provider profiles."""

@@ -144,10 +144,10 @@ class FakeProvider:
 
 
 class RecordingJournal(Journal):
-    """The in-memory journal, noting every (from, to) transition the engine asks for."""
+    """A journal (in memory, or on PostgreSQL), noting every (from, to) transition the engine asks for."""
 
-    def __init__(self) -> None:
-        super().__init__(IN_MEMORY)
+    def __init__(self, location: str = IN_MEMORY) -> None:
+        super().__init__(location)
         self.moves: list[tuple[StepState, StepState]] = []
         self.by_step: dict[tuple[str, int], list[tuple[StepState, StepState]]] = {}
 
@@ -160,9 +160,9 @@ class RecordingJournal(Journal):
 class Engine:
     """One fake provider, one in-memory journal, downloads from a MockTransport."""
 
-    def __init__(self, tmp_path: Path, clips: dict[str, bytes]):
+    def __init__(self, tmp_path: Path, clips: dict[str, bytes], journal: str = IN_MEMORY):
         self.provider = FakeProvider()
-        self.journal = RecordingJournal()
+        self.journal = RecordingJournal(journal)
         self.tmp_path = tmp_path
 
         def serve(request: httpx.Request) -> httpx.Response:
@@ -196,9 +196,11 @@ class Engine:
         return [r.state for r in self.journal.steps(chain)]
 
 
-@pytest.fixture
-def engine(tmp_path: Path, clips: dict[str, bytes]) -> Iterator[Engine]:
-    made = Engine(tmp_path, clips)
+@pytest.fixture(params=["memory", "postgresql"])
+def engine(request: pytest.FixtureRequest, tmp_path: Path, clips: dict[str, bytes]) -> Iterator[Engine]:
+    """The engine against each journal backend: SQLite in memory, and PostgreSQL."""
+    where = IN_MEMORY if request.param == "memory" else str(request.getfixturevalue("pg_url"))
+    made = Engine(tmp_path, clips, where)
     yield made
     made.journal.close()
 

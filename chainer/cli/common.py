@@ -237,7 +237,7 @@ async def journal_session(path: Path, profile: str, **common: Any) -> AsyncItera
     async with Session.open(
         **common, profile=profiles.get(profile), simulate=simulated.is_simulated_journal(path)
     ) as session:
-        if session.journal.path.resolve() != path.resolve():
+        if Path(session.journal.where).resolve() != path.resolve():
             raise errors.ConfigError(
                 f"{path.name}: its chains were made with another provider than the credentials set now "
                 f"reach ({session.provider.name}); set that provider's credentials"
