@@ -62,7 +62,7 @@ ChainState = Literal["done", "in progress", "failed", "needs attention"]
 Outcome = Literal["done", "failed", "needs_attention"]
 #: What `chainer status` shows: an in-progress chain is running (a process holds it),
 #: stalled (held, but no event for STALL_AFTER_S) or interrupted (no process holds it).
-Liveness = Literal["done", "failed", "needs attention", "running", "stalled", "interrupted"]
+Liveness = Literal["done", "failed", "needs attention", "running", "stalled", "interrupted", "queued"]
 
 #: No journal event for this long while a process holds the chain reads as stalled: most
 #: Kling tasks end well within it, so a task is queued unusually long at the provider (the
@@ -286,13 +286,14 @@ def outcome_of(state: ChainState) -> Outcome:
             return "needs_attention"
 
 
-def liveness(state: ChainState, *, held: bool, idle_s: float | None) -> Liveness:
+def liveness(state: ChainState, *, held: bool, idle_s: float | None, queued: bool = False) -> Liveness:
     """How an in-progress chain is doing: `held` says a process owns it (its lock), `idle_s`
-    how long ago its last journal event was (None: none yet)."""
+    how long ago its last journal event was (None: none yet), `queued` that it waits in a
+    team's queue for the next free worker (chainer.team.queue)."""
     match state:
         case "done" | "failed" | "needs attention":
             return state
         case "in progress":
             if not held:
-                return "interrupted"
+                return "queued" if queued else "interrupted"
             return "stalled" if idle_s is not None and idle_s > STALL_AFTER_S else "running"

@@ -373,7 +373,7 @@ class _Store:
     """The journal's database (chainer.journal.Database): schema migrations, transactions
     and the chain locks, the same whichever engine keeps it."""
 
-    def __init__(self, location: str | Path):
+    def __init__(self, location: str | os.PathLike[str]):
         self.db: Database = open_database(location)
         self.in_memory = self.db.in_memory
         #: The journal file, or the server's URL without its password: for messages.

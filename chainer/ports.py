@@ -9,9 +9,8 @@ shape. The archive is the `chainer.archive` module's functions (fetch, publish, 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from contextlib import AbstractAsyncContextManager
 from typing import Any, Protocol
-
-import anyio
 
 from .chain import ChainView, StepRow, StepState
 from .journal import ChainRow, ProviderFact
@@ -113,21 +112,28 @@ class JournalPort(Protocol):
 
 
 class Slots(Protocol):
-    """The account's concurrency limit, shared by every chain of a run (chainer.scheduler)."""
+    """The account's concurrency limit, shared by every chain of a run (chainer.scheduler)
+    or by every worker of a team (chainer.team.slots). Each call names the chain that
+    takes or gives back a slot, so a count kept outside the process knows its holders."""
 
-    limit: int
-    in_flight: int
-    create_lock: anyio.Lock
+    @property
+    def limit(self) -> int: ...
+
+    @property
+    def in_flight(self) -> int: ...
+
+    @property
+    def create_lock(self) -> AbstractAsyncContextManager[Any]: ...
 
     def would_wait(self) -> bool: ...
 
-    async def acquire(self, remaining_steps: int) -> None: ...
+    async def acquire(self, remaining_steps: int, chain: str = "") -> None: ...
 
-    def release(self, *, created: bool) -> None: ...
+    def release(self, chain: str = "", *, created: bool) -> None: ...
 
-    def confirm(self) -> None: ...
+    def confirm(self, chain: str = "") -> None: ...
 
-    def force(self) -> None: ...
+    def force(self, chain: str = "") -> None: ...
 
     def rejected(self) -> None: ...
 

@@ -59,8 +59,9 @@ class Scheduler:
         """Whether an acquire now would wait (every slot is taken, or others wait first)."""
         return self.in_flight >= self.limit or bool(self._waiters)
 
-    async def acquire(self, remaining_steps: int) -> None:
-        """Wait for a slot; chains with more steps left go first."""
+    async def acquire(self, remaining_steps: int, chain: str = "") -> None:
+        """Wait for a slot; chains with more steps left go first. (`chain` names the
+        holder, for a count shared with other processes: chainer.team.slots.)"""
         if not self.would_wait():
             self._take()
             return
@@ -70,7 +71,7 @@ class Scheduler:
             await waiter.event.wait()  # the slot was taken for us by _wake
         except BaseException:
             if waiter.event.is_set():
-                self.release(created=False)
+                self.release(chain, created=False)
             else:
                 self._waiters.remove(waiter)
                 heapq.heapify(self._waiters)
@@ -85,17 +86,17 @@ class Scheduler:
         """Checked under create_lock just before a create: is there room on the account?"""
         return self.confirmed < self.limit
 
-    def confirm(self) -> None:
+    def confirm(self, chain: str = "") -> None:
         """The create of a granted slot was accepted: the account runs one more task."""
         self.pending = max(0, self.pending - 1)
         self.peak = max(self.peak, self.confirmed)
 
-    def force(self) -> None:
+    def force(self, chain: str = "") -> None:
         """Count a task that is already in flight on the account (found on resume)."""
         self.in_flight += 1
         self.peak = max(self.peak, self.confirmed)
 
-    def release(self, *, created: bool) -> None:
+    def release(self, chain: str = "", *, created: bool) -> None:
         """Give a slot back: its task ended (created=True), or its create made none (False)."""
         self.in_flight = max(0, self.in_flight - 1)
         if not created:

@@ -29,7 +29,7 @@ from .engine import CreateGate, RunContext
 from .engine.context import DOWNLOADS_AT_ONCE
 from .errors import ConfigError
 from .events import ChainResult, Event
-from .journal import Journal
+from .journal import Journal, is_database_url
 from .lookup import LookupCheck
 from .plan import Plan, rebuild
 from .polling import PollPolicy
@@ -38,6 +38,8 @@ from .provider.client import DEFAULT_LIMITS, DEFAULT_TIMEOUT, KlingClient
 from .provider.config import ProviderConfig
 from .scheduler import Scheduler
 from .simulator import SimConfig, Simulator
+from .team.database import PgDb
+from .team.slots import SharedSlots
 
 #: Tasks in flight at once when neither the command line nor the profile says otherwise.
 DEFAULT_CONCURRENCY = 5
@@ -60,6 +62,25 @@ def _may_simulate(simulate: bool | None, state: Path, archive: Path, real: dict[
             "needs them in its own environment), or pass --simulate to rehearse on the simulator "
             f"(its results are kept apart: NAME.simulated.mp4, {simulated.archive_root(archive)}/)"
         )
+
+
+def _no_team_simulator(journal: str | os.PathLike[str] | None) -> None:
+    """A journal on a server is shared by workers that must reach one provider: an embedded
+    simulator would be one private account per worker."""
+    if journal is not None and is_database_url(journal):
+        raise ConfigError(
+            "a journal on PostgreSQL is shared by workers that must all reach one provider, and no "
+            "credentials are set: set KLING_ACCESS_KEY + KLING_SECRET_KEY or KLING_API_KEY (to rehearse, "
+            "point them at one `chainer sim` server; it prints the variables to set)"
+        )
+
+
+def _slots(journal: Journal, provider: ProviderConfig, limit: int) -> Scheduler | SharedSlots:
+    """The account's slots: counted in this process, or in a team's database."""
+    if not isinstance(journal.db, PgDb):
+        return Scheduler(limit)
+    journal.db.bind_provider(provider.name)
+    return SharedSlots(journal.db, provider.name, limit, time_scale=provider.time_scale)
 
 
 def simulator_provider(
@@ -88,7 +109,7 @@ class Session:
     http: httpx.AsyncClient
     archive_dir: Path
     poll: PollPolicy
-    scheduler: Scheduler
+    scheduler: Scheduler | SharedSlots
     simulator: Simulator | None = None
     mirror: archive.Mirror | None = None
     downloads: anyio.CapacityLimiter = field(default_factory=lambda: anyio.CapacityLimiter(DOWNLOADS_AT_ONCE))
@@ -122,6 +143,7 @@ class Session:
         simulate: bool | None = None,
         transport: httpx.AsyncBaseTransport | None = None,
         callbacks: CallbackHub | None = None,
+        journal: str | os.PathLike[str] | None = None,
     ) -> AsyncIterator[Session]:
         """Resolve the provider (flags, environment, else the embedded simulator) and open everything.
 
@@ -138,6 +160,9 @@ class Session:
         `transport` is the one seam under every request the session makes (the provider's
         API and the downloads alike): tests serve a simulator in-process through it
         (Simulator.asgi_transport) or wrap one to inject faults.
+        `journal`: where the journal lives, a file or a PostgreSQL URL (team mode: several
+        workers then share it and count the account's slots in it); None is the state
+        folder's file for the provider.
         """
         state = Path(state_dir)
         try:
@@ -155,6 +180,7 @@ class Session:
                 provider = from_environment(profile=profile, base_url=base_url, path_prefix=path_prefix)
             if provider is None:
                 _may_simulate(simulate, state, archive_root, real)
+                _no_team_simulator(journal)
                 chosen = profile or BUILTIN["kling"]
                 config = chosen.simulator_config(
                     sim_config or SimConfig(time_scale=EMBEDDED_TIME_SCALE, seed=0)
@@ -163,20 +189,20 @@ class Session:
                 name = simulated.simulator_name(chosen.name)
                 provider = simulator_provider(sim, time_scale=config.time_scale, name=name)
                 archive_root = simulated.archive_root(archive_root)
-            journal = stack.enter_context(Journal(state / f"journal-{provider.name}.sqlite"))
+            kept = stack.enter_context(Journal(journal or state / f"journal-{provider.name}.sqlite"))
             http = await stack.enter_async_context(
                 httpx.AsyncClient(timeout=DEFAULT_TIMEOUT, limits=DEFAULT_LIMITS, transport=transport)
             )
             client = await stack.enter_async_context(KlingClient(provider, http=http))
             poll = PollPolicy().scaled(provider.time_scale)
             # Absolute, so a chain resumed from another working directory finds its files.
-            scheduler = Scheduler(concurrency or provider.concurrency or DEFAULT_CONCURRENCY)
+            scheduler = _slots(kept, provider, concurrency or provider.concurrency or DEFAULT_CONCURRENCY)
             if sim is not None and archive_url:  # the mirror of real results is never written either
                 archive_url = simulated.archive_url(archive_url)
             mirror = archive.Mirror(archive_url) if archive_url else None
             yield cls(
                 provider,
-                journal,
+                kept,
                 client,
                 http,
                 archive_root.resolve(),

@@ -11,10 +11,10 @@ import sys
 import stamina.instrumentation
 
 from .. import errors
-from . import chains, providers, run, sim, status, storyboards
+from . import chains, providers, run, sim, status, storyboards, team
 from .common import app, err
 
-__all__ = ["app", "chains", "main", "providers", "run", "sim", "status", "storyboards"]
+__all__ = ["app", "chains", "main", "providers", "run", "sim", "status", "storyboards", "team"]
 
 
 def main() -> None:

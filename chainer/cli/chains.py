@@ -23,6 +23,7 @@ from .common import (
     ArchiveUrl,
     BaseUrl,
     CallbackUrl,
+    JournalUrl,
     Listen,
     PathPrefix,
     SimTimeScale,
@@ -30,6 +31,7 @@ from .common import (
     app,
     err,
     journal_session,
+    journal_url,
     out,
     receive_callbacks,
     run_async,
@@ -173,13 +175,14 @@ def adopt(
     run_async(main)
 
 
-_Found = tuple[Path, str, Plan | errors.ChainerError]
+_Found = tuple[Path | str, str, Plan | errors.ChainerError]
 
 
-def _to_resume(state_dir: Path, names: list[str] | None) -> list[_Found]:
+def _to_resume(state_dir: Path, names: list[str] | None, url: str | None = None) -> list[_Found]:
     """(journal, chain, its plan or why it has none) for the chains named, else every
-    unfinished one. Chains live in one journal per provider: all of them are read."""
-    journals = sorted(state_dir.glob("journal-*.sqlite"))
+    unfinished one. Chains live in one journal per provider: all of them are read (or the
+    one on a server, `url`)."""
+    journals: list[Path | str] = [url] if url else sorted(state_dir.glob("journal-*.sqlite"))
     if not journals:
         raise errors.ConfigError(
             f"No journal in {state_dir}: nothing was run from here. Run `chainer resume` in the "
@@ -213,11 +216,12 @@ def resume(
     sim_time_scale: SimTimeScale = EMBEDDED_TIME_SCALE,
     callback_url: CallbackUrl = None,
     listen: Listen = callbacks.DEFAULT_LISTEN,
+    journal: JournalUrl = None,
 ) -> None:
     """Resume unfinished chains from the journal, each from its recorded storyboard."""
 
     async def main() -> int:
-        found = _to_resume(state_dir, names)
+        found = _to_resume(state_dir, names, journal_url(journal))
         unknown = set(names or ()) - {name for _, name, _ in found}
         if unknown:
             raise errors.ConfigError(f"no chain named {', '.join(sorted(unknown))} in {state_dir}")
@@ -225,7 +229,7 @@ def resume(
             out.print("Nothing to resume: every chain is done.", markup=False)
             return 0
         failures = 0
-        by_journal: dict[Path, list[Plan]] = {}
+        by_journal: dict[Path | str, list[Plan]] = {}
         for path, name, plan in found:
             if isinstance(plan, errors.ChainerError):
                 failures += 1
@@ -241,7 +245,7 @@ def resume(
         return 1 if failures or sum(counts) else 0
 
     async def _resume_group(
-        path: Path, group: list[Plan], counts: list[int], hub: CallbackHub | None
+        path: Path | str, group: list[Plan], counts: list[int], hub: CallbackHub | None
     ) -> None:
         """Resume the chains of one journal with its own provider, as one batch (the same
         path and failure policy as `chainer run`); counts how many did not finish."""

@@ -15,6 +15,7 @@ from typer.core import TyperGroup
 
 from .. import callbacks, errors, profiles, simulated
 from ..callbacks import CallbackHub
+from ..journal import is_database_url
 from ..session import Session
 from ..simulator import SimConfig
 
@@ -69,6 +70,15 @@ Listen = Annotated[
         "--listen", envvar="CHAINER_CALLBACK_LISTEN", help="Where the callback receiver listens (HOST:PORT)."
     ),
 ]
+JournalUrl = Annotated[
+    str | None,
+    typer.Option(
+        "--journal",
+        envvar="CHAINER_JOURNAL",
+        help="A journal on PostgreSQL (postgresql://USER@HOST/DB) shared by a team's workers, instead "
+        "of the journal files in STATE_DIR.",
+    ),
+]
 SimTimeScale = Annotated[
     float,
     typer.Option(
@@ -82,6 +92,7 @@ SimTimeScale = Annotated[
 #: The order `chainer --help` lists the commands in: the everyday ones first.
 COMMAND_ORDER = (
     *("run", "resume", "status", "plan", "validate"),
+    *("submit", "worker"),
     *("archive", "adopt", "providers", "schema", "sim"),
 )
 
@@ -218,9 +229,11 @@ def where(
     base_url: str | None,
     path_prefix: str | None,
     sim_time_scale: float,
+    journal: str | None = None,
 ) -> dict[str, Any]:
     """The Session.open settings every command that talks to a provider takes from its flags."""
     return {
+        "journal": journal_url(journal),
         "state_dir": state_dir,
         "archive_dir": archive_dir,
         "archive_url": archive_url,
@@ -230,10 +243,24 @@ def where(
     }
 
 
+def journal_url(journal: str | None) -> str | None:
+    """--journal as given, or a clear error for what is not a PostgreSQL URL."""
+    if journal is not None and not is_database_url(journal):
+        raise errors.ConfigError(
+            f"--journal {journal!r}: expected a PostgreSQL URL (postgresql://USER@HOST:PORT/DB); "
+            "journal files live in --state-dir"
+        )
+    return journal
+
+
 @asynccontextmanager
-async def journal_session(path: Path, profile: str, **common: Any) -> AsyncIterator[Session]:
+async def journal_session(path: Path | str, profile: str, **common: Any) -> AsyncIterator[Session]:
     """A session on the provider profile a journal's chains were made with (the simulator
     for a simulated journal, the credentials for a real one), or ConfigError saying what is off."""
+    if isinstance(path, str):  # a journal on a server: the credentials set now reach its provider
+        async with Session.open(**{**common, "journal": path}, profile=profiles.get(profile)) as session:
+            yield session
+        return
     async with Session.open(
         **common, profile=profiles.get(profile), simulate=simulated.is_simulated_journal(path)
     ) as session:

@@ -28,6 +28,7 @@ from .common import (
     ArchiveUrl,
     BaseUrl,
     CallbackUrl,
+    JournalUrl,
     Listen,
     PathPrefix,
     SimTimeScale,
@@ -198,9 +199,10 @@ def run(
     simulate: RunSimulate = False,
     callback_url: CallbackUrl = None,
     listen: Listen = callbacks.DEFAULT_LISTEN,
+    journal: JournalUrl = None,
 ) -> None:
     """Run storyboards to finished videos (many at once share the account), resuming interrupted ones."""
-    plans, keep_mode = _run_inputs(storyboards, output, from_step, from_last_frame, keep)
+    plans, keep_mode = run_inputs(storyboards, output, from_step, from_last_frame, keep)
     mode: Mode = "json" if json_events else "quiet" if quiet else "live" if out.is_terminal else "plain"
     # What the run says before it starts goes to stderr under --json and --quiet; its last
     # words (the summary) go to stdout except under --json, whose stdout is JSON lines only.
@@ -216,10 +218,13 @@ def run(
     )
     records = _RunRecords.at(state_dir, archive_dir, summary, report)
     archive_dir = records.archive_dir
-    groups = _by_provider(plans)
+    groups = by_provider(plans)
     if len(groups) > 1:
         _refuse_one_account_flags(groups, max_units, base_url, path_prefix, concurrency)
-    common = where(state_dir, archive_dir, archive_url, base_url, path_prefix, sim_time_scale)
+    try:
+        common = where(state_dir, archive_dir, archive_url, base_url, path_prefix, sim_time_scale, journal)
+    except errors.ChainerError as exc:
+        raise fail(exc) from None
 
     async def main() -> int:
         async with contextlib.AsyncExitStack() as stack:
@@ -289,7 +294,7 @@ async def _open_groups(
     return runs
 
 
-def _by_provider(plans: list[Plan]) -> list[list[Plan]]:
+def by_provider(plans: list[Plan]) -> list[list[Plan]]:
     """The plans grouped by the provider profile they name, in the order first named."""
     groups: dict[str, list[Plan]] = {}
     for p in plans:
@@ -363,7 +368,7 @@ def _first_leaf(group: BaseExceptionGroup[BaseException]) -> BaseException:
     return _first_leaf(first) if isinstance(first, BaseExceptionGroup) else first
 
 
-def _run_inputs(
+def run_inputs(
     storyboards: list[Path],
     output: Path | None,
     from_step: int | None,

@@ -13,7 +13,8 @@ from rich.table import Table
 from .. import archive, errors
 from ..chain import Liveness, liveness
 from ..journal import Journal
-from .common import StateDir, app, fail, out
+from ..team import queue
+from .common import JournalUrl, StateDir, app, fail, journal_url, out
 
 #: `chainer status` warns about results not archived this close to their deletion.
 WARN_DAYS = 7
@@ -22,6 +23,7 @@ WARN_DAYS = 7
 @app.command(short_help="List every chain: state, progress, what needs you.")
 def status(
     state_dir: StateDir = Path(".chainer"),
+    journal: JournalUrl = None,
     as_json: Annotated[
         bool, typer.Option("--json", help="Print one JSON object per chain instead of a table.")
     ] = False,
@@ -31,7 +33,11 @@ def status(
 
     Exits 1 while something needs you (a failed, stalled or interrupted chain, a lost
     answer, a result close to deletion)."""
-    journals = sorted(state_dir.glob("journal-*.sqlite"))
+    try:
+        url = journal_url(journal)
+    except errors.ChainerError as exc:
+        raise fail(exc) from None
+    journals: list[Path | str] = [url] if url else sorted(state_dir.glob("journal-*.sqlite"))
     if not journals:
         out.print(f"No journal in {state_dir}: nothing has been run from here yet.", markup=False)
         return
@@ -67,18 +73,27 @@ class ChainStatus(BaseModel):
     journal: str
 
 
-def _rows(path: Path) -> list[ChainStatus]:
+def _rows(path: Path | str) -> list[ChainStatus]:
     """One journal's chains as status shows them (also its --json objects)."""
     now = time.time()
     rows = []
     with Journal(path) as journal:
         last = journal.last_events()
+        queued = queue.entries(journal)
         for chain in journal.chains():
             s = journal.summary(chain.name)
             holder = journal.lock_holder(chain.name)
             at = last.get(chain.name)
-            state = liveness(s.state, held=holder is not None, idle_s=None if at is None else now - at)
+            entry = queued.get(chain.name)
+            state = liveness(
+                s.state,
+                held=holder is not None,
+                idle_s=None if at is None else now - at,
+                queued=entry is not None and entry.state == "queued",
+            )
             needs = [s.attention, _expiry_note(journal, chain.name), _liveness_note(state, holder, at, now)]
+            if entry is not None and entry.state == "stopped" and s.state != "done":
+                needs.append(f"a worker stopped it ({entry.error}); `chainer submit` it again when mended")
             rows.append(
                 ChainStatus(
                     chain=chain.name,
@@ -91,7 +106,7 @@ def _rows(path: Path) -> list[ChainStatus]:
                     held_by=holder,
                     last_event_at=at,
                     needs="; ".join(n for n in needs if n),
-                    journal=str(path),
+                    journal=journal.where,
                 )
             )
     return rows
@@ -107,7 +122,7 @@ def _liveness_note(state: Liveness, holder: str | None, at: float | None, now: f
                 f"no event for {idle} while {holder} holds it: a task may be queued long at the "
                 "provider, or the process hangs (stop it, then `chainer resume`)"
             )
-        case "running" | "done" | "failed" | "needs attention":
+        case "running" | "queued" | "done" | "failed" | "needs attention":
             return ""
 
 

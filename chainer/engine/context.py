@@ -176,9 +176,9 @@ class ChainRun:
         """Count `step`'s task against the account: it exists (found, or resumed)."""
         match self.holding.get(step.index):
             case None:
-                self.ctx.scheduler.force()
+                self.ctx.scheduler.force(self.name)
             case False:  # the slot of a create whose answer was lost: the task turned up
-                self.ctx.scheduler.confirm()
+                self.ctx.scheduler.confirm(self.name)
             case True:
                 pass
         self.holding[step.index] = True
@@ -186,13 +186,13 @@ class ChainRun:
     def let_go(self, step: Step) -> None:
         """Give the step's slot back: its task ended, or its create made none."""
         if step.index in self.holding:
-            self.ctx.scheduler.release(created=self.holding.pop(step.index))
+            self.ctx.scheduler.release(self.name, created=self.holding.pop(step.index))
 
     def release_all(self) -> None:
         """However the chain stopped, nothing of it polls any more: its slots go back to the
         batch (a task that does exist on the account is then met as a 1303)."""
         for idx in list(self.holding):
-            self.ctx.scheduler.release(created=self.holding.pop(idx))
+            self.ctx.scheduler.release(self.name, created=self.holding.pop(idx))
 
 
 def task_kind(step: Step) -> TaskKind:

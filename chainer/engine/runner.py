@@ -29,6 +29,7 @@ from .. import archive, errors, failpoints
 from ..chain import StepRow
 from ..events import ChainResult
 from ..plan import Plan, Step
+from ..ports import JournalPort
 from . import assembly, fetch, poll, revise, submit
 from .context import ChainOptions, ChainRun, RunContext
 
@@ -80,18 +81,7 @@ class ChainRunner:
         run = self.chain
         plan, journal = run.plan, run.journal
         journal.lock_chain(plan.chain)
-        journal.ensure_chain(
-            name=plan.chain,
-            storyboard=str(plan.storyboard.resolve()),
-            storyboard_sha=plan.storyboard_sha256,
-            provider=run.ctx.client.config.name,
-            model=plan.model,
-            mode=plan.mode,
-            output=str(plan.output.resolve()),
-            steps=[(s.index, s.kind, s.prompt, s.fingerprint) for s in plan.steps],
-            storyboard_text=plan.storyboard_text or None,
-            profile=plan.provider.name,
-        )
+        record(journal, plan, run.ctx.client.config.name)
         if run.options.from_step is not None:
             revise.reroll(run, run.options.from_step)
         revise.match_storyboard(run)
@@ -219,6 +209,23 @@ class ChainRunner:
                 f"{step.units:g} more, past the budget of {run.max_units:g}. Nothing was submitted; raise "
                 "--max-units (or max_units in the storyboard) and run again to continue"
             )
+
+
+def record(journal: JournalPort, plan: Plan, provider: str) -> None:
+    """Record `plan`'s chain and its planned steps in the journal, once (a run starting it,
+    or `chainer submit` queueing it for a worker)."""
+    journal.ensure_chain(
+        name=plan.chain,
+        storyboard=str(plan.storyboard.resolve()),
+        storyboard_sha=plan.storyboard_sha256,
+        provider=provider,
+        model=plan.model,
+        mode=plan.mode,
+        output=str(plan.output.resolve()),
+        steps=[(s.index, s.kind, s.prompt, s.fingerprint) for s in plan.steps],
+        storyboard_text=plan.storyboard_text or None,
+        profile=plan.provider.name,
+    )
 
 
 def first_error(group: BaseExceptionGroup[BaseException]) -> BaseException:

@@ -147,7 +147,7 @@ async def _request_in_slot(
                 "waiting",
                 f"for a free slot on the account ({sched.in_flight}/{sched.limit} in use)",
             )
-        await run.ctx.scheduler.acquire(len(run.plan.steps) - step.index)
+        await run.ctx.scheduler.acquire(len(run.plan.steps) - step.index, run.name)
         run.holding[step.index] = False
     try:
         # Made once the slot is ours: an Omni shot's reference url is signed anew here,
@@ -175,7 +175,7 @@ async def _create(run: ChainRun, step: Step, row: StepRow, request: CreateReques
                 deadline_s=CREATE_DEADLINE_S,
                 on_retry=run.on_retry(step.index, f"create {kind}"),
             )
-            scheduler.confirm()
+            scheduler.confirm(run.name)
             run.holding[step.index] = True
         failpoints.hit("after-post", step.index)
         row = run.journal.transition(row, "submitted", task_id=task.task_id, submitted_at=time.time())
