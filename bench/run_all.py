@@ -20,7 +20,7 @@ from pathlib import Path
 from common import fmt
 
 HERE = Path(__file__).resolve().parent
-BENCHMARKS = ["chain_overhead", "polling", "batch", "download", "scale", "resume", "assembly"]
+BENCHMARKS = ["chain_overhead", "polling", "batch", "download", "scale", "resume", "assembly", "team"]
 
 
 def machine() -> str:

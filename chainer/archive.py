@@ -681,3 +681,23 @@ class Mirror:
                 raise DownloadError(f"{self.url}/{folder.name}/{local.name} holds {stored} bytes, not {size}")
             sent.append(local.name)
         return sent
+
+    def restore(self, chain: str, name: str, dest: Path) -> bool:
+        """Copy the mirror's `chain/name` to `dest` (fsynced, then renamed into place: never
+        a partial file at `dest`); False when the mirror does not hold it. A worker that
+        takes over a chain another machine archived gets its files back this way."""
+        remote = f"{self.root.rstrip('/')}/{chain}/{name}"
+        part = dest.with_name(dest.name + ".restore.part")
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            self.fs.get_file(remote, str(part))
+        except FileNotFoundError:
+            part.unlink(missing_ok=True)
+            return False
+        except OSError as exc:
+            part.unlink(missing_ok=True)
+            raise DownloadError(f"could not copy {self.url}/{chain}/{name} back: {exc}") from exc
+        with open(part, "rb") as f:
+            os.fsync(f.fileno())
+        _commit(part, dest)
+        return True

@@ -660,17 +660,29 @@ class Journal(_Reads):
             )
         return self.step(step.chain, step.idx)
 
+    def relocate(self, step: StepRow, file: str) -> StepRow:
+        """Record that `step`'s verified file now lives at `file` (restored on this machine
+        from the archive mirror); its size and sha256 stay as they were checked."""
+        return self._annotate(step, "file", file, "relocated", file)
+
     def mark_pruned(self, step: StepRow) -> StepRow:
         """Record that `step`'s archived file was deleted on purpose (keep: final)."""
+        return self._annotate(step, "pruned_at", time.time(), "pruned", step.file)
+
+    def _annotate(self, step: StepRow, column: str, value: object, event: str, detail: object) -> StepRow:
+        """Set one column of `step`'s current attempt, with an event saying why; its state
+        stays as it is."""
+        if column not in ("file", "pruned_at"):
+            raise ValueError(f"not a column to annotate: {column}")
         now = time.time()
         with self.transaction() as db:
             db.execute(
-                "UPDATE steps SET pruned_at = ?, updated_at = ? WHERE chain = ? AND idx = ? AND attempt = ?",
-                (now, now, step.chain, step.idx, step.attempt),
+                f"UPDATE steps SET {column} = ?, updated_at = ? WHERE chain = ? AND idx = ? AND attempt = ?",
+                (value, now, step.chain, step.idx, step.attempt),
             )
             db.execute(
                 "INSERT INTO events (chain, idx, attempt, state, detail, at) VALUES (?,?,?,?,?,?)",
-                (step.chain, step.idx, step.attempt, "pruned", json.dumps(step.file), now),
+                (step.chain, step.idx, step.attempt, event, json.dumps(detail), now),
             )
         return self.step(step.chain, step.idx)
 

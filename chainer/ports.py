@@ -88,6 +88,8 @@ class JournalPort(Protocol):
 
     def mark_pruned(self, step: StepRow) -> StepRow: ...
 
+    def relocate(self, step: StepRow, file: str) -> StepRow: ...
+
     def replan(
         self,
         chain: str,

@@ -42,6 +42,7 @@ MILESTONES = {
     "re-downloading",
     "re-roll",
     "joined",
+    "restored",
     "warning",
 }
 

@@ -71,7 +71,7 @@ def _no_team_simulator(journal: str | os.PathLike[str] | None) -> None:
         raise ConfigError(
             "a journal on PostgreSQL is shared by workers that must all reach one provider, and no "
             "credentials are set: set KLING_ACCESS_KEY + KLING_SECRET_KEY or KLING_API_KEY (to rehearse, "
-            "point them at one `chainer sim` server; it prints the variables to set)"
+            "point them at one `chainer sim` server: README, Team mode)"
         )
 
 

@@ -6,6 +6,7 @@ the account's limit kept across machines, no task paid for twice, nothing secret
 from __future__ import annotations
 
 import json
+import shutil
 import signal
 import subprocess
 from collections import Counter
@@ -142,3 +143,72 @@ def test_a_chain_submitted_while_no_worker_runs_waits_for_the_next(
         dump = "".join(str(conn.execute(f"SELECT * FROM {t}").fetchall()) for t in tables)
     assert "chainer_queue" in tables and len(dump) > 1000
     assert not any(s in dump for s in secrets)
+
+
+THREE_STEPS = """name: m00
+start:
+  text2video: {prompt: "a harbour at dawn", model: kling-v1-6, duration: 5}
+segments:
+  - prompt: "boats leave"
+  - prompt: "the sun climbs"
+output: out/m00.mp4
+"""
+
+
+def test_a_chain_taken_over_on_another_machine_gets_its_files_from_the_archive_mirror(
+    sim_factory, pg_url: str, tmp_path: Path
+) -> None:  # type: ignore[no-untyped-def]
+    """Two machines (two archive folders), one archive URL: the worker that takes a chain over
+    takes the results the first one archived back from the mirror, verified, instead of
+    depending on the dead machine's disk; the manifest names files, not one machine's paths."""
+    sim = sim_factory()
+    env = sim.client_env(CHAINER_JOURNAL=pg_url, CHAINER_ARCHIVE_URL=f"file://{tmp_path / 'mirror'}")
+    (tmp_path / "m00.yaml").write_text(THREE_STEPS)
+    assert chainer(tmp_path, env, "submit", "m00.yaml").returncode == 0
+    first = start_worker(
+        tmp_path, {**env, "CHAINER_FAILPOINT": "after-post@2"}, "first", "--lease", "1", "--archive-dir", "a"
+    )
+    assert first.wait(timeout=300) == -signal.SIGKILL, (tmp_path / "first.log").read_text()
+    with Journal(pg_url) as journal:
+        archived = [r for r in journal.steps("m00") if r.state == "downloaded"]
+    assert archived and all(str(tmp_path / "a") in str(r.file) for r in archived)
+    shutil.rmtree(tmp_path / "a")  # the first machine is gone, and its disk with it
+    second = start_worker(tmp_path, env, "second", "--lease", "1", "--archive-dir", "b")
+    assert second.wait(timeout=300) == 0, (tmp_path / "second.log").read_text()
+    log = (tmp_path / "second.log").read_text()
+    assert log.count("restored") >= len(archived), log
+    made = per_step(sim)
+    assert len(made) == 3 and set(made.values()) == {1}, made
+    b, mirror = tmp_path / "b" / "m00", tmp_path / "mirror" / "m00"
+    with Journal(pg_url) as journal:
+        rows = journal.steps("m00")
+        assert journal.summary("m00").state == "done"
+    for r in rows:
+        assert r.file is not None and Path(r.file).parent == b  # relocated to this machine
+        assert (b / Path(r.file).name).read_bytes() == (mirror / Path(r.file).name).read_bytes()
+    manifest = json.loads((b / "manifest.json").read_text())
+    assert manifest == json.loads((mirror / "manifest.json").read_text())
+    assert [s["file"] for s in manifest["steps"]] == [Path(r.file).name for r in rows]  # type: ignore[arg-type]
+    assert str(tmp_path) not in json.dumps(manifest["steps"])
+
+
+def test_run_status_and_resume_take_a_journal_on_the_server(sim_factory, pg_url: str, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """One machine using the team's journal directly: `chainer run --journal` leases its chain,
+    counts its slots in the database, and any machine's `status`/`resume` sees the result."""
+    sim = sim_factory()
+    env = sim.client_env()
+    (path,) = storyboards(tmp_path / "boards", 1, prefix="r")
+    done = chainer(tmp_path, env, "run", str(path), "--journal", pg_url, "--yes")
+    assert done.returncode == 0, done.stdout + done.stderr
+    elsewhere = tmp_path / "another-machine"
+    elsewhere.mkdir()
+    status = chainer(elsewhere, {**env, "CHAINER_JOURNAL": pg_url}, "status", "--json")
+    row = json.loads(status.stdout)
+    assert (row["chain"], row["state"], row["steps_done"]) == ("r00", "done", 2), status.stdout
+    assert "***" in row["journal"] or "@" in row["journal"]  # the server, not a file here
+    again = chainer(elsewhere, {**env, "CHAINER_JOURNAL": pg_url}, "resume")
+    assert again.returncode == 0 and "every chain is done" in again.stdout, again.stdout + again.stderr
+    assert len(creates(sim)) == 2
+    with Journal(pg_url) as journal:  # its slots were given back, its lease too
+        assert journal.lock_holder("r00") is None
+        assert not journal.db.execute("SELECT * FROM chainer_slots WHERE held > 0").fetchall()

@@ -30,6 +30,29 @@ async def download(run: ChainRun, step: Step, row: StepRow) -> StepRow:
     return row
 
 
+async def restore(run: ChainRun, row: StepRow) -> StepRow | None:
+    """Put a `downloaded` step's missing file back from this worker's archive folder or the
+    mirror (another machine archived it), verified against the journal's size and sha256;
+    None when neither holds it (it is then downloaded from the provider again)."""
+    if not row.file:
+        return None
+    here = run.folder / Path(row.file).name
+    if archive.check_file(str(here), row.size, row.sha256) is not None:
+        mirror = run.ctx.mirror
+        if mirror is None:
+            return None
+        try:
+            got = await anyio.to_thread.run_sync(mirror.restore, run.name, here.name, here)
+        except errors.DownloadError as exc:
+            run.emit(row.idx, "warning", f"{exc}; downloading it from the provider instead")
+            return None
+        problem = archive.check_file(str(here), row.size, row.sha256) if got else "not in the mirror"
+        if problem is not None:
+            return None
+        run.emit(row.idx, "restored", f"{here.name} from {mirror.url}")
+    return run.journal.relocate(row, str(here)) if str(here) != row.file else row
+
+
 async def sync_mirror(ctx: RunContext, folder: Path) -> None:
     """Copy `folder` to the archive mirror, if one is configured (retried like a download)."""
     mirror = ctx.mirror

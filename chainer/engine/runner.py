@@ -134,7 +134,7 @@ class ChainRunner:
                 case "succeeded":
                     moved = await self._succeeded(step, row, background)
                 case "downloaded":
-                    moved = self._downloaded(step, row)
+                    moved = await self._downloaded(step, row)
                 case "skipped":
                     moved = None
                 case "failed":
@@ -178,13 +178,14 @@ class ChainRunner:
             return None
         return await fetch.download(self.chain, step, row)
 
-    def _downloaded(self, step: Step, row: StepRow) -> StepRow | None:
-        """Done, unless the archive lost the file (or it changed): then fetch it again, never
-        re-create it."""
+    async def _downloaded(self, step: Step, row: StepRow) -> StepRow | None:
+        """Done, unless the archive lost the file (or it changed): then it is taken back from
+        this worker's archive or the mirror (a chain taken over from another machine), else
+        fetched again from the provider, never re-created."""
         if row.pruned_at is not None:  # deleted on purpose (keep: final)
             return None
         problem = archive.check_file(row.file, row.size, row.sha256)
-        if problem is None:
+        if problem is None or await fetch.restore(self.chain, row) is not None:
             return None
         row = self.chain.journal.transition(row, "succeeded", problem)
         self.chain.emit(step.index, "re-downloading", problem)
