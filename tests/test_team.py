@@ -212,3 +212,22 @@ def test_run_status_and_resume_take_a_journal_on_the_server(sim_factory, pg_url:
     with Journal(pg_url) as journal:  # its slots were given back, its lease too
         assert journal.lock_holder("r00") is None
         assert not journal.db.execute("SELECT * FROM chainer_slots WHERE held > 0").fetchall()
+
+
+def test_a_chain_that_cannot_run_here_stops_for_the_user_and_the_worker_goes_on(
+    sim_factory, pg_url: str, tmp_path: Path
+) -> None:  # type: ignore[no-untyped-def]
+    sim = sim_factory()
+    env = sim.client_env(CHAINER_JOURNAL=pg_url)
+    good, bad = storyboards(tmp_path / "boards", 2, prefix="s")
+    bad.write_text(bad.read_text().replace("output: out/", "output: blocker/"))
+    (tmp_path / "blocker").write_text("a file where the worker needs a folder")
+    assert chainer(tmp_path, env, "submit", str(good), str(bad)).returncode == 0
+    worker = start_worker(tmp_path, env, "w")
+    assert worker.wait(timeout=300) == 1, (tmp_path / "w.log").read_text()  # a chain stopped for you
+    status = chainer(tmp_path, env, "status", "--json")
+    rows = {r["chain"]: r for r in map(json.loads, status.stdout.splitlines())}
+    assert rows["s00"]["state"] == "done"
+    assert "a worker stopped it" in rows["s01"]["needs"] and "blocker" in rows["s01"]["needs"], rows
+    assert status.returncode == 1
+    assert len(creates(sim)) == 2  # the stopped chain sent nothing

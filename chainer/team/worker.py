@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import anyio
+import anyio.abc
 
 from .. import errors
 from ..batch import RunOptions
@@ -102,8 +103,10 @@ async def _run_chain(
     assert chain is not None  # queued chains are recorded by submit
     try:
         plan = chain_plan(chain)
-    except errors.ChainerError as exc:  # the kept storyboard no longer plans (a newer chainer's rules)
+        batch = await session.run_batch([plan], options, on_event=on_event)
+    except (errors.ConfigError, errors.StoryboardError) as exc:
+        # this chain cannot run here (its storyboard no longer plans, its output folder
+        # cannot be written, ...): it stops for the user, the worker goes on with others
         return ChainResult(name, "failed", None, None, 0.0, error=exc), None
-    batch = await session.run_batch([plan], options, on_event=on_event)
     fatal = batch.fatal if isinstance(batch.fatal, errors.AuthError | errors.AccountError) else None
     return batch.results[0], fatal
