@@ -64,6 +64,18 @@ def _may_simulate(simulate: bool | None, state: Path, archive: Path, real: dict[
         )
 
 
+def _state_folder(state: Path) -> Path:
+    """`state`, made if missing, or ConfigError saying it cannot be (nothing was sent)."""
+    try:
+        state.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(
+            f"cannot create the state folder {state}: {exc.strerror or exc}; choose another "
+            "--state-dir (nothing was sent)"
+        ) from None
+    return state
+
+
 def _no_team_simulator(journal: str | os.PathLike[str] | None) -> None:
     """A journal on a server is shared by workers that must reach one provider: an embedded
     simulator would be one private account per worker."""
@@ -164,14 +176,7 @@ class Session:
         workers then share it and count the account's slots in it); None is the state
         folder's file for the provider.
         """
-        state = Path(state_dir)
-        try:
-            state.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise ConfigError(
-                f"cannot create the state folder {state}: {exc.strerror or exc}; choose another "
-                "--state-dir (nothing was sent)"
-            ) from None
+        state = _state_folder(Path(state_dir))
         archive_root = archive.location(state, archive_dir)
         real = simulated.real_history(state) if state.is_dir() else {}
         async with AsyncExitStack() as stack:

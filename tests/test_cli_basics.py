@@ -17,7 +17,20 @@ from helpers import CHAINER, provider_env
 from chainer.simulator import Simulator
 
 ROOT = Path(__file__).resolve().parents[1]
-COMMANDS = ["run", "resume", "status", "plan", "validate", "archive", "adopt", "providers", "schema", "sim"]
+COMMANDS = [
+    "run",
+    "resume",
+    "status",
+    "plan",
+    "validate",
+    "submit",
+    "worker",
+    "archive",
+    "adopt",
+    "providers",
+    "schema",
+    "sim",
+]
 
 
 def chainer(*args: str, cwd: Path | None = None, **env: str) -> subprocess.CompletedProcess[str]:

@@ -221,12 +221,9 @@ def run(
     groups = by_provider(plans)
     if len(groups) > 1:
         _refuse_one_account_flags(groups, max_units, base_url, path_prefix, concurrency)
-    try:
-        common = where(state_dir, archive_dir, archive_url, base_url, path_prefix, sim_time_scale, journal)
-    except errors.ChainerError as exc:
-        raise fail(exc) from None
 
     async def main() -> int:
+        common = where(state_dir, archive_dir, archive_url, base_url, path_prefix, sim_time_scale, journal)
         async with contextlib.AsyncExitStack() as stack:
             hub = await receive_callbacks(stack, callback_url, listen, talk)
             runs = await _open_groups(stack, groups, {**common, "callbacks": hub}, concurrency, simulate)

@@ -140,10 +140,6 @@ def worker_command(
     """Take chains from the team's queue and run them under the account's limit, which every
     worker shares through the journal; a chain whose worker died is taken over once its lease
     runs out, without paying for any step twice. Exits 1 if a chain stopped for you."""
-    try:
-        url = _team_journal(journal)
-    except errors.ChainerError as exc:
-        raise fail(exc) from None
     if lease is not None:
         os.environ["CHAINER_LEASE_SECONDS"] = str(lease)
     if keep not in (None, "all", "final"):
@@ -152,9 +148,11 @@ def worker_command(
     mode: Mode = "json" if json_events else "quiet" if quiet else "plain"
     talk = err if mode in ("json", "quiet") else out
     options = RunOptions(retry_failed=retry_failed, keep="final" if keep == "final" else None)
-    common = where(state_dir, archive_dir, archive_url, base_url, path_prefix, 1.0, url)
 
     async def main() -> int:
+        common = where(
+            state_dir, archive_dir, archive_url, base_url, path_prefix, 1.0, _team_journal(journal)
+        )
         async with contextlib.AsyncExitStack() as stack:
             hub = await receive_callbacks(stack, callback_url, listen, talk)
             session = await stack.enter_async_context(
