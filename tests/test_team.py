@@ -231,3 +231,18 @@ def test_a_chain_that_cannot_run_here_stops_for_the_user_and_the_worker_goes_on(
     assert "a worker stopped it" in rows["s01"]["needs"] and "blocker" in rows["s01"]["needs"], rows
     assert status.returncode == 1
     assert len(creates(sim)) == 2  # the stopped chain sent nothing
+
+
+def test_an_edited_storyboard_is_not_queued_over_its_chain(sim_factory, pg_url: str, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """A worker runs a chain from the text it was submitted with: submitting an edited version
+    of it is refused (exit 2, nothing queued) rather than silently ignored."""
+    sim = sim_factory()
+    env = sim.client_env(CHAINER_JOURNAL=pg_url)
+    (path,) = storyboards(tmp_path / "boards", 1, prefix="e")
+    assert chainer(tmp_path, env, "submit", str(path)).returncode == 0
+    path.write_text(path.read_text().replace("the camera moves on", "the camera flies away"))
+    again = chainer(tmp_path, env, "submit", str(path))
+    assert again.returncode == 2 and "another version of this storyboard" in again.stderr, again.stderr
+    with Journal(pg_url) as journal:
+        assert [r.prompt for r in journal.steps("e00")][1] == "the camera moves on"
+    assert chainer(tmp_path, env, "validate", str(path)).returncode == 0

@@ -48,6 +48,16 @@ def submit(journal: Journal, plans: Sequence[Plan], provider: str) -> list[str]:
     """Record each plan's chain and queue it (again, if it had stopped or was done: a done
     chain is found done by the worker and costs nothing)."""
     db = database(journal)
+    for plan in plans:
+        kept = journal.chain(plan.chain)
+        if kept is not None and kept.storyboard_sha != plan.storyboard_sha256:
+            raise ConfigError(
+                f"{plan.storyboard}: chain {plan.chain!r} is in the journal from another version of "
+                "this storyboard, and a worker runs a chain from the text it was submitted with. "
+                f"Give the edited storyboard another `name`, or run it once with `chainer run "
+                f"{plan.storyboard} --journal ...`, which takes edits to steps not sent yet (and "
+                "offers --from-step for the others); nothing was queued"
+            )
     with db.transaction():
         for plan in plans:
             record(journal, plan, provider)
