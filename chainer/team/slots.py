@@ -51,6 +51,9 @@ class SharedSlots:
         #: The most tasks of the account in flight at once, as this worker saw it.
         self.peak = 0
         self._local = anyio.Lock()
+        #: Held by this worker's one chain that asks the database for a slot; the others
+        #: wait their turn here, so a full account costs one query a poll per worker.
+        self._admission = anyio.Lock()
         self._released = anyio.Event()
         with db.transaction():
             db.execute(
@@ -124,10 +127,11 @@ class SharedSlots:
     async def acquire(self, remaining_steps: int, chain: str = "") -> None:
         """Wait until the account has a free slot, then take it for `chain`. A release by
         this worker wakes its waiters at once; another worker's is seen at the next poll."""
-        while not self._try_take(chain):
-            released = self._released
-            with anyio.move_on_after(self.poll_s):
-                await released.wait()
+        async with self._admission:
+            while not self._try_take(chain):
+                released = self._released
+                with anyio.move_on_after(self.poll_s):
+                    await released.wait()
 
     def confirm(self, chain: str = "") -> None:
         with self.db.transaction():
@@ -181,8 +185,8 @@ class SharedSlots:
     @asynccontextmanager
     async def _one_create(self) -> AsyncIterator[None]:
         async with self._local:
-            while not self._try_create_lock():
-                await anyio.sleep(self.poll_s / 20)
+            while not self._try_create_lock():  # another worker is sending a create
+                await anyio.sleep(self.poll_s / 4)
             try:
                 yield
             finally:
