@@ -9,6 +9,7 @@ import json
 import shutil
 import signal
 import subprocess
+import time
 from collections import Counter
 from pathlib import Path
 
@@ -246,3 +247,34 @@ def test_an_edited_storyboard_is_not_queued_over_its_chain(sim_factory, pg_url: 
     with Journal(pg_url) as journal:
         assert [r.prompt for r in journal.steps("e00")][1] == "the camera moves on"
     assert chainer(tmp_path, env, "validate", str(path)).returncode == 0
+
+
+def test_a_worker_whose_lease_was_taken_stops_running_that_chain(
+    sim_factory, pg_url: str, tmp_path: Path
+) -> None:  # type: ignore[no-untyped-def]
+    """A worker cut off from the journal longer than its lease loses the chain to another
+    (made here by taking the lease in SQL): it stops running it at once and creates nothing
+    more for it, and leaves the slot count to the new owner."""
+    sim = sim_factory(time_scale=0.02)  # a task takes seconds: the lease is taken mid-task
+    env = sim.client_env(CHAINER_JOURNAL=pg_url)
+    (path,) = storyboards(tmp_path / "boards", 1, prefix="f")
+    assert chainer(tmp_path, env, "submit", str(path)).returncode == 0
+    worker = start_worker(tmp_path, env, "w", "--lease", "0.6")
+    log = tmp_path / "w.log"
+    try:
+        while "submitted task" not in log.read_text():  # bounded by the worker's own work
+            assert worker.poll() is None, log.read_text()
+            time.sleep(0.02)
+        with psycopg.connect(pg_url, autocommit=True) as conn:
+            conn.execute("UPDATE chainer_leases SET owner = 'thief', expires_at = expires_at + 3600")
+        while "Lost the lease of chain f00" not in log.read_text():
+            assert worker.poll() is None, log.read_text()
+            time.sleep(0.02)
+        with Journal(pg_url) as journal:
+            assert journal.lock_holder("f00") == "thief"
+            held = journal.db.execute("SELECT held FROM chainer_slots WHERE chain = 'f00'").fetchone()
+            assert held is not None and held["held"] == 1  # the thief's to count, not released by the loser
+    finally:
+        worker.kill()
+        worker.wait()
+    assert len(creates(sim)) == 1  # nothing more was sent for the chain it lost

@@ -61,6 +61,14 @@ def _team_journal(journal: str | None) -> str:
     return url
 
 
+def _say_lost(name: str) -> None:
+    err.print(
+        f"Lost the lease of chain {name} (another worker took it over after this one was cut off "
+        "from the journal): stopped running it here",
+        markup=False,
+    )
+
+
 @app.command(short_help="Queue storyboards for a team's workers (team mode).")
 def submit(
     storyboards: RunStoryboards,
@@ -172,6 +180,7 @@ def worker_command(
                     until_idle=until_idle,
                     on_event=view.on_event,
                     on_take=lambda name: talk.print(f"Took chain {name}", markup=False),
+                    on_lost=_say_lost,
                 )
                 view.finish(done.results)
         if done.results and mode != "json":

@@ -229,16 +229,22 @@ class PgDb:
 
     def _renew(self) -> None:
         """Renew every lease this process holds, every third of a lease, on a connection of
-        its own (the event loop's may be busy); a lease found taken is noted in `lost`."""
+        its own (the event loop's may be busy). A lease missing from two renewals in a row
+        was taken by another worker (once could be a lease being taken in a transaction not
+        committed yet): it is noted in `lost`, and the worker stops running that chain."""
         conn: psycopg.Connection[Any] | None = None
+        suspects: set[str] = set()
         while not self._stop.wait(self.lease_s / 3):
             try:
                 conn = conn or _connect(self.url)
+                before = set(self.owned)
                 rows = conn.execute(
                     f"UPDATE chainer_leases SET expires_at = {NOW} + %s WHERE owner = %s RETURNING chain",
                     (self.lease_s, self.owner),
                 ).fetchall()
-                self.lost |= set(self.owned) - {r["chain"] for r in rows}
+                missed = before - {r["chain"] for r in rows}
+                self.lost |= missed & suspects
+                suspects = missed
             except (psycopg.Error, JournalError):
                 conn = None  # the server is away: try again at the next turn
         if conn is not None:

@@ -103,6 +103,11 @@ def finish(journal: Journal, chain: str, state: QueueState, error: str | None = 
     journal.unlock_chain(chain)
 
 
+def lost(journal: Journal) -> set[str]:
+    """Chains whose lease this process held and another worker has taken since."""
+    return set(database(journal).lost)
+
+
 def outstanding(journal: Journal) -> int:
     """Chains still queued: waiting for a worker, or being run by one."""
     row = (

@@ -107,6 +107,8 @@ class SharedSlots:
     # ------------------------------------------------------------------ writes
 
     def _add(self, chain: str, held: int, pending: int) -> None:
+        if chain in self.db.lost:  # another worker owns the chain now, and counts its slots
+            return
         self.db.execute(
             "INSERT INTO chainer_slots (account, chain, held, pending) VALUES (?, ?, ?, ?) "
             "ON CONFLICT (account, chain) DO UPDATE SET "

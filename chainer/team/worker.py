@@ -50,23 +50,33 @@ async def work(
     until_idle: bool = False,
     on_event: Callable[[Event], None] | None = None,
     on_take: Callable[[str], None] | None = None,
+    on_lost: Callable[[str], None] | None = None,
 ) -> WorkerRun:
     """Take and run queued chains until stopped (Ctrl-C), or with `until_idle` until the
     queue holds nothing queued (other workers' chains included: a chain whose worker dies
-    is still to be taken over)."""
+    is still to be taken over). A chain whose lease another worker took (this one was cut
+    off longer than a lease) is stopped here at once, `on_lost` told."""
     if at_once < 1:
         raise errors.ConfigError("--chains must be at least 1")
     journal = session.journal
     queue.database(journal)  # a journal file is refused before anything is taken
     done = WorkerRun()
-    running: set[str] = set()
+    #: Chains this worker runs, each in a scope cancelled if its lease is lost.
+    running: dict[str, anyio.CancelScope] = {}
     poll_s = max(0.01, QUEUE_POLL_S * min(1.0, session.provider.time_scale * 20))
     wake = anyio.Event()
 
     async def one(name: str, group: anyio.abc.TaskGroup) -> None:
         nonlocal wake
+        scope = running[name]
         try:
-            result, fatal = await _run_chain(session, name, options, on_event)
+            with scope:
+                result, fatal = await _run_chain(session, name, options, on_event)
+            if scope.cancelled_caught:  # its lease was lost: the chain is another worker's now
+                journal.unlock_chain(name)
+                if on_lost is not None:
+                    on_lost(name)
+                return
             if fatal is not None:
                 done.fatal = done.fatal or fatal
                 queue.finish(journal, name, "queued")  # not the chain's fault: for a later run
@@ -76,13 +86,15 @@ async def work(
             state: queue.QueueState = "done" if result.state == "done" else "stopped"
             queue.finish(journal, name, state, None if result.error is None else str(result.error))
         finally:
-            running.discard(name)
+            running.pop(name, None)
             wake.set()
 
     async with anyio.create_task_group() as group:
         while done.fatal is None:
+            for name in queue.lost(journal) & set(running):
+                running[name].cancel()
             for name in queue.claim(journal, at_once - len(running)) if len(running) < at_once else []:
-                running.add(name)
+                running[name] = anyio.CancelScope()
                 if on_take is not None:
                     on_take(name)
                 group.start_soon(one, name, group)
