@@ -225,6 +225,8 @@ class Database(Protocol):
     folder: Path | None
     #: Lives in this process only (engine tests): no file, no locks.
     in_memory: bool
+    #: Shared by processes on several machines (a server): team mode's queue and slots.
+    shared: bool
 
     def execute(self, sql: str, params: Sequence[Any] = ()) -> Any: ...
 
@@ -252,6 +254,7 @@ class SqliteDb:
     a chain is owned through an flock the kernel drops when its process dies."""
 
     folder: Path | None
+    shared = False
 
     def __init__(self, path: str | os.PathLike[str]):
         self.in_memory = str(path) == IN_MEMORY

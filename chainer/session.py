@@ -16,7 +16,7 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import anyio
 import anyio.abc
@@ -38,8 +38,9 @@ from .provider.client import DEFAULT_LIMITS, DEFAULT_TIMEOUT, KlingClient
 from .provider.config import ProviderConfig
 from .scheduler import Scheduler
 from .simulator import SimConfig, Simulator
-from .team.database import PgDb
-from .team.slots import SharedSlots
+
+if TYPE_CHECKING:  # team mode's modules load the PostgreSQL driver: imported where used
+    from .team.slots import SharedSlots
 
 #: Tasks in flight at once when neither the command line nor the profile says otherwise.
 DEFAULT_CONCURRENCY = 5
@@ -88,9 +89,14 @@ def _no_team_simulator(journal: str | os.PathLike[str] | None) -> None:
 
 
 def _slots(journal: Journal, provider: ProviderConfig, limit: int) -> Scheduler | SharedSlots:
-    """The account's slots: counted in this process, or in a team's database."""
-    if not isinstance(journal.db, PgDb):
+    """The account's slots: counted in this process, or in a team's database (imported
+    only then: a run on a journal file never loads the PostgreSQL driver)."""
+    if not journal.db.shared:
         return Scheduler(limit)
+    from .team.database import PgDb
+    from .team.slots import SharedSlots
+
+    assert isinstance(journal.db, PgDb)
     journal.db.bind_provider(provider.name)
     return SharedSlots(journal.db, provider.name, limit, time_scale=provider.time_scale)
 

@@ -119,3 +119,16 @@ def test_the_checks_above_can_fail() -> None:
     assert find_cycles({"a": {"b"}, "b": set()}) == []
     assert SQL.search("SELECT kind FROM steps WHERE chain = ?")
     assert not SQL.search("select the storyboard from the folder")  # prose is not SQL
+
+
+def test_the_postgresql_driver_is_loaded_only_for_team_mode() -> None:
+    """Every `chainer` start imports the CLI; only a journal on a server needs psycopg."""
+    import subprocess
+    import sys
+
+    probe = "import sys, chainer.cli, chainer.session, chainer.cli.status; print('psycopg' in sys.modules)"
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "False"
+    probe = "import sys, chainer.team.queue; print('psycopg' in sys.modules)"
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "True"  # the probe can see it

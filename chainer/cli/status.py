@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from pydantic import BaseModel
@@ -13,7 +13,6 @@ from rich.table import Table
 from .. import archive, errors
 from ..chain import Liveness, liveness
 from ..journal import Journal
-from ..team import queue
 from .common import JournalUrl, StateDir, app, fail, journal_url, out
 
 #: `chainer status` warns about results not archived this close to their deletion.
@@ -79,7 +78,7 @@ def _rows(path: Path | str) -> list[ChainStatus]:
     rows = []
     with Journal(path) as journal:
         last = journal.last_events()
-        queued = queue.entries(journal)
+        queued = _queue_entries(journal)
         for chain in journal.chains():
             s = journal.summary(chain.name)
             holder = journal.lock_holder(chain.name)
@@ -110,6 +109,15 @@ def _rows(path: Path | str) -> list[ChainStatus]:
                 )
             )
     return rows
+
+
+def _queue_entries(journal: Journal) -> dict[str, Any]:
+    """A team's queue by chain (none for a journal file: no PostgreSQL driver is loaded)."""
+    if not journal.db.shared:
+        return {}
+    from ..team import queue
+
+    return dict(queue.entries(journal))
 
 
 def _liveness_note(state: Liveness, holder: str | None, at: float | None, now: float) -> str:

@@ -13,8 +13,6 @@ from .. import callbacks, errors
 from ..batch import RunOptions
 from ..progress import Mode, Progress, summary_table
 from ..session import Session
-from ..team import queue
-from ..team.worker import work
 from .common import (
     ArchiveDir,
     ArchiveUrl,
@@ -48,6 +46,24 @@ from .run import (
 #: Chains a worker runs at once unless told: enough to keep its share of the account busy
 #: while some of its chains download or wait.
 DEFAULT_CHAINS = 4
+
+
+# ---- chainer worker's own options
+WorkerChains = Annotated[int, typer.Option("--chains", min=1, help="Chains this worker runs at once.")]
+WorkerUntilIdle = Annotated[
+    bool,
+    typer.Option("--until-idle", help="Exit once no chain is queued (by default a worker waits for more)."),
+]
+WorkerLease = Annotated[
+    float | None,
+    typer.Option(
+        "--lease",
+        envvar="CHAINER_LEASE_SECONDS",
+        min=0.1,
+        help="Seconds a chain stays this worker's without renewal (default 30): after its death, "
+        "another worker takes its chains over this long after its last renewal.",
+    ),
+]
 
 
 def _team_journal(journal: str | None) -> str:
@@ -96,6 +112,8 @@ def submit(
     common = where(state_dir, None, None, base_url, path_prefix, 1.0, url)
 
     async def main() -> int:
+        from ..team import queue  # loads the PostgreSQL driver: only for the team's commands
+
         async with Session.open(**common, profile=plans[0].provider) as session:
             names = queue.submit(session.journal, plans, session.provider.name)
             waiting = queue.outstanding(session.journal)
@@ -112,25 +130,9 @@ def submit(
 @app.command("worker", short_help="Take chains from the queue and run them (team mode).")
 def worker_command(
     journal: JournalUrl = None,
-    chains: Annotated[
-        int, typer.Option("--chains", min=1, help="Chains this worker runs at once.")
-    ] = DEFAULT_CHAINS,
-    until_idle: Annotated[
-        bool,
-        typer.Option(
-            "--until-idle", help="Exit once no chain is queued (by default a worker waits for more)."
-        ),
-    ] = False,
-    lease: Annotated[
-        float | None,
-        typer.Option(
-            "--lease",
-            envvar="CHAINER_LEASE_SECONDS",
-            min=0.1,
-            help="Seconds a chain stays this worker's without renewal (default 30): after its death, "
-            "another worker takes its chains over this long after its last renewal.",
-        ),
-    ] = None,
+    chains: WorkerChains = DEFAULT_CHAINS,
+    until_idle: WorkerUntilIdle = False,
+    lease: WorkerLease = None,
     concurrency: RunConcurrency = None,
     base_url: BaseUrl = None,
     path_prefix: PathPrefix = None,
@@ -158,6 +160,8 @@ def worker_command(
     options = RunOptions(retry_failed=retry_failed, keep="final" if keep == "final" else None)
 
     async def main() -> int:
+        from ..team.worker import work  # loads the PostgreSQL driver: only for the team's commands
+
         common = where(
             state_dir, archive_dir, archive_url, base_url, path_prefix, 1.0, _team_journal(journal)
         )

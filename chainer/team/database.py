@@ -106,6 +106,7 @@ class PgDb:
     """One connection to a PostgreSQL journal, plus this process's chain leases."""
 
     in_memory = False
+    shared = True
     folder: Path | None = None
 
     def __init__(self, url: str, *, lease_s: float | None = None):
