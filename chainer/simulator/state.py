@@ -21,7 +21,7 @@ import random
 import threading
 import time
 import uuid
-from collections import Counter
+from collections import Counter, deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -200,6 +200,11 @@ class SimState:
         #: Callbacks due later (send time, order, url, body): the delayed ones.
         self._held_callbacks: list[tuple[float, int, str, dict[str, Any]]] = []
         self._callback_seq = itertools.count()
+        #: Callbacks to post, by task, each task's in order; a task is in `_posting` while
+        #: one sender drains its queue (so one task's callbacks never overtake each other).
+        self._outbox: dict[str, deque[tuple[str, dict[str, Any]]]] = {}
+        self._posting: set[str] = set()
+        self._outbox_lock = threading.Lock()
         # a bucket of one second's requests (at least one), full at start
         self._capacity = max(1.0, float(self.config.rate_limit_per_s or 0.0))
         self._tokens = self._capacity
@@ -442,13 +447,35 @@ class SimState:
         self, base_url: str, http: httpx.Client | None = None, pool: ThreadPoolExecutor | None = None
     ) -> None:
         """POST the flat task object (no envelope, as Kling does) to each due callback_url;
-        through `pool`, several at once (as a provider's fleet does: one slow receiver
-        answer does not hold back the other tasks' callbacks)."""
-        for url, body in self._deliverable(base_url):
-            if pool is not None:
-                pool.submit(self._post_callback, url, body, http)
-            else:
+        through `pool`, several tasks' at once (as a provider's fleet does: one slow receiver
+        answer does not hold back the other tasks' callbacks), each task's in order."""
+        ready = self._deliverable(base_url)
+        if pool is None:
+            for url, body in ready:
                 self._post_callback(url, body, http)
+            return
+        starting = []
+        with self._outbox_lock:
+            for url, body in ready:
+                key = str(body.get("task_id"))
+                self._outbox.setdefault(key, deque()).append((url, body))
+                if key not in self._posting:
+                    self._posting.add(key)
+                    starting.append(key)
+        for key in starting:
+            pool.submit(self._drain, key, http)
+
+    def _drain(self, key: str, http: httpx.Client | None) -> None:
+        """Post task `key`'s queued callbacks one after the other, until none is left."""
+        while True:
+            with self._outbox_lock:
+                queue = self._outbox.get(key)
+                if not queue:
+                    self._outbox.pop(key, None)
+                    self._posting.discard(key)
+                    return
+                url, body = queue.popleft()
+            self._post_callback(url, body, http)
 
     def _post_callback(self, url: str, body: dict[str, Any], http: httpx.Client | None) -> None:
         if httpx.URL(url).host not in ("127.0.0.1", "localhost", "::1"):
