@@ -11,6 +11,7 @@ The tree separates the questions a caller must answer after a failure:
     │   ├── OutcomeUnknown       sent, but no trustworthy answer came back: a create may have
     │   │                        happened, so it must be reconciled, never blindly re-sent
     │   │   └── SubmitUnknown    ... and the provider cannot be asked: the user must check
+    │   ├── StillRunning         a task outlived the poll deadline: nothing failed, ask later
     │   ├── ProtocolError        the provider answered with something that is not its protocol
     │   │   └── LookupUndecided  a lookup by external_task_id got an answer that cannot tell
     │   └── ApiError             the provider answered with a non-zero business code
@@ -133,6 +134,12 @@ class SubmitUnknown(OutcomeUnknown):
     @property
     def retryable(self) -> bool:
         return False
+
+
+class StillRunning(ProviderError):
+    """A task is still queued or running at the provider past the poll deadline. Nothing
+    failed and nothing will be created again: a later run (or a team's next worker) goes on
+    waiting for it."""
 
 
 class ProtocolError(ProviderError):

@@ -51,7 +51,7 @@ async def await_task(run: ChainRun, step: Step, row: StepRow) -> StepRow:
                     run.hold(step)
                     elapsed = time.time() - submitted
                     if elapsed > run.ctx.poll.deadline:
-                        raise errors.ProviderError(
+                        raise errors.StillRunning(
                             f"task {task_id} is still {task.task_status} after {elapsed:.0f} s; "
                             "run again later to keep waiting (nothing will be re-created)"
                         )

@@ -40,7 +40,8 @@ _TEAM_SCHEMA = (
     # chains submitted for any worker: queued until done, or stopped for the user
     "CREATE TABLE IF NOT EXISTS chainer_queue ("
     " chain TEXT PRIMARY KEY, state TEXT NOT NULL, submitted_at DOUBLE PRECISION NOT NULL,"
-    " taken INTEGER NOT NULL DEFAULT 0, finished_at DOUBLE PRECISION, error TEXT)",
+    " taken INTEGER NOT NULL DEFAULT 0, finished_at DOUBLE PRECISION, error TEXT,"
+    " not_before DOUBLE PRECISION)",
     # an account's learned limit (chainer.scheduler's rules, shared by every worker)
     "CREATE TABLE IF NOT EXISTS chainer_accounts ("
     " account TEXT PRIMARY KEY, lim INTEGER NOT NULL, ceiling INTEGER NOT NULL,"

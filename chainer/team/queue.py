@@ -63,7 +63,8 @@ def submit(journal: Journal, plans: Sequence[Plan], provider: str) -> list[str]:
             record(journal, plan, provider)
             db.execute(
                 "INSERT INTO chainer_queue (chain, state, submitted_at) VALUES (?, 'queued', ?) "
-                "ON CONFLICT (chain) DO UPDATE SET state = 'queued', error = NULL, finished_at = NULL",
+                "ON CONFLICT (chain) DO UPDATE SET state = 'queued', error = NULL, finished_at = NULL, "
+                "not_before = NULL",
                 (plan.chain, time.time()),
             )
     return [p.chain for p in plans]
@@ -78,6 +79,7 @@ def claim(journal: Journal, at_most: int) -> list[str]:
         rows = db.execute(
             "SELECT q.chain FROM chainer_queue q LEFT JOIN chainer_leases l ON l.chain = q.chain "
             f"WHERE q.state = 'queued' AND (l.chain IS NULL OR l.expires_at < {NOW}) "
+            f"AND (q.not_before IS NULL OR q.not_before <= {NOW}) "
             "ORDER BY q.submitted_at, q.chain LIMIT ? FOR UPDATE OF q SKIP LOCKED",
             (at_most,),
         ).fetchall()
@@ -92,13 +94,17 @@ def claim(journal: Journal, at_most: int) -> list[str]:
     return taken
 
 
-def finish(journal: Journal, chain: str, state: QueueState, error: str | None = None) -> None:
+def finish(
+    journal: Journal, chain: str, state: QueueState, error: str | None = None, *, after_s: float = 0.0
+) -> None:
     """Record how the chain's run ended here and give its lease back (`queued`: for another
-    worker to take, as after a stop that was not the chain's own)."""
+    worker to take, as after a stop that was not the chain's own, no sooner than `after_s`
+    from now)."""
     db = database(journal)
     db.execute(
-        "UPDATE chainer_queue SET state = ?, error = ?, finished_at = ? WHERE chain = ?",
-        (state, error, None if state == "queued" else time.time(), chain),
+        f"UPDATE chainer_queue SET state = ?, error = ?, finished_at = ?, not_before = {NOW} + ? "
+        "WHERE chain = ?",
+        (state, error, None if state == "queued" else time.time(), after_s, chain),
     )
     journal.unlock_chain(chain)
 

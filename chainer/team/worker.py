@@ -7,8 +7,9 @@ over once its lease has run out, and its unfinished step is reconciled exactly a
 resume does (a lookup by external_task_id before anything is sent again).
 
 How a chain's run ends decides its queue state: done; stopped for the user (a refused
-prompt, a budget, a lost answer: `chainer status` says what to do); or, when the stop was
-not the chain's own (credentials, the account's balance, Ctrl-C), back to the queue for a
+prompt, a budget, a lost answer: `chainer status` says what to do); back to the queue when
+its task outlived the poll deadline (a worker waits on for it); or, when the stop was not
+the chain's own (credentials, the account's balance, Ctrl-C), back to the queue for a
 later run, and the worker stops with that error.
 """
 
@@ -81,6 +82,10 @@ async def work(
                 done.fatal = done.fatal or fatal
                 queue.finish(journal, name, "queued")  # not the chain's fault: for a later run
                 group.cancel_scope.cancel()
+                return
+            if isinstance(result.error, errors.StillRunning):
+                # not stuck: waited on from the queue, asked about again at polling's slowest pace
+                queue.finish(journal, name, "queued", after_s=session.poll.max_interval)
                 return
             done.results.append(result)
             state: queue.QueueState = "done" if result.state == "done" else "stopped"
