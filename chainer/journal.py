@@ -240,6 +240,8 @@ class Database(Protocol):
 
     def check(self) -> str: ...
 
+    def integrity_check(self) -> str: ...
+
     def lock_chain(self, name: str) -> None: ...
 
     def unlock_chain(self, name: str) -> None: ...
@@ -428,7 +430,7 @@ class _Store:
 
     def integrity_check(self) -> str:
         """The engine's own full check of the journal ("ok" when nothing is wrong)."""
-        return self.db.check() if not isinstance(self.db, SqliteDb) else self.db.integrity_check()
+        return self.db.integrity_check()
 
     def transaction(self) -> AbstractContextManager[Any]:
         """One transaction (SQLite: BEGIN IMMEDIATE); rolled back on any exception."""
