@@ -221,10 +221,16 @@ def resume(
     """Resume unfinished chains from the journal, each from its recorded storyboard."""
 
     async def main() -> int:
-        found = _to_resume(state_dir, names, journal_url(journal))
+        url = journal_url(journal)
+        found = _to_resume(state_dir, names, url)
         unknown = set(names or ()) - {name for _, name, _ in found}
         if unknown:
-            raise errors.ConfigError(f"no chain named {', '.join(sorted(unknown))} in {state_dir}")
+            place: object = state_dir
+            if url:
+                from ..team.database import redact  # the PostgreSQL driver: only with a server journal
+
+                place = redact(url)
+            raise errors.ConfigError(f"no chain named {', '.join(sorted(unknown))} in {place}")
         if not found:
             out.print("Nothing to resume: every chain is done.", markup=False)
             return 0
