@@ -31,7 +31,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from chainer import callbacks  # noqa: E402
+from chainer import receiver  # noqa: E402
 from chainer.callbacks import CallbackHub  # noqa: E402
 from chainer.provider.config import ProviderConfig  # noqa: E402
 from chainer.session import simulator_provider  # noqa: E402
@@ -360,5 +360,5 @@ async def callback_receiver() -> AsyncIterator[CallbackHub]:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    async with callbacks.receiving(f"http://127.0.0.1:{port}/hooks", f"127.0.0.1:{port}") as hub:
+    async with receiver.receiving(f"http://127.0.0.1:{port}/hooks", f"127.0.0.1:{port}") as hub:
         yield hub

@@ -14,27 +14,23 @@ Polling stays the safety net: until the first genuine callback of the run arrive
 keep their usual schedule; from then on a task is polled once after its create and then
 only when a callback says it ended or when it is overdue (CallbackHub.wait_budget), so a
 dropped callback costs detection time, never a result.
+
+The HTTP side (the ASGI app and its server) is `chainer.receiver`, imported only by a run
+that listens.
 """
 
 from __future__ import annotations
 
 import contextlib
-import hmac
 import json
 import secrets
-import socket
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Annotated, Any, Literal
 
 import anyio
-import uvicorn
 from pydantic import BaseModel, StringConstraints, ValidationError
-from starlette.requests import Request
-from starlette.responses import JSONResponse
-from starlette.types import Receive, Scope, Send
 
-from .errors import ConfigError
 from .rules import TaskStatus
 
 #: A task object is a few hundred bytes; anything far larger is not one.
@@ -154,87 +150,3 @@ def parse_task(body: bytes) -> Claim | None:
         return Claim.model_validate(data)
     except (ValueError, ValidationError):
         return None
-
-
-class Receiver:
-    """The ASGI app that takes callbacks for `hub`: any path whose last segment is the token."""
-
-    def __init__(self, hub: CallbackHub):
-        self.hub = hub
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            return  # lifespan and websockets: nothing to do
-        response = await self._answer(Request(scope, receive))
-        await response(scope, receive, send)
-
-    async def _answer(self, request: Request) -> JSONResponse:
-        hub = self.hub
-        token = request.url.path.rstrip("/").rsplit("/", 1)[-1]
-        if request.method != "POST" or not hmac.compare_digest(token.encode(), hub.token.encode()):
-            hub.count("wrong token")
-            return JSONResponse({"ok": False}, status_code=404)
-        body = bytearray()
-        async for chunk in request.stream():
-            body += chunk
-            if len(body) > MAX_BODY:
-                hub.count("too large")
-                return JSONResponse({"ok": False}, status_code=413)
-        task = parse_task(bytes(body))
-        if task is None:
-            hub.count("not a task")
-            return JSONResponse({"ok": False}, status_code=400)
-        hub.count(hub.heard(task))
-        return JSONResponse({"ok": True})
-
-
-class _Server(uvicorn.Server):
-    """uvicorn inside chainer's event loop: Ctrl-C stays chainer's (no signal handlers)."""
-
-    @contextlib.contextmanager
-    def capture_signals(self) -> Iterator[None]:
-        yield
-
-
-def bind(listen: str) -> socket.socket:
-    """A listening socket on `listen` (HOST:PORT), or ConfigError saying why not."""
-    host, sep, port = listen.rpartition(":")
-    if not sep or not port.isdigit():
-        raise ConfigError(f"--listen {listen!r}: expected HOST:PORT, e.g. {DEFAULT_LISTEN}")
-    sock = socket.socket(socket.AF_INET6 if ":" in host.strip("[]") else socket.AF_INET)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    try:
-        sock.bind((host.strip("[]"), int(port)))
-    except OSError as exc:
-        sock.close()
-        raise ConfigError(
-            f"cannot listen for callbacks on {listen}: {exc.strerror}; choose another --listen "
-            "address (nothing was sent)"
-        ) from None
-    sock.listen(128)
-    sock.setblocking(False)
-    return sock
-
-
-def server(hub: CallbackHub) -> _Server:
-    """The receiver's HTTP server (no access log: the path holds the token)."""
-    config = uvicorn.Config(Receiver(hub), log_level="warning", access_log=False, lifespan="off")
-    return _Server(config)
-
-
-@contextlib.asynccontextmanager
-async def receiving(public_url: str, listen: str = DEFAULT_LISTEN) -> AsyncIterator[CallbackHub]:
-    """Serve the receiver on `listen` for as long as the block runs; `public_url` is where
-    the provider reaches it (a reverse proxy or tunnel in front of `listen`)."""
-    if not public_url.startswith(("https://", "http://")):
-        raise ConfigError(f"--callback-url {public_url!r}: expected an http(s) URL the provider can reach")
-    hub = CallbackHub(public_url)
-    sock = bind(listen)
-    served = server(hub)
-    async with anyio.create_task_group() as group:
-        group.start_soon(served.serve, [sock])
-        try:
-            yield hub
-        finally:
-            served.should_exit = True
-    sock.close()

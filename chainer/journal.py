@@ -350,8 +350,10 @@ class SqliteDb:
             raise ChainLocked(
                 f"chain {name!r} is being run by {holder}; wait for it to finish or stop it first"
             ) from None
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()}".encode(), 0)
+        # overwritten in place, padded over a longer old text: truncating a written file costs
+        # a journal commit on some file systems (a resume takes hundreds of locks)
+        holder = f"pid {os.getpid()} on {socket.gethostname()}".encode()
+        os.pwrite(fd, holder.ljust(os.fstat(fd).st_size, b" "), 0)
         self._locks[name] = fd
 
     def unlock_chain(self, name: str) -> None:

@@ -3,17 +3,17 @@ and has room for what the run will put there.
 
 A run that pays for its tasks and then cannot store the results has lost the user money
 (the provider deletes results after 30 days) or at least a night. So the state folder,
-the archive and each output's folder are created if missing, written to (a probe file,
-fsynced and removed), and their free space compared with the run's expected size, per
+the archive and each output's folder are created if missing, asked whether they take
+files, and their free space compared with the run's expected size, per
 file system. The size is an estimate: each extension's result is the whole video so far
 and is archived, so a chain's archive holds roughly the sum of its steps' lengths.
 """
 
 from __future__ import annotations
 
+import errno
 import os
 import shutil
-import tempfile
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -85,20 +85,17 @@ def check(needs: list[Need]) -> None:
 
 
 def _writable(folder: Path, probed: set[Path]) -> None:
-    """Make `folder` and write a probe file in it (once per folder: a batch of a thousand
-    chains names the same output folder a thousand times); a folder that exists is asked
-    with access(2), which also sees a read-only file system. Not fsynced: it asks whether
-    the folder takes files, and the free-space check asks whether it takes these."""
+    """Make `folder` and ask the kernel whether it takes files (access(2), which also sees a
+    read-only file system), once per folder: a batch of a thousand chains names the same
+    output folder a thousand times and a thousand archive folders. No probe file is written:
+    making the folder already wrote to its parent, and the free-space check asks whether it
+    takes these files."""
     if folder in probed:
         return
     try:
-        if folder.is_dir() and os.access(folder, os.W_OK | os.X_OK):
-            probed.add(folder)  # an existing folder (a resumed chain's): the kernel's answer will do
-            return
         folder.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=folder, prefix=".chainer-probe-") as probe:
-            probe.write(b"x")
-            probe.flush()
+        if not os.access(folder, os.W_OK | os.X_OK):
+            raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(folder))
     except OSError as exc:
         raise ConfigError(
             f"cannot write to {folder}: {exc.strerror or exc}. Nothing was sent. Fix the folder (or its "

@@ -81,11 +81,16 @@ class Progress:
             console=console,
         )
         self._task = self._bar.add_task("steps", total=sum(c.steps for c in self.chains.values()), units=0.0)
+        #: Units of every chain, kept as events arrive (a batch has thousands of chains).
+        self._units = 0.0
         self._live: Live | None = None
 
     def __enter__(self) -> Progress:
         if self.mode == "live":
-            self._live = Live(self._render(), console=self.console, refresh_per_second=4, transient=True)
+            # rendered at rich's refresh rate, not once per event: a batch sends thousands
+            self._live = Live(
+                console=self.console, get_renderable=self._render, refresh_per_second=4, transient=True
+            )
             self._live.__enter__()
         return self
 
@@ -95,6 +100,7 @@ class Progress:
 
     def on_event(self, event: Event) -> None:
         chain = self.chains.setdefault(event.chain, _Chain(steps=event.steps + 1))
+        self._units += event.units - chain.units
         chain.step, chain.state, chain.units = event.step, event.state, event.units
         chain.note = event.message if event.state == "waiting" else ""
         chain.started = chain.started or time.monotonic()
@@ -102,7 +108,7 @@ class Progress:
             chain.seconds = event.total_seconds
         if event.state in ("downloaded", "skipped"):
             self._bar.advance(self._task)
-        self._bar.update(self._task, units=sum(c.units for c in self.chains.values()))
+        self._bar.update(self._task, units=round(self._units, 6))
         if event.state in ("done", "failed"):
             chain.finished = time.monotonic()
         match self.mode:
@@ -114,8 +120,6 @@ class Progress:
             case "live":
                 if self.verbose or event.state in LOUD:
                     self.console.print(_line(event), markup=False, soft_wrap=True)
-                if self._live is not None:
-                    self._live.update(self._render())
             case "quiet":
                 pass
 

@@ -173,7 +173,7 @@ class Session:
         simulator's results are kept apart from real ones (see chainer.simulated).
         `archive_dir`: None is the one recorded in `state_dir` (chainer.archive.location),
         else `archive/` beside it.
-        `callbacks`: a running callback receiver (`chainer.callbacks.receiving`); each create
+        `callbacks`: a running callback receiver (`chainer.receiver.receiving`); each create
         then carries its URL, and pollers are woken by what it hears.
         `transport` is the one seam under every request the session makes (the provider's
         API and the downloads alike): tests serve a simulator in-process through it
@@ -310,9 +310,9 @@ class Session:
             done: set[int] = set()
             if self.journal.chain(p.chain) is not None:
                 done = {r.idx for r in self.journal.steps(p.chain) if r.state == "downloaded"}
-            # A provider whose tasks run faster than Kling's (CHAINER_TIME_SCALE < 1) is a
-            # rehearsal against a simulator: its videos are the simulator's small ones.
-            rehearsal = self.provider.offline or self.provider.time_scale < 1
+            # A provider whose tasks run at another pace than Kling's (CHAINER_TIME_SCALE set)
+            # is a rehearsal against a simulator: its videos are the simulator's small ones.
+            rehearsal = self.provider.offline or self.provider.time_scale != 1
             rate = (
                 preflight.SIMULATED_BYTES_PER_SECOND
                 if rehearsal

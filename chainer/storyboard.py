@@ -277,6 +277,9 @@ class _Positions:
 
 
 _LOADER = yaml.SafeLoader("")
+#: libyaml's parser where PyYAML was built with it (its wheels are): the same nodes and
+#: marks, ten times faster than the pure-Python one (a batch reads thousands of files).
+_COMPOSER: type[yaml.SafeLoader] = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
 
 def _suggest(word: str, model: type[BaseModel] | None) -> str:
@@ -452,7 +455,7 @@ def loads(raw: bytes, path: str | Path) -> Loaded:
     except UnicodeDecodeError as exc:
         raise StoryboardError([Problem(file, 1, 1, "the storyboard is not UTF-8 text")]) from exc
     try:
-        docs = list(yaml.compose_all(text, Loader=yaml.SafeLoader))
+        docs = list(yaml.compose_all(text, Loader=_COMPOSER))
     except yaml.MarkedYAMLError as exc:
         raise StoryboardError([_syntax_problem(file, exc)]) from exc
     except yaml.YAMLError as exc:

@@ -17,10 +17,11 @@ import httpx
 import pytest
 from helpers import CHAINER, provider_env, write_storyboard
 
-from chainer import callbacks, load_plan, media
-from chainer.callbacks import CallbackHub, Receiver
+from chainer import callbacks, load_plan, media, receiver
+from chainer.callbacks import CallbackHub
 from chainer.errors import ConfigError
 from chainer.journal import Journal
+from chainer.receiver import Receiver
 from chainer.simulator import Simulator
 
 SB = """
@@ -93,9 +94,9 @@ def test_a_busy_listen_address_is_refused_before_anything_is_sent() -> None:
         taken.listen()
         busy = f"127.0.0.1:{taken.getsockname()[1]}"
         with pytest.raises(ConfigError, match="cannot listen for callbacks on"):
-            callbacks.bind(busy)
+            receiver.bind(busy)
     with pytest.raises(ConfigError, match="expected HOST:PORT"):
-        callbacks.bind("8787")
+        receiver.bind("8787")
 
 
 def queries(sim: Simulator) -> list[int]:
@@ -121,7 +122,7 @@ def run_with_callbacks(
 
     async def main() -> tuple[str, CallbackHub]:
         async with (
-            callbacks.receiving(f"http://{listen}/hooks", listen) as hub,
+            receiver.receiving(f"http://{listen}/hooks", listen) as hub,
             open_session(sim, callbacks=hub) as session,
             anyio.create_task_group() as group,
         ):

@@ -13,7 +13,7 @@ import typer
 from rich.console import Console
 from typer.core import TyperGroup
 
-from .. import callbacks, errors, profiles, simulated
+from .. import errors, profiles, simulated
 from ..callbacks import CallbackHub
 from ..journal import is_database_url
 from ..session import Session
@@ -284,7 +284,9 @@ async def receive_callbacks(
     """The run's callback receiver, serving until `stack` closes (None without a URL)."""
     if not callback_url:
         return None
-    hub = await stack.enter_async_context(callbacks.receiving(callback_url, listen))
+    from .. import receiver  # uvicorn and starlette: only for a run that listens
+
+    hub = await stack.enter_async_context(receiver.receiving(callback_url, listen))
     talk.print(
         f"Callbacks: the provider posts task updates to {callback_url.rstrip('/')}/<a token for this "
         f"run>, received on {listen}; polling stays on for any that do not arrive.",

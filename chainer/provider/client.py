@@ -42,12 +42,16 @@ _FAMILY_ERRORS: dict[str, type[errors.ApiError]] = {
 
 DEFAULT_TIMEOUT = httpx.Timeout(connect=10.0, read=60.0, write=60.0, pool=10.0)
 #: API requests in flight at once from one client. More wait in an anyio limiter, where
-#: waiting costs nothing, rather than in httpcore's pool, whose work per request grows
-#: with the requests queued in it (a resumed batch of hundreds asks about every task at once).
-REQUESTS_AT_ONCE = 32
-#: Connections kept open between polls (the API's plus a run's downloads): httpx's
-#: defaults (20 idle connections, closed after 5 s) would reconnect for most polls.
-DEFAULT_LIMITS = httpx.Limits(max_connections=48, max_keepalive_connections=48, keepalive_expiry=60.0)
+#: waiting costs nothing, rather than in httpcore's pool, which looks at every connection
+#: (and asks each socket whether it is still open) each time a request starts or ends: a
+#: resumed batch of hundreds asks about every task at once. Eight keep a provider tens of
+#: milliseconds away busy for a batch of thousands; a profile put a third of a resume's
+#: polling time in that pool work with 32 (bench/PROFILE.md).
+REQUESTS_AT_ONCE = 8
+#: Connections kept open between polls: the API's plus a run's downloads (as many as the
+#: account runs tasks at once). httpx's defaults (20 idle connections, closed after 5 s)
+#: would reconnect for most polls; more than needed cost pool work on every request.
+DEFAULT_LIMITS = httpx.Limits(max_connections=24, max_keepalive_connections=24, keepalive_expiry=60.0)
 
 M = TypeVar("M", bound=BaseModel)
 

@@ -192,6 +192,11 @@ class SimState:
 
     def __post_init__(self) -> None:
         self.lock = threading.RLock()
+        #: Tasks by external_task_id, and the in-flight count's parts (see in_flight): an
+        #: account with ten thousand tasks answers a create without looking at each.
+        self._by_external: dict[str, SimTask] = {}
+        self._ending: list[tuple[int, str]] = []
+        self._finishing: set[str] = set()
         self.rng = random.Random(self.config.seed)
         self.fault_rng = random.Random(self.config.seed + 1)
         self.callback_rng = random.Random(self.config.seed + 2)
@@ -264,7 +269,7 @@ class SimState:
                     parent = self.videos.get(event.pop("parent_video_id") or "")
                     reference = self.videos.get(event.pop("reference_video_id", None) or "")
                     task = SimTask(**event, parent=parent, reference=reference)
-                    self.tasks[task.task_id] = task
+                    self._admit(task)
                     if task.callback_url is not None:  # a restart announces again
                         self._announcing[task.task_id] = task
                     self.creates.append(CreateRecord(task.task_id, task.kind, task.body, task.created_ms))
@@ -489,8 +494,23 @@ class SimState:
         with self.lock:
             self.requests[f"CALLBACK {body['task_status']} {outcome}"] += 1
 
+    def _admit(self, task: SimTask) -> None:
+        """Keep `task` (a create's, or one replayed from the log)."""
+        self.tasks[task.task_id] = task
+        if task.external_task_id is not None:
+            self._by_external.setdefault(task.external_task_id, task)
+        heapq.heappush(self._ending, (task.done_ms, task.task_id))
+
     def in_flight(self) -> int:
-        return sum(1 for t in self.tasks.values() if self.status(t) in ("submitted", "processing"))
+        """Tasks submitted or processing: those before their end, plus those past it whose
+        video is still rendering (each task leaves the count once, so this stays cheap)."""
+        now = self.now_ms()
+        while self._ending and self._ending[0][0] <= now:
+            self._finishing.add(heapq.heappop(self._ending)[1])
+        self._finishing = {
+            t for t in self._finishing if self.status(self.tasks[t]) in ("submitted", "processing")
+        }
+        return len(self._ending) + len(self._finishing)
 
     def expired(self, created_ms: int) -> bool:
         return self.now_ms() > created_ms + rules.RETENTION_DAYS * 86_400_000
@@ -503,7 +523,7 @@ class SimState:
             if not isinstance(body, dict):
                 raise SimError(1200, "request body must be a JSON object")
             ext = None if self.config.ignore_external_task_id else _opt_str(body, "external_task_id")
-            if ext is not None and any(t.external_task_id == ext for t in self.tasks.values()):
+            if ext is not None and ext in self._by_external:
                 raise SimError(1201, f"external_task_id {ext!r} already exists")
             parent: SimVideo | None = None
             reference: SimVideo | None = None
@@ -575,7 +595,7 @@ class SimState:
                 task.render = self.pool.submit(self._render, task, scene, frames, prompt)
             else:
                 task.render = _done()
-            self.tasks[task_id] = task
+            self._admit(task)
             if task.callback_url is not None:
                 self._announcing[task_id] = task
             self.creates.append(CreateRecord(task_id, kind, dict(body), now))
@@ -780,7 +800,7 @@ class SimState:
         with self.lock:
             task = self.tasks.get(key)
             if task is None and self.config.task_lookup == "external_id":
-                task = next((t for t in self.tasks.values() if t.external_task_id == key), None)
+                task = self._by_external.get(key)
             if task is None or task.kind != kind or self.expired(task.created_ms):
                 raise SimError(1203, f"task {key} not found")
             return task

@@ -88,6 +88,12 @@ def _frames(
     small, big = _font(max(10, canvas.height // 22)), _font(max(12, canvas.height // 16))
     radius = max(4, canvas.height // 14)
     caption = _wrap(f"#{segment} {prompt}", max(20, canvas.width // max(6, canvas.height // 40)))
+    band = canvas.height - (len(caption) + 1) * (canvas.height // 14) - 8
+    # the caption band is the same in every frame and covers what is under it: drawn once
+    strip = Image.new("RGB", (canvas.width, canvas.height - band), (0, 0, 0))
+    strip_draw = ImageDraw.Draw(strip)
+    for n, line in enumerate(caption):
+        strip_draw.text((8, 4 + n * (canvas.height // 14)), line, fill=(255, 255, 255), font=small)
     for i in range(frames):
         t = start + i / canvas.fps
         if scene.image is not None and t == 0:
@@ -108,10 +114,7 @@ def _frames(
         draw = ImageDraw.Draw(frame)
         x, y = _ball(scene, canvas, t)
         draw.ellipse((x - radius, y - radius, x + radius, y + radius), fill=(250, 230, 60), outline=(0, 0, 0))
-        band = canvas.height - (len(caption) + 1) * (canvas.height // 14) - 8
-        draw.rectangle((0, band, canvas.width, canvas.height), fill=(0, 0, 0))
-        for n, line in enumerate(caption):
-            draw.text((8, band + 4 + n * (canvas.height // 14)), line, fill=(255, 255, 255), font=small)
+        frame.paste(strip, (0, band))
         draw.text(
             (8, 6),
             f"t={t:07.3f}s  seg {segment}",
