@@ -213,3 +213,23 @@ def test_a_state_folder_that_cannot_be_made_is_an_error_not_a_traceback(tmp_path
     assert done.returncode == 2
     assert "cannot create the state folder" in done.stderr and "Traceback" not in done.stderr
     assert not (tmp_path / "out").exists()
+
+
+def test_the_simulators_video_size_is_set_by_chainer_sim_size(tmp_path: Path) -> None:
+    from chainer import media
+
+    shutil.copy(ROOT / "storyboards" / "lighthouse.yaml", tmp_path / "lighthouse.yaml")
+    bad = chainer("run", "lighthouse.yaml", cwd=tmp_path, CHAINER_SIM_SIZE="big")
+    assert bad.returncode == 2 and "CHAINER_SIM_SIZE='big': expected WIDTHxHEIGHT" in bad.stderr
+    assert "Traceback" not in bad.stderr and not (tmp_path / "out").exists()
+    done = chainer(
+        "run",
+        "lighthouse.yaml",
+        "--quiet",
+        cwd=tmp_path,
+        CHAINER_SIM_SIZE="161x91",
+        CHAINER_SIM_TIME_SCALE="0.0001",
+    )
+    assert done.returncode == 0, done.stderr
+    info = media.probe(tmp_path / "out" / "lighthouse.simulated.mp4")
+    assert (info.width, info.height) == (160, 90)  # made even, as H.264 wants

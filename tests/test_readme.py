@@ -6,8 +6,8 @@ order (later ones build on earlier ones, as for a reader). A command's expected 
 is 0 unless its comment says "exits N". Skipped, with why: `./setup.sh` and the test
 command (CI runs both around this very test) and `bench/run_all.py` (tests/test_bench.py
 runs it with --smoke); other benchmarks run with --smoke, as the README says they take it.
-The embedded simulator runs at its fastest (CHAINER_SIM_TIME_SCALE): the commands are the
-README's, the minutes they wait are not.
+The embedded simulator runs at its fastest (CHAINER_SIM_TIME_SCALE) and renders small videos
+(CHAINER_SIM_SIZE): the commands are the README's, the minutes they wait are not.
 """
 
 from __future__ import annotations
@@ -62,6 +62,7 @@ def test_every_readme_command_runs_as_documented(tmp_path: Path) -> None:
         "HOME": str(tmp_path / "home"),
         "LANG": "C.UTF-8",
         "CHAINER_SIM_TIME_SCALE": "0.0001",
+        "CHAINER_SIM_SIZE": "160x96",  # six minutes of simulated video render in seconds
     }
     ran = 0
     for command, expected in readme_commands((project / "README.md").read_text()):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.metadata
+import os
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
 from pathlib import Path
@@ -239,8 +240,26 @@ def where(
         "archive_url": archive_url,
         "base_url": base_url,
         "path_prefix": path_prefix,
-        "sim_config": SimConfig(time_scale=sim_time_scale),
+        "sim_config": SimConfig(time_scale=sim_time_scale, **sim_size()),
     }
+
+
+def sim_size() -> dict[str, int]:
+    """The embedded simulator's video size from CHAINER_SIM_SIZE (WIDTHxHEIGHT), if set:
+    a smaller one renders a long rehearsal faster (Kling's own is 1280x720 and up)."""
+    value = os.environ.get("CHAINER_SIM_SIZE", "").strip()
+    if not value:
+        return {}
+    width, sep, height = value.lower().partition("x")
+    if not (
+        sep
+        and width.isdigit()
+        and height.isdigit()
+        and 16 <= int(width) <= 4096
+        and 16 <= int(height) <= 4096
+    ):
+        raise errors.ConfigError(f"CHAINER_SIM_SIZE={value!r}: expected WIDTHxHEIGHT, e.g. 320x180")
+    return {"width": int(width) // 2 * 2, "height": int(height) // 2 * 2}  # even: H.264 wants it
 
 
 def journal_url(journal: str | None) -> str | None:
