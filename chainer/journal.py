@@ -352,8 +352,8 @@ class SqliteDb:
             ) from None
         # overwritten in place, padded over a longer old text: truncating a written file costs
         # a journal commit on some file systems (a resume takes hundreds of locks)
-        holder = f"pid {os.getpid()} on {socket.gethostname()}".encode()
-        os.pwrite(fd, holder.ljust(os.fstat(fd).st_size, b" "), 0)
+        mine = f"pid {os.getpid()} on {socket.gethostname()}".encode()
+        os.pwrite(fd, mine.ljust(os.fstat(fd).st_size, b" "), 0)
         self._locks[name] = fd
 
     def unlock_chain(self, name: str) -> None:
