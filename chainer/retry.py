@@ -120,7 +120,9 @@ async def retrying(
     started = time.monotonic()
     attempts = 0
 
-    def decide(exc: Exception) -> bool | float:
+    def decide(exc: BaseException) -> bool | float:
+        if not isinstance(exc, Exception):  # Ctrl-C, cancellation: never retried
+            return False
         verdict = on(exc)
         elapsed = time.monotonic() - started
         if verdict is False or elapsed >= deadline_s:
