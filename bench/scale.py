@@ -2,19 +2,25 @@
 of each, medians.
 
 `chainer run` (a separate process) on 1,000 storyboards at once against a simulator that
-allows 1,000 tasks in flight and runs them at Kling's real pace (minutes). Once every
-chain has its task, chainer's resident memory and CPU use are sampled over a window
-while it waits. Baseline, in the same run: the naive pattern (one asyncio task per chain
-polling every 5 s, no journal) in its own process, for the same chains.
-Targets: chainer's CPU <= 0.3 x the naive poller's (median over 3 runs of each run's own
-ratio), and, as absolute guards, < 10% of one core and < 300 MB resident.
+allows 1,000 tasks in flight. Once every chain has its task, chainer's resident memory
+and CPU use are sampled over a window while it waits. Baseline, in the same run: the
+naive pattern (one asyncio task per chain polling every 5 s, no journal) in its own
+process, for the same chains, sampled the same way.
 
-Then the same with 10,000 chains. Sending 10,000 creates takes minutes, so tasks run at
-three times Kling's pace there (chainer is told so: its polls keep their usual share of a
-task's time) and none ends before the window; the naive poller is not run at that size
-(it would ask 2,000 times a second). Baseline: chainer's own 1,000-chain runs above.
-Target: CPU per chain waiting at 10,000 (counted back to Kling's pace) <= 1.5 x at 1,000
-(the cost grows with the chains, not faster), and, as absolute guards, < 50 % of one core and < 1 GB resident.
+Waiting means every task in flight and none ended: a window that reaches the first ends
+measures downloads, checks and the next creates, which the naive poller never does (a
+slower machine, sending its creates more slowly, once measured chainer at the naive
+poller's cost that way). So tasks take twice Kling's time here (chainer is told so, as
+CHAINER_TIME_SCALE, and its polls keep their usual share of a task's time), and the
+figures count the tasks that ended during each window: a run where any did is not met.
+Targets: chainer's CPU <= 0.3 x the naive poller's (median over 3 runs of each run's own
+ratio), and, as absolute guards, < 10 % of one core and < 300 MB resident.
+
+Then 10,000 chains. Sending 10,000 creates takes minutes, so tasks take six times Kling's
+time there; the naive poller is not run at that size (it would ask 2,000 times a second).
+Baseline: chainer's own 1,000-chain runs above. Target: CPU per chain waiting at 10,000
+(counted back to the 1,000-chain runs' pace) <= 1.5 x at 1,000 (the cost grows with the
+chains, not faster), and, as absolute guards, < 50 % of one core and < 1 GB resident.
 
     .venv/bin/python bench/scale.py [--smoke]
 """
@@ -48,7 +54,9 @@ TARGET = 0.3
 LARGE_TARGET = 1.5
 LARGE = 10_000
 #: Tasks at 10,000 chains take this many times Kling's time (see the docstring).
-LARGE_TIME_SCALE = 3.0
+LARGE_TIME_SCALE = 6.0
+#: Tasks at 1,000 chains take this many times Kling's time (see the docstring).
+TIME_SCALE = 2.0
 
 NAIVE = """
 import sys, anyio, httpx
@@ -83,11 +91,8 @@ def created(sim: Sim) -> int:
     return int(sim.admin("stats")["creates"])
 
 
-def queries(sim: Sim) -> int:
-    """Status queries answered so far (by task id, by external id, or list pages)."""
-    return sum(
-        n for key, n in sim.admin("stats")["requests"].items() if key.startswith("GET text2video/query")
-    )
+def in_flight(sim: Sim) -> int:
+    return int(sim.admin("stats")["in_flight"])
 
 
 def watch(pid: int, window: float) -> tuple[float, float, float]:
@@ -117,19 +122,16 @@ def once(chains: int, window: float, *, time_scale: float = 1.0, naive: bool = T
         try:
             until(lambda: created(sim) >= chains, timeout=900)
             submitted_s = time.monotonic() - started
-            # waiting is polling: the window opens once chainer's first polls have begun
-            # (a task is first asked about at 70 % of its expected time), so it sees them
-            # and the first tasks that end, as a batch of that size would
-            asked = queries(sim)
-            until(lambda: queries(sim) > asked, timeout=900, step=0.5)
+            time.sleep(1.0)
             rss, cpu, peak = watch(proc.pid, window)
+            ended = created(sim) - in_flight(sim)  # every task sent, less those in flight
         finally:
             proc.send_signal(signal.SIGINT)
             try:
                 proc.wait(timeout=60)
             except subprocess.TimeoutExpired:
                 proc.kill()
-        mine = {"submitted_s": submitted_s, "rss": rss, "peak": peak, "cpu": cpu}
+        mine = {"submitted_s": submitted_s, "rss": rss, "peak": peak, "cpu": cpu, "ended": ended}
         if not naive:
             return mine
         before = created(sim)
@@ -171,8 +173,8 @@ def once(chains: int, window: float, *, time_scale: float = 1.0, naive: bool = T
 def run(smoke: bool) -> list[Result]:
     chains = 20 if smoke else 1000
     window = 3.0 if smoke else 45.0
-    pace = 0.05 if smoke else 1.0  # a smoke run's first polls come after seconds, not a minute
-    runs = [once(chains, window, time_scale=pace) for _ in range(1 if smoke else RUNS)]
+    pace = 0.05 if smoke else 1.0  # a smoke run's tasks take seconds, not minutes
+    runs = [once(chains, window, time_scale=TIME_SCALE * pace) for _ in range(1 if smoke else RUNS)]
     large = LARGE // 100 if smoke else LARGE
     large_runs = [
         once(large, window if smoke else 30.0, time_scale=LARGE_TIME_SCALE * pace, naive=False)
@@ -205,11 +207,12 @@ def against_naive(runs: list[dict[str, float]], chains: int, window: float, smok
             "baseline (naive poller) median RSS MB": _med(runs, "naive_rss"),
             "baseline median CPU % of one core": _med(runs, "naive_cpu"),
             "chainer / baseline CPU, each run": ", ".join(f"{x:.3f}" for x in ratios),
+            "tasks of chainer's that ended in a window (most in a run)": max(r["ended"] for r in runs),
         },
         ratio_name="chainer CPU / naive poller CPU (median)",
         ratio=ratio,
         target=f"<= {TARGET} (and < 10 % of a core, < 300 MB)",
-        met=ratio <= TARGET and _med(runs, "cpu") < 10 and peak < 300,
+        met=ratio <= TARGET and _med(runs, "cpu") < 10 and peak < 300 and not any(r["ended"] for r in runs),
     )
 
 
@@ -217,9 +220,10 @@ def at_large(
     runs: list[dict[str, float]], chains: int, small: list[dict[str, float]], small_chains: int, smoke: bool
 ) -> Result:
     """The 10,000-chain figure: CPU per chain against the 1,000-chain runs of the same run."""
-    # its tasks take LARGE_TIME_SCALE times longer, so its polls come that much more rarely:
-    # counted back at Kling's pace (which overstates what does not scale with it, timers)
-    per_chain = _med(runs, "cpu") * LARGE_TIME_SCALE / chains
+    # its tasks take longer, so its polls come that much more rarely: counted back to the
+    # 1,000-chain runs' pace (which overstates what does not scale with it, timers)
+    slower = LARGE_TIME_SCALE / TIME_SCALE
+    per_chain = _med(runs, "cpu") * slower / chains
     small_per_chain = max(_med(small, "cpu"), 0.01) / small_chains  # 0.01 %: below what is measured
     ratio = per_chain / small_per_chain
     peak = max(r["peak"] for r in runs)
@@ -229,19 +233,23 @@ def at_large(
         figures={
             "chains in flight": chains,
             "runs": len(runs),
-            "tasks' time, x the 1,000-chain runs'": LARGE_TIME_SCALE,
+            "tasks' time, x the 1,000-chain runs'": slower,
             "chainer median s until every chain had its task": _med(runs, "submitted_s"),
             "chainer median RSS MB while waiting": _med(runs, "rss"),
             "chainer peak RSS MB (highest run)": peak,
             "chainer median CPU % of one core while waiting": _med(runs, "cpu"),
-            "chainer CPU % per 1,000 chains at Kling's pace, here / at 1,000 chains": (
+            "tasks that ended in a window (most in a run)": max(r["ended"] for r in runs),
+            "chainer CPU % per 1,000 chains at the 1,000-chain pace, here / at 1,000 chains": (
                 f"{1000 * per_chain:.3f} / {1000 * small_per_chain:.3f}"
             ),
         },
         ratio_name="CPU per chain, 10,000 / 1,000 chains (medians)",
         ratio=ratio,
         target=f"<= {LARGE_TARGET} (and < 50 % of a core, < 1 GB)",
-        met=ratio <= LARGE_TARGET and _med(runs, "cpu") < 50 and peak < 1024,
+        met=ratio <= LARGE_TARGET
+        and _med(runs, "cpu") < 50
+        and peak < 1024
+        and not any(r["ended"] for r in runs),
     )
 
 
