@@ -15,6 +15,7 @@ from PIL import Image
 
 from chainer import media
 from chainer.simulator import Simulator
+from chainer.simulator.renders import RENDER_LEAD_MS
 from chainer.simulator.state import SimVideo
 from chainer.simulator.video import Scene
 
@@ -210,6 +211,26 @@ def test_concurrency_limit_answers_1303(sim_factory) -> None:  # type: ignore[no
     status, body = call(sim, "POST", "/v1/videos/text2video", json={"prompt": "b"})
     assert (status, body["code"]) == (429, 1303)
     assert len(sim.state.creates) == 1
+
+
+def test_a_long_task_is_rendered_only_near_its_end(sim_factory) -> None:  # type: ignore[no-untyped-def]
+    """At Kling's pace the video is made shortly before the task ends, not at its create
+    (the client's machine is not Kling's render farm); moving the clock there starts it."""
+    sim = sim_factory(time_scale=1.0)
+    early = call(sim, "POST", "/v1/videos/text2video", json={"prompt": "a"})[1]["data"]["task_id"]
+    later = call(sim, "POST", "/v1/videos/text2video", json={"prompt": "b"})[1]["data"]["task_id"]
+    tasks = sim.state.tasks
+    assert tasks[early].render is None and tasks[later].render is None
+    assert call(sim, "GET", f"/v1/videos/text2video/{early}")[1]["data"]["task_status"] != "succeed"
+    # the clock to just inside `early`'s lead: the render clock starts it (and only it)
+    first, second = sorted((tasks[early], tasks[later]), key=lambda t: t.done_ms)
+    sim.state.advance((first.done_ms - sim.state.now_ms() - RENDER_LEAD_MS / 2) / 1000)
+    assert first.render is not None  # advance() started what became due
+    first.render.result(timeout=120)
+    if second.done_ms - RENDER_LEAD_MS > sim.state.now_ms():
+        assert second.render is None
+    assert wait_done(sim, "text2video", second.task_id)["task_status"] == "succeed"
+    assert wait_done(sim, "text2video", first.task_id)["task_status"] == "succeed"
 
 
 def test_external_task_id_is_unique_and_queryable(sim: Simulator) -> None:

@@ -8,7 +8,8 @@ from typing import Annotated, Any, Literal
 
 import typer
 
-from ..simulator import SimConfig, serve_forever
+from .. import simulator
+from ..simulator import SimConfig
 from .common import app, err, out
 
 # ---- chainer sim's options
@@ -176,7 +177,7 @@ def _serve(
     """Serve until Ctrl-C; the URL is printed only once the port is bound, and a port that
     cannot be bound is a clean exit 2 saying what to pick instead."""
     try:
-        serve_forever(
+        simulator.serve_forever(  # the server's modules load here, not with every command
             config,
             data_dir=data_dir,
             host=host,

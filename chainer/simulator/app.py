@@ -205,7 +205,9 @@ def build_app(state: SimState, *, admin: bool = False) -> Starlette:
                     raise SimError(1203, f"no task list for {kind} here")
                 page = _int_param(request, "pageNum", 1, 1, 1000)
                 size = _int_param(request, "pageSize", 30, 1, 500)
-                data = [state.task_json(t, base(request)) for t in state.page(kind, page, size)]
+                listed = state.page(kind, page, size)
+                state.listed_on_page(listed)
+                data = [state.task_json(t, base(request)) for t in listed]
         except SimError as exc:
             count(request, f"{kind}/query", exc.code)
             return _refusal(exc)
@@ -290,6 +292,7 @@ def build_app(state: SimState, *, admin: bool = False) -> Starlette:
                         "ready_ms": t.ready_ms,
                         "succeed_seen_ms": t.succeed_seen_ms,
                         "queries": t.queries,
+                        "listed": t.listed,
                         "frames": t.frames,
                     }
                     for t in state.tasks.values()

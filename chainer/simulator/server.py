@@ -20,7 +20,8 @@ import httpx
 import uvicorn
 
 from .app import build_app
-from .state import IN_PROCESS_HOST, SimConfig, SimState
+from .config import SimConfig
+from .state import IN_PROCESS_HOST, SimState
 
 
 def client_env(config: SimConfig, base_url: str, **extra: str) -> dict[str, str]:

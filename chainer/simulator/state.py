@@ -25,12 +25,13 @@ from collections import Counter, deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import httpx
-from pydantic import BaseModel, ConfigDict, Field
 
 from .. import media, rules
+from .config import SimConfig
+from .renders import RenderClock
 from .video import Canvas, Scene, render
 
 #: The host name a simulator served in-process answers to (its own urls name it).
@@ -46,70 +47,6 @@ class SimError(Exception):
         self.retry_after = retry_after
         self.http_status = rules.ERROR_CODES[code].http_status
         super().__init__(f"{code}: {message}")
-
-
-class SimConfig(BaseModel):
-    """How the simulated Kling behaves (`chainer sim` has a flag for most; --config takes all)."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    dialect: str = Field("official", pattern="^(official|proxy)$")
-    access_key: str = "sim-access-key"
-    secret_key: str = "sim-secret-key-0123456789abcdef0123"
-    api_key: str = "sim-api-key"
-    path_prefix: str = ""
-    #: Like the proxies: video-extend must send the parent task id next to video_id.
-    send_parent_task_id: bool = False
-    prompt_max_chars: int = rules.PROMPT_MAX_CHARS
-    #: "list": like some proxies, no lookup by external_task_id (the query parameter is
-    #: ignored, the list is returned) and external_task_id is not echoed in task objects.
-    task_lookup: Literal["external_id", "list"] = "external_id"
-    #: Task kinds whose list endpoint this provider lacks (answered 404, code 1203), as a
-    #: proxy without the omni-video list.
-    unlisted_kinds: list[str] = Field(default_factory=list)
-    #: True: like a proxy that accepts external_task_id and throws it away: never stored, so
-    #: never echoed, never found (lookups answer 1203) and never refused as a duplicate.
-    ignore_external_task_id: bool = False
-    #: False: like some proxies, video-extend refuses kling-v1-5 videos.
-    extend_v1_5: bool = True
-    #: 1.0 is real time (minutes per task); tests use 0.001 or less.
-    time_scale: float = 1.0
-    concurrency: int = 5
-    width: int = 640
-    height: int = 360
-    fps: int = 24
-    seed: int = 0
-    url_ttl_s: float = 3600.0
-    #: Tasks whose prompt contains this text end `failed` with a content-safety message.
-    fail_marker: str = "[sim:fail]"
-    render_workers: int = 2
-    # ---- faults on demand (seeded by `seed`)
-    #: Fraction of accepted creates whose answer is lost (a 502 from a "gateway") although
-    #: the task was created, as when a response dies on the way back.
-    lose_create_rate: float = Field(0.0, ge=0.0, le=1.0)
-    #: Callbacks as a real network delivers them (seeded): this fraction never sent, this
-    #: fraction sent twice, and each one held back up to this long (so they also overtake
-    #: one another: a task's "succeed" may arrive before its "processing").
-    callback_drop_rate: float = Field(0.0, ge=0.0, le=1.0)
-    callback_duplicate_rate: float = Field(0.0, ge=0.0, le=1.0)
-    callback_delay_s: float = Field(0.0, ge=0.0)
-    #: Fraction of API requests answered 500 / code 5000 before anything is done.
-    error_rate: float = Field(0.0, ge=0.0, le=1.0)
-    #: Fraction of downloads cut off half-way (the connection drops after Content-Length was sent).
-    truncate_download_rate: float = Field(0.0, ge=0.0, le=1.0)
-    #: Downloads are served at most this fast (bytes per second; 0: unlimited).
-    download_bytes_per_s: float = Field(0.0, ge=0.0)
-    #: Extra delay before answering, per endpoint: "create", "query", "download" (seconds).
-    latency_s: dict[str, float] = Field(default_factory=dict)
-    # ---- account limits
-    #: API requests per second allowed (None: no limit); over it: 429, code 1302, Retry-After.
-    rate_limit_per_s: float | None = Field(None, gt=0)
-    #: Units the resource pack holds (None: unlimited); a create that would pass it: 429, code 1102.
-    unit_budget: float | None = Field(None, ge=0)
-    #: The pack GET /account/costs shows: bought this many days before the simulator started,
-    #: valid for this many days from then (its expiry follows the simulated clock).
-    pack_age_days: float = Field(1.0, ge=0)
-    pack_valid_days: float = Field(365.0, gt=0)
 
 
 @dataclass
@@ -159,6 +96,8 @@ class SimTask:
     #: task was queried, and when a query first answered `succeed`.
     rendered_ms: int | None = None
     queries: int = 0
+    #: How often the task was on a list page a client asked for (a look, not a query by id).
+    listed: int = 0
     succeed_seen_ms: int | None = None
 
     @property
@@ -218,6 +157,7 @@ class SimState:
         self.pool = ThreadPoolExecutor(
             max_workers=self.config.render_workers, thread_name_prefix="sim-render"
         )
+        self.renders = RenderClock(self.now_ms)
         (self.data_dir / "videos").mkdir(parents=True, exist_ok=True)
         (self.data_dir / "images").mkdir(exist_ok=True)
         self._next_id = int(time.time() * 1000) * 1000 + self.rng.randrange(1000)
@@ -237,6 +177,7 @@ class SimState:
             return self.fault_rng.random() < rate
 
     def close(self) -> None:
+        self.renders.close()
         self.pool.shutdown(wait=True, cancel_futures=True)
         with self.lock:
             self._log.close()
@@ -282,9 +223,7 @@ class SimState:
         for task, scene in pending:
             if task.fail_reason is None and task.video_id not in self.videos:
                 prompt = str(task.body.get("prompt") or "")
-                task.render = self.pool.submit(
-                    self._render, task, self._scene_from(scene), self._added(task), prompt
-                )
+                self._schedule_render(task, self._scene_from(scene), self._added(task), prompt)
             else:
                 task.render = _done()
 
@@ -312,6 +251,7 @@ class SimState:
         with self.lock:
             self.clock_offset_s += seconds
             self._record({"e": "clock", "offset": self.clock_offset_s})
+        self.renders.kick()
 
     def finish_now(self, task_id: str) -> None:
         """End `task_id` now, for tests that must not sleep: the clock moves to the task's
@@ -322,6 +262,7 @@ class SimState:
             ahead_s = (task.done_ms - self.now_ms()) / 1000
         if ahead_s > 0:
             self.advance(ahead_s + 0.001)
+        self.renders.launch_now(task_id)
         if task.render is not None:
             task.render.result()
 
@@ -348,6 +289,12 @@ class SimState:
             task.queries += 1
             if task.succeed_seen_ms is None and self.status(task) == "succeed":
                 task.succeed_seen_ms = self.now_ms()
+
+    def listed_on_page(self, tasks: list[SimTask]) -> None:
+        """Count that `tasks` were shown on a list page."""
+        with self.lock:
+            for task in tasks:
+                task.listed += 1
 
     @staticmethod
     def _added(task: SimTask) -> int:
@@ -592,7 +539,7 @@ class SimState:
                 }
             )
             if task.fail_reason is None:
-                task.render = self.pool.submit(self._render, task, scene, frames, prompt)
+                self._schedule_render(task, scene, frames, prompt)
             else:
                 task.render = _done()
             self._admit(task)
@@ -610,6 +557,14 @@ class SimState:
         gen = median * self.rng.lognormvariate(0.0, 0.25)
         queue = self.rng.uniform(1.0, 6.0)
         return queue * self.config.time_scale, gen * self.config.time_scale
+
+    def _schedule_render(self, task: SimTask, scene: Scene, frames: int, prompt: str) -> None:
+        """Render `task`'s video shortly before its end (see `renders`)."""
+
+        def launch() -> None:
+            task.render = self.pool.submit(self._render, task, scene, frames, prompt)
+
+        self.renders.schedule(task.task_id, task.done_ms, launch)
 
     def _render(self, task: SimTask, scene: Scene, frames: int, prompt: str) -> None:
         path = self.data_dir / "videos" / f"{task.video_id}.mp4"

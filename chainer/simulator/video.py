@@ -60,6 +60,43 @@ def _background(scene: Scene, canvas: Canvas) -> Image.Image:
     return Image.merge("RGB", (r, g, b))
 
 
+class _Stamp:
+    """Text drawn from glyphs rendered once per character.
+
+    The time code changes on every frame but is made of a dozen characters; drawing it
+    with FreeType (and its stroke) per frame was over half of a render's time. Glyphs
+    are placed at the font's advance widths, without kerning.
+    """
+
+    def __init__(self, font: ImageFont.FreeTypeFont | ImageFont.ImageFont, stroke: int) -> None:
+        self.font, self.stroke = font, stroke
+        self._glyphs: dict[str, tuple[Image.Image, int, int, float]] = {}
+
+    def _glyph(self, char: str) -> tuple[Image.Image, int, int, float]:
+        glyph = self._glyphs.get(char)
+        if glyph is None:
+            left, top, right, bottom = (int(v) for v in self.font.getbbox(char, stroke_width=self.stroke))
+            image = Image.new("RGBA", (max(1, right - left), max(1, bottom - top)), (0, 0, 0, 0))
+            ImageDraw.Draw(image).text(
+                (-left, -top),
+                char,
+                fill=(255, 255, 255, 255),
+                font=self.font,
+                stroke_width=self.stroke,
+                stroke_fill=(0, 0, 0, 255),
+            )
+            glyph = self._glyphs[char] = (image, left, top, self.font.getlength(char))
+        return glyph
+
+    def draw(self, frame: Image.Image, xy: tuple[int, int], text: str) -> None:
+        x, y = float(xy[0]), xy[1]
+        for char in text:
+            image, left, top, advance = self._glyph(char)
+            if not char.isspace():
+                frame.paste(image, (round(x) + left, y + top), image)
+            x += advance
+
+
 def _ball(scene: Scene, canvas: Canvas, t: float) -> tuple[float, float]:
     """Lissajous path as a function of absolute time: continuous across segments."""
     phase = (scene.seed % 100) / 100 * math.tau
@@ -87,6 +124,7 @@ def _frames(
     bg = _background(scene, canvas)
     small, big = _font(max(10, canvas.height // 22)), _font(max(12, canvas.height // 16))
     radius = max(4, canvas.height // 14)
+    stamp = _Stamp(big, stroke=2)
     caption = _wrap(f"#{segment} {prompt}", max(20, canvas.width // max(6, canvas.height // 40)))
     band = canvas.height - (len(caption) + 1) * (canvas.height // 14) - 8
     # the caption band is the same in every frame and covers what is under it: drawn once
@@ -115,14 +153,7 @@ def _frames(
         x, y = _ball(scene, canvas, t)
         draw.ellipse((x - radius, y - radius, x + radius, y + radius), fill=(250, 230, 60), outline=(0, 0, 0))
         frame.paste(strip, (0, band))
-        draw.text(
-            (8, 6),
-            f"t={t:07.3f}s  seg {segment}",
-            fill=(255, 255, 255),
-            font=big,
-            stroke_width=2,
-            stroke_fill=(0, 0, 0),
-        )
+        stamp.draw(frame, (8, 6), f"t={t:07.3f}s  seg {segment}")
         if watermark:
             draw.text((canvas.width - 8, 6), "KLING SIM", anchor="ra", fill=(255, 255, 255), font=big)
         yield frame.tobytes()
