@@ -11,6 +11,11 @@ The public API, for use from Python (the `chainer` command is a thin layer over 
 - the error tree in `chainer.errors`
 """
 
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from . import _startup  # noqa: F401  (first: it keeps a slow import out of every start)
 from .batch import Batch, RunOptions
 from .errors import (
     ChainerError,
@@ -23,7 +28,20 @@ from .errors import (
 from .events import ChainResult, Event
 from .plan import Plan, Step, load_plan
 from .session import Session
-from .simulator import SimConfig, Simulator
+from .simulator import SimConfig
+
+if TYPE_CHECKING:
+    from .simulator import Simulator
+
+
+def __getattr__(name: str) -> Any:
+    """`Simulator` on first use: its server and renderer are not needed by most imports."""
+    if name == "Simulator":
+        from .simulator import Simulator
+
+        return Simulator
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = [
     "Batch",

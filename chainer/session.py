@@ -37,9 +37,10 @@ from .profiles import BUILTIN, Profile, from_environment
 from .provider.client import DEFAULT_LIMITS, DEFAULT_TIMEOUT, KlingClient
 from .provider.config import ProviderConfig
 from .scheduler import Scheduler
-from .simulator import SimConfig, Simulator
+from .simulator import SimConfig
 
 if TYPE_CHECKING:  # team mode's modules load the PostgreSQL driver: imported where used
+    from .simulator import Simulator
     from .team.slots import SharedSlots
 
 #: Tasks in flight at once when neither the command line nor the profile says otherwise.
@@ -196,6 +197,8 @@ class Session:
                 config = chosen.simulator_config(
                     sim_config or SimConfig(time_scale=EMBEDDED_TIME_SCALE, seed=0)
                 )
+                from .simulator import Simulator  # its server and renderer: only when it runs
+
                 sim = stack.enter_context(Simulator(config, data_dir=state / "simulator"))
                 name = simulated.simulator_name(chosen.name)
                 provider = simulator_provider(sim, time_scale=config.time_scale, name=name)

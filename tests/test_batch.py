@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
 from helpers import provider_env
 from typer.testing import CliRunner
 
@@ -99,12 +100,17 @@ def test_duplicate_chain_names_are_refused_before_anything_is_sent(sim: Simulato
     assert not sim.state.creates
 
 
-def test_a_batch_resumes_like_one_chain(sim_factory, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+@pytest.mark.parametrize("listed", [True, False], ids=["list", "no-list"])
+def test_a_batch_resumes_like_one_chain(sim_factory, tmp_path: Path, listed: bool) -> None:  # type: ignore[no-untyped-def]
+    """Killed mid-batch, run again: every step created once. The resume's first look at
+    the tasks in flight is the provider's list page, or each task by id where a provider
+    has no list."""
     import subprocess
 
     from helpers import CHAINER
 
-    sim = sim_factory(concurrency=3, time_scale=0.002)
+    unlisted = [] if listed else ["text2video", "video-extend"]
+    sim = sim_factory(concurrency=3, time_scale=0.002, unlisted_kinds=unlisted)
     folder = storyboards(tmp_path / "boards", 6)
     env = provider_env(sim, CHAINER_FAILPOINT="after-post@2")  # dies when a chain's 2nd extension is created
     args = [
@@ -118,8 +124,10 @@ def test_a_batch_resumes_like_one_chain(sim_factory, tmp_path: Path) -> None:  #
     ]
     killed = subprocess.run(args, env=env, capture_output=True, text=True, timeout=300)
     assert killed.returncode == -9
+    assert not any(t.listed for t in sim.state.tasks.values())
     done = subprocess.run(args, env=provider_env(sim), capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
+    assert any(t.listed for t in sim.state.tasks.values()) == listed
     assert len(sim.state.creates) == 6 * 3, "every step of every chain created exactly once"
     with Journal(tmp_path / "state" / "journal-kling.sqlite") as journal:
         assert all(journal.summary(f"c{n:02d}").state == "done" for n in range(6))

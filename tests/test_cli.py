@@ -74,7 +74,7 @@ def test_bad_storyboard_exits_2_with_positions_and_sends_nothing(tmp_path: Path,
         raise AssertionError("a provider client was constructed for a storyboard that does not validate")
 
     monkeypatch.setattr("chainer.session.KlingClient", never)
-    monkeypatch.setattr("chainer.session.Simulator", never)
+    monkeypatch.setattr("chainer.simulator.server.Simulator", never)
     bad = tmp_path / "bad.yaml"
     bad.write_text("name: x\nstart:\n  text2video: {prompt: p, modle: kling-v1}\nsegments: [{prompt: q}]\n")
     result = CliRunner().invoke(app, ["run", str(bad), "--state-dir", str(tmp_path / "s")], env=clean_env())

@@ -10,14 +10,14 @@ revise) take it as their first argument.
 from __future__ import annotations
 
 import random
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import anyio
 import httpx
-from PIL import Image
 
 from .. import archive, errors
 from ..budget import RunBudget
@@ -32,6 +32,10 @@ from ..provider.wire import Task
 from ..retry import UNREACHABLE_DEADLINE_S, OnRetry
 from ..rules import TaskKind
 from ..scheduler import Scheduler
+from .survey import Survey
+
+if TYPE_CHECKING:  # Pillow loads where thumbnails are made, not with every run
+    from PIL import Image
 
 #: How long reads (polls, lookups, downloads) keep retrying transient errors.
 READ_DEADLINE_S = 600.0
@@ -76,10 +80,16 @@ class RunContext:
     #: How long the tasks of this run took, by kind, newest last: every chain's poll
     #: schedule learns from all of them (a batch's first tasks teach the others).
     task_times: dict[str, list[float]] = field(default_factory=dict)
+    #: When this run began: a task submitted before it is a resumed one.
+    started_at: float = field(default_factory=time.time)
+    #: Resumed tasks' first look, one list page for all chains (engine.survey).
+    survey: Survey | None = None
 
     def __post_init__(self) -> None:
         if self.lookup is None:
             self.lookup = LookupCheck(self.client, self.journal)
+        if self.survey is None:
+            self.survey = Survey(self.client)
 
 
 @dataclass(frozen=True)

@@ -24,7 +24,7 @@ EXPECTED_FROM_LAST = 3
 
 async def await_task(run: ChainRun, step: Step, row: StepRow) -> StepRow:
     """Poll the task until it ends; commit its result or its failure."""
-    client, kind = run.ctx.client, task_kind(step)
+    kind = task_kind(step)
     assert row.task_id is not None
     task_id = row.task_id
     # The task's age counts from its submission, also when this process is a resume.
@@ -32,18 +32,17 @@ async def await_task(run: ChainRun, step: Step, row: StepRow) -> StepRow:
     expected = expected_seconds(run, kind)
     run.emit(step.index, "processing", f"task {task_id}")
     hub = run.ctx.callbacks
+    # a task sent before this run (a resume) is first looked up on a list page it shares
+    survey = run.ctx.survey if submitted < run.ctx.started_at else None
+    seen = await survey.first_look(kind, task_id) if survey is not None else None
     with hub.expecting(task_id) if hub is not None else contextlib.nullcontext():
         while True:
             failpoints.hit("polling", step.index)
             try:
-                task = await retrying(
-                    functools.partial(client.get_task, kind, task_id),
-                    on=read_backoff,
-                    deadline_s=READ_DEADLINE_S,
-                    on_retry=run.on_retry(step.index, f"poll of task {task_id}"),
-                )
+                task = seen if seen is not None else await query(run, step, kind, task_id)
             except errors.NotFound as exc:
                 return forgotten(run, step, row, exc)
+            seen = None
             match task.task_status:
                 case "submitted" | "processing":
                     # Counted once the provider says it runs: a resumed task that has already
@@ -71,6 +70,16 @@ async def await_task(run: ChainRun, step: Step, row: StepRow) -> StepRow:
                     return row
                 case _:
                     assert_never(task.task_status)
+
+
+async def query(run: ChainRun, step: Step, kind: rules.TaskKind, task_id: str) -> Task:
+    """One status query of the task by its id, retried while the API does not answer."""
+    return await retrying(
+        functools.partial(run.ctx.client.get_task, kind, task_id),
+        on=read_backoff,
+        deadline_s=READ_DEADLINE_S,
+        on_retry=run.on_retry(step.index, f"poll of task {task_id}"),
+    )
 
 
 async def pause(run: ChainRun, task_id: str, *, elapsed: float, expected: float) -> None:
