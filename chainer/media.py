@@ -192,14 +192,27 @@ class Packets:
     dts: list[Fraction]
     keyframes: list[bool]
 
-    def last_gop(self) -> tuple[int, int] | None:
-        """(index among the packets read, frames shown before it) of the last keyframe, if
-        no packet decoded after it is shown before it (a closed GOP): the stream can then
-        be cut there by copy."""
-        k = max((i for i, key in enumerate(self.keyframes) if key), default=None)
+    def last_cut(self) -> tuple[int, int] | None:
+        """(index among the packets read, frames shown before it) of the last packet the
+        stream can be cut before by copy: every packet decoded before it is shown before
+        every packet decoded from it on (the end of a mini-GOP, or a keyframe), so the
+        part before it is whole. None when the packets read do not start at a closed GOP.
+
+        A stream ending in B-frames can then keep all but its last few frames by copy;
+        only those few (not the whole last GOP) need re-encoding to drop the last one.
+        """
+        k = next((i for i, key in enumerate(self.keyframes) if key), None)
         if k is None or any(t < self.pts[k] for t in self.pts[k:]):
             return None
-        return k, self.frames - (len(self.pts) - k)
+        cut, shown = k, self.pts[k]
+        later = [self.pts[-1]] * len(self.pts)  # the earliest shown from index i on
+        for i in range(len(self.pts) - 2, k - 1, -1):
+            later[i] = min(self.pts[i], later[i + 1])
+        for i in range(k + 1, len(self.pts)):
+            shown = max(shown, self.pts[i - 1])
+            if shown < later[i]:
+                cut = i
+        return cut, self.frames - (len(self.pts) - cut)
 
     @property
     def last_frame_droppable(self) -> bool:
@@ -268,8 +281,8 @@ def _all_packets(path: str | os.PathLike[str], stream: StreamInfo, tb: Fraction)
 class Joined:
     """What `join` wrote: how, and how many frames."""
 
-    #: copy: stream copy throughout; partial: stream copy, except the last few seconds
-    #: (one GOP) of inputs whose repeated last frame could not be dropped by copy;
+    #: copy: stream copy throughout; partial: stream copy, except the last few frames
+    #: (from the last mini-GOP) of inputs whose repeated last frame could not be dropped by copy;
     #: re-encode: everything re-encoded.
     method: Literal["copy", "partial", "re-encode"]
     frames: int
@@ -299,11 +312,12 @@ def join(
 
     Stream copy when every input has the same stream parameters. An input whose last frame
     is the last packet decoded loses it by copy; one that ends in B-frames (the last
-    frame shown is referenced by frames decoded after it) is copied up to its last
-    keyframe and only that last GOP is re-encoded, with chainer's settings, if that gives
-    the same parameter sets. Otherwise, everything is re-encoded once at the first input's
-    size and rate. A copy is checked by counting the frames written; a miscount falls
-    back to the full re-encode rather than leaving a doubled or missing frame.
+    frame shown is referenced by frames decoded after it) is copied up to its last cut
+    point (the end of its last whole mini-GOP) and only the few frames after it are
+    re-encoded, with chainer's settings, if that gives the same parameter sets.
+    Otherwise, everything is re-encoded once at the first input's size and rate. A copy
+    is checked by counting the frames written; a miscount falls back to the full
+    re-encode rather than leaving a doubled or missing frame.
     """
     if not inputs:
         raise MediaError("nothing to join")
@@ -370,7 +384,9 @@ def _join_by_copy(
         if written != sum(keep):
             return f"a stream copy wrote {written} frames instead of {sum(keep)}"
         if tails:
-            return Joined("partial", written, f"{len(tails)} input(s) end in B-frames: last GOP re-encoded")
+            return Joined(
+                "partial", written, f"{len(tails)} input(s) end in B-frames: their last few frames re-encoded"
+            )
         return Joined("copy", written)
 
 
@@ -378,7 +394,8 @@ def _copy_pieces(
     inputs: Sequence[str | os.PathLike[str]], found: list[Packets], keep: list[int], tmp: Path
 ) -> tuple[list[_Piece], list[_Tail]] | str:
     """What the concat demuxer is given per input: the whole file, the file cut before its
-    last packet, or the file up to its last GOP plus that GOP re-encoded into `tmp`."""
+    last packet, or the file up to its last cut (`Packets.last_cut`) plus its last few
+    frames re-encoded into `tmp`."""
     pieces: list[_Piece] = []
     tails: list[_Tail] = []
     for n, (item, p, k) in enumerate(zip(inputs, found, keep, strict=True), start=1):
@@ -387,7 +404,7 @@ def _copy_pieces(
         elif p.last_frame_droppable:
             pieces.append(_Piece(Path(item), k, cut_at=p.dts[-1]))
         else:
-            cut = p.last_gop()
+            cut = p.last_cut()
             if cut is None:
                 return f"input {n} ends in B-frames and is not cut at a closed GOP"
             packet, before = cut

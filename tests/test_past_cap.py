@@ -122,25 +122,35 @@ def test_join_copies_when_streams_match_and_drops_each_repeated_frame(tmp_path: 
     assert kept.method == "copy" and media.probe(tmp_path / "k.mp4").frames == na + nb
 
 
-def test_join_re_encodes_only_the_last_gop_when_a_part_ends_in_b_frames(tmp_path: Path) -> None:
+def test_join_re_encodes_only_the_last_few_frames_when_a_part_ends_in_b_frames(tmp_path: Path) -> None:
     a = _clip_ending(tmp_path / "a.mp4", droppable=False, segment=0, shortest=260)  # 2 GOPs
     b = _clip(tmp_path / "b.mp4", frames=20, segment=1)
     pa = media.packets(a)
     na = pa.frames
-    gop = pa.last_gop()
-    assert gop is not None and 0 < gop[1] < na, "a keyframe inside the clip: a head to copy"
+    cut = pa.last_cut()
+    assert cut is not None
+    keyframe = max(i for i, key in enumerate(pa.keyframes) if key)
+    assert cut[0] > keyframe, "the cut is after the last keyframe: less than its GOP is re-encoded"
+    assert 1 < na - cut[1] <= 8, "a mini-GOP's worth of frames after the cut"
     joined = media.join([a, b], tmp_path / "j.mp4", drop_last_frame=True)
     assert joined.method == "partial" and "B-frames" in joined.reason
     out = media.packets(tmp_path / "j.mp4")
     assert out.frames == na + 20 - 1
-    # before a's last keyframe the frames are a's own, copied (a re-encode would change them)
-    head = gop[1] - 1
-    copied = media.frames_at(tmp_path / "j.mp4", [head], width=160)[0]
-    assert difference(copied, media.frames_at(a, [head], width=160)[0]) == 0
+    # up to the cut the frames are a's own, copied (a re-encode would change them)
+    last_copied = cut[1] - 1
+    copied = media.frames_at(tmp_path / "j.mp4", [last_copied], width=160)[0]
+    assert difference(copied, media.frames_at(a, [last_copied], width=160)[0]) == 0
     assert media.decode_errors(tmp_path / "j.mp4") == []
     first = media.frames_at(b, [0], width=160)[0]
     before, at = media.frames_at(tmp_path / "j.mp4", [na - 2, na - 1], width=160)
     assert difference(first, at) < 3.0 < difference(first, before)
+    # each frame of a that was kept is where it was (the re-encoded few look like a's)
+    for index in range(cut[1], na - 1):
+        ours, theirs = (
+            media.frames_at(tmp_path / "j.mp4", [index], width=160)[0],
+            media.frames_at(a, [index], width=160)[0],
+        )
+        assert difference(ours, theirs) < 3.0
 
 
 def test_join_re_encodes_when_streams_differ(tmp_path: Path) -> None:
