@@ -15,7 +15,7 @@ from PIL import Image
 
 from chainer import media
 from chainer.simulator import Simulator
-from chainer.simulator.renders import RENDER_LEAD_MS
+from chainer.simulator.renders import RENDER_LEAD_MS, RenderClock
 from chainer.simulator.state import SimVideo
 from chainer.simulator.video import Scene
 
@@ -231,6 +231,29 @@ def test_a_long_task_is_rendered_only_near_its_end(sim_factory) -> None:  # type
         assert second.render is None
     assert wait_done(sim, "text2video", second.task_id)["task_status"] == "succeed"
     assert wait_done(sim, "text2video", first.task_id)["task_status"] == "succeed"
+
+
+def test_render_clock_holds_a_due_render_until_released_and_starts_each_once() -> None:
+    now = [0]
+    clock = RenderClock(lambda: now[0])
+    started: list[str] = []
+    # due now but held (a create's render waits for its answer to be written) ...
+    clock.schedule("due", RENDER_LEAD_MS, lambda: started.append("due"), hold_ms=50)
+    # ... and one due in 10 s of simulated time
+    clock.schedule("later", RENDER_LEAD_MS + 10_000, lambda: started.append("later"), hold_ms=50)
+    try:
+        assert started == []
+        clock.release("later")
+        assert started == [], "a release does not start a render before it is due"
+        clock.release("due")
+        clock.release("due")
+        clock.launch_now("due")
+        assert started == ["due"], "released once, started once"
+        now[0] = 10_000
+        clock.kick()
+        assert started == ["due", "later"]
+    finally:
+        clock.close()
 
 
 def test_external_task_id_is_unique_and_queryable(sim: Simulator) -> None:

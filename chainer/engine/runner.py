@@ -112,7 +112,10 @@ class ChainRunner:
             overlap = background if after is not None and not after.handoff else None
             row = await self.advance(step, row, parent, background=overlap)
             parent = row
-            await assembly.write_manifest(run)
+            if overlap is None or row.state != "succeeded":
+                # a result archived in the background rewrites the manifest once its file is
+                # in (_download_and_record): here it would delay the next create
+                await assembly.write_manifest(run)
         assert parent is not None
         return parent
 

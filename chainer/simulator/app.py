@@ -7,6 +7,7 @@ The admin routes under `/_sim/` exist only when `admin=True` (tests and `chainer
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import functools
 import hashlib
@@ -30,6 +31,8 @@ from .. import rules
 from .state import SimError, SimState
 
 KINDS = rules.TASK_KINDS
+#: A create's render waits for its answer to be sent, this long at most (renders.py).
+RENDER_HOLD_MS = 50
 
 
 def _envelope(
@@ -164,7 +167,7 @@ def build_app(state: SimState, *, admin: bool = False) -> Starlette:
                 body = json.loads(await request.body() or b"null")
             except json.JSONDecodeError as exc:
                 raise SimError(1200, f"request body is not JSON: {exc}") from exc
-            task = state.create(kind, body)
+            task = state.create(kind, body, hold_render_ms=RENDER_HOLD_MS)
         except SimError as exc:
             count(request, kind, exc.code)
             return _refusal(exc)
@@ -183,6 +186,9 @@ def build_app(state: SimState, *, admin: bool = False) -> Starlette:
             "created_at": task.created_ms,
             "updated_at": task.created_ms,
         }
+        # a render due now starts once this answer is written (the loop runs callbacks when
+        # the request's task yields, after its last write; see renders.py)
+        asyncio.get_running_loop().call_soon(state.renders.release, task.task_id)
         return _envelope(data)
 
     async def query(request: Request) -> Response:

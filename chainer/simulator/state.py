@@ -464,8 +464,9 @@ class SimState:
 
     # ------------------------------------------------------------------ creates
 
-    def create(self, kind: str, body: dict[str, Any]) -> SimTask:
-        """Validate and accept a create, or raise the SimError Kling would answer."""
+    def create(self, kind: str, body: dict[str, Any], *, hold_render_ms: int = 0) -> SimTask:
+        """Validate and accept a create, or raise the SimError Kling would answer. Its
+        render is held back `hold_render_ms` unless `renders.launch_now` starts it."""
         with self.lock:
             if not isinstance(body, dict):
                 raise SimError(1200, "request body must be a JSON object")
@@ -539,7 +540,7 @@ class SimState:
                 }
             )
             if task.fail_reason is None:
-                self._schedule_render(task, scene, frames, prompt)
+                self._schedule_render(task, scene, frames, prompt, hold_ms=hold_render_ms)
             else:
                 task.render = _done()
             self._admit(task)
@@ -558,13 +559,15 @@ class SimState:
         queue = self.rng.uniform(1.0, 6.0)
         return queue * self.config.time_scale, gen * self.config.time_scale
 
-    def _schedule_render(self, task: SimTask, scene: Scene, frames: int, prompt: str) -> None:
+    def _schedule_render(
+        self, task: SimTask, scene: Scene, frames: int, prompt: str, *, hold_ms: int = 0
+    ) -> None:
         """Render `task`'s video shortly before its end (see `renders`)."""
 
         def launch() -> None:
             task.render = self.pool.submit(self._render, task, scene, frames, prompt)
 
-        self.renders.schedule(task.task_id, task.done_ms, launch)
+        self.renders.schedule(task.task_id, task.done_ms, launch, hold_ms=hold_ms)
 
     def _render(self, task: SimTask, scene: Scene, frames: int, prompt: str) -> None:
         path = self.data_dir / "videos" / f"{task.video_id}.mp4"
