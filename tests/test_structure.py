@@ -132,3 +132,22 @@ def test_the_postgresql_driver_is_loaded_only_for_team_mode() -> None:
     probe = "import sys, chainer.team.queue; print('psycopg' in sys.modules)"
     done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
     assert done.stdout.strip() == "True"  # the probe can see it
+
+
+def test_a_start_does_not_load_the_simulators_server_or_httpx_command_line() -> None:
+    """Every `chainer` start pays for its imports (a resume of 200 chains: most of its
+    second); the simulator's HTTP server and renderer load only where a simulator runs,
+    and httpx's own command-line client (click, pygments) never."""
+    import subprocess
+    import sys
+
+    heavy = ("uvicorn", "starlette", "chainer.simulator.server", "chainer.simulator.state", "pygments")
+    probe = (
+        "import sys, chainer.cli, chainer.session, httpx; "
+        f"print(sorted(m for m in {heavy!r} if m in sys.modules), sys.modules.get('httpx._main'))"
+    )
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "[] None"
+    probe = "import sys; from chainer import Simulator; print(Simulator.__name__, 'uvicorn' in sys.modules)"
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "Simulator True"  # named, it loads (and the probe can see it)
