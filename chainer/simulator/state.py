@@ -465,8 +465,8 @@ class SimState:
     # ------------------------------------------------------------------ creates
 
     def create(self, kind: str, body: dict[str, Any], *, hold_render_ms: int = 0) -> SimTask:
-        """Validate and accept a create, or raise the SimError Kling would answer. Its
-        render is held back `hold_render_ms` unless `renders.launch_now` starts it."""
+        """Validate and accept a create, or raise the SimError Kling would answer. A render
+        due at once is held back up to `hold_render_ms`, until `renders.release` starts it."""
         with self.lock:
             if not isinstance(body, dict):
                 raise SimError(1200, "request body must be a JSON object")
