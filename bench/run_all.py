@@ -41,6 +41,7 @@ def main() -> int:
     started = time.monotonic()
     for name in BENCHMARKS:
         args = [sys.executable, str(HERE / f"{name}.py"), "--json", *(["--smoke"] if smoke else [])]
+        os.sync()  # no benchmark starts while the one before it still has pages to write
         proc = subprocess.run(args, capture_output=True, text=True, timeout=1800)
         sys.stdout.write(proc.stdout.split("RESULT ")[0])
         if proc.returncode != 0:

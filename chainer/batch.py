@@ -177,7 +177,7 @@ def _check_unique(session: Session, plans: list[Plan]) -> None:
     unique_names(plans)
     outputs: dict[Path, str] = {}
     for p in plans:
-        out = simulated.output_path(p.output).resolve() if session.simulator else p.output.resolve()
+        out = simulated.output_path(p.output).resolve() if session.simulator else p.output_abs
         if out in outputs:
             raise errors.ConfigError(f"chains {outputs[out]!r} and {p.chain!r} would both write {p.output}")
         outputs[out] = p.chain

@@ -54,8 +54,7 @@ class RunBudget:
 
 
 def remaining_units(plan: Plan, journal: Journal) -> float:
-    """Estimated units `plan` may still spend: its steps not yet made (all if it never ran)."""
-    if journal.chain(plan.chain) is None:
-        return plan.total_units
+    """Estimated units `plan` may still spend: its steps not yet made (all if it never ran:
+    a chain the journal does not have has no steps there)."""
     made = {r.idx for r in journal.steps(plan.chain) if r.state in ("downloaded", "succeeded", "skipped")}
     return sum(s.units for s in plan.steps if s.index not in made and s.kind != "existing")

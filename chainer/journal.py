@@ -585,6 +585,9 @@ class Journal(_Reads):
     ) -> ChainRow:
         """Create the chain and its planned steps once; later calls return it unchanged
         (but for the storyboard text of a chain from a journal that did not keep it)."""
+        known = self.chain(name)
+        if known is not None and (storyboard_text is None or known.storyboard_text is not None):
+            return known  # the common resume: no write, so no write lock to wait for
         now = time.time()
         with self.transaction() as db:
             if self.chain(name) is None:

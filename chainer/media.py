@@ -22,13 +22,15 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import ffmpeg
-from PIL import Image
 from pydantic import BaseModel
 
 from .errors import MediaError
+
+if TYPE_CHECKING:  # Pillow loads where a frame is read, not with every start
+    from PIL import Image
 
 #: Encoder settings shared by everything chainer writes, so that pieces written at
 #: different times can be joined without re-encoding.
@@ -485,6 +487,8 @@ def frame_at(path: str | os.PathLike[str], seconds: float, *, width: int | None 
             command=cmd,
             stderr=proc.stderr.decode(errors="replace"),
         )
+    from PIL import Image
+
     return Image.frombytes("RGB", (w, h), proc.stdout[:size])
 
 
@@ -512,6 +516,8 @@ def frames_at(path: str | os.PathLike[str], indices: Sequence[int], *, width: in
             command=cmd,
             stderr=proc.stderr.decode(errors="replace"),
         )
+    from PIL import Image
+
     by_index = {
         n: Image.frombytes("RGB", (width, height), proc.stdout[k * size : (k + 1) * size])
         for k, n in enumerate(wanted)
@@ -532,6 +538,8 @@ def handoff_image(path: str | os.PathLike[str], *, min_side: int) -> bytes:
     frame = last_frame(path)
     short = min(frame.size)
     if short < min_side:
+        from PIL import Image
+
         scale = min_side / short
         frame = frame.resize(
             (math.ceil(frame.width * scale), math.ceil(frame.height * scale)), Image.Resampling.LANCZOS

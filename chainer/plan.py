@@ -27,6 +27,7 @@ reported at the storyboard line they come from, all in one pass.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 import math
@@ -159,6 +160,17 @@ class Plan:
     placeholders: list[Problem] = field(default_factory=list)
     #: The storyboard's text as planned (the file may change later).
     storyboard_text: str = ""
+
+    @functools.cached_property
+    def storyboard_abs(self) -> Path:
+        """The storyboard's path with symlinks resolved (what the journal records), once."""
+        return self.storyboard.resolve()
+
+    @functools.cached_property
+    def output_abs(self) -> Path:
+        """The output's path with symlinks resolved, once: a batch compares and records it
+        for every chain, and each resolve is a walk of the file system."""
+        return self.output.resolve()
 
     @property
     def total_units(self) -> float:

@@ -13,7 +13,8 @@ from contextlib import AbstractAsyncContextManager
 from typing import Any, Protocol
 
 from .chain import ChainView, StepRow, StepState
-from .journal import ChainRow, ProviderFact
+from .journal import ChainRow as ChainRow  # re-exported: what a port answers with
+from .journal import ProviderFact
 from .provider.config import ProviderConfig
 from .provider.wire import CreateRequest, Task
 from .rules import TaskKind

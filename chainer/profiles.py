@@ -178,8 +178,8 @@ def user_file(env: Mapping[str, str] | None = None) -> Path:
     env = os.environ if env is None else env
     if env.get("CHAINER_PROVIDERS"):
         return Path(env["CHAINER_PROVIDERS"])
-    base = Path(env.get("XDG_CONFIG_HOME") or Path.home() / ".config")
-    return base / "chainer" / "providers.toml"
+    base = env.get("XDG_CONFIG_HOME") or os.path.join(os.path.expanduser("~"), ".config")
+    return Path(base, "chainer", "providers.toml")
 
 
 def registry(path: Path | None = None) -> dict[str, Profile]:
@@ -197,9 +197,28 @@ def registry(path: Path | None = None) -> dict[str, Profile]:
     task_lookup = "list"
     """
     path = path or user_file()
+    try:
+        seen = path.stat()
+    except (FileNotFoundError, NotADirectoryError):
+        return dict(BUILTIN)
+    except OSError:
+        return _read(path)  # says what is wrong with it
+    key = (seen.st_mtime_ns, seen.st_size, seen.st_ino)
+    cached = _READ.get(path)
+    if cached is not None and cached[0] == key:
+        return dict(cached[1])
+    found = _read(path)
+    _READ[path] = (key, found)
+    return dict(found)
+
+
+#: Each user file as last read, by (mtime, size, inode): a batch plans every storyboard
+#: against the registry, and reads the file once.
+_READ: dict[Path, tuple[tuple[int, int, int], dict[str, Profile]]] = {}
+
+
+def _read(path: Path) -> dict[str, Profile]:
     found = dict(BUILTIN)
-    if not path.exists():
-        return found
     try:
         data = tomllib.loads(path.read_text())
     except (OSError, tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:

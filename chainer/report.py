@@ -17,14 +17,16 @@ import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-
-from PIL import Image, ImageDraw, ImageFont
+from typing import TYPE_CHECKING
 
 from . import archive, media
 from .advice import what_next
 from .chain import ChainView, StepRow
 from .events import ChainResult
 from .journal import Journal
+
+if TYPE_CHECKING:  # Pillow loads when a report is drawn, not with every start
+    from PIL import Image, ImageFont
 
 #: Contact sheet layout: thumbnails per row, thumbnail width, caption lines under each.
 COLUMNS = 4
@@ -33,6 +35,8 @@ CAPTION_LINES = 3
 
 
 def _font(size: int) -> ImageFont.FreeTypeFont | ImageFont.ImageFont:
+    from PIL import ImageFont
+
     return ImageFont.load_default(size=size)
 
 
@@ -93,6 +97,8 @@ def contact_sheet(
     cols = min(COLUMNS, max(1, len(marks)))
     rows_n = (len(marks) + cols - 1) // cols
     header = 34
+    from PIL import Image, ImageDraw
+
     sheet = Image.new("RGB", (cols * cell_w + 12, header + rows_n * cell_h + 6), (24, 24, 28))
     draw = ImageDraw.Draw(sheet)
     draw.text(

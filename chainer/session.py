@@ -310,9 +310,7 @@ class Session:
         if self.journal.folder is not None:  # a journal on a server needs no room here
             needs.append(preflight.Need(self.journal.folder, 1_000_000, "the journal"))
         for p in plans:
-            done: set[int] = set()
-            if self.journal.chain(p.chain) is not None:
-                done = {r.idx for r in self.journal.steps(p.chain) if r.state == "downloaded"}
+            done = {r.idx for r in self.journal.steps(p.chain) if r.state == "downloaded"}
             # A provider whose tasks run at another pace than Kling's (CHAINER_TIME_SCALE set)
             # is a rehearsal against a simulator: its videos are the simulator's small ones.
             rehearsal = self.provider.offline or self.provider.time_scale != 1
@@ -326,7 +324,7 @@ class Session:
                 p, rate=rate, done=done, max_units=min(caps) if caps else None
             )
             needs.append(preflight.Need(self.archive_dir / p.chain, results, f"{p.chain}'s results"))
-            needs.append(preflight.Need(p.output.resolve().parent, output, f"{p.chain}'s output"))
+            needs.append(preflight.Need(p.output_abs.parent, output, f"{p.chain}'s output"))
         preflight.check(needs)
 
     def with_journal_handoffs(self, plan: Plan, from_step: int | None, from_last_frame: bool) -> Plan:
@@ -340,9 +338,7 @@ class Session:
                 f"--from-last-frame: step {from_step} is an Omni-Video shot, which references the "
                 "previous shot's video by url, not a frame; re-roll it with --from-step alone"
             )
-        forced: set[int] = set()
-        if self.journal.chain(plan.chain) is not None:
-            forced = self.journal.view(plan.chain).handoffs()
+        forced = self.journal.view(plan.chain).handoffs()  # none for a chain never run
         if from_step is not None:
             forced = {i for i in forced if i < from_step} | ({from_step} if from_last_frame else set())
         if forced <= set(plan.handoffs):

@@ -47,6 +47,19 @@ def test_a_chain_is_made_once_with_its_planned_steps(journal_location: str) -> N
         assert again.integrity_check() == "ok"
 
 
+def test_a_chain_recorded_again_takes_no_write_transaction(
+    journal_location: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Resuming a thousand chains records each again: that must not wait for the write lock
+    (another worker may hold it) nor commit anything."""
+    with Journal(journal_location) as journal:
+        make(journal)
+        monkeypatch.setattr(journal, "transaction", lambda: pytest.fail("a write for a chain it has"))
+        make(journal)
+        chain = journal.chain("c")
+        assert chain is not None and chain.storyboard_text == "name: c"
+
+
 def test_transitions_follow_the_state_machine_and_compare_before_they_set(journal_location: str) -> None:
     with Journal(journal_location) as journal:
         make(journal)

@@ -3,6 +3,7 @@ plus validation before any request, and no secret in anything chainer writes."""
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 import textwrap
@@ -179,6 +180,29 @@ def test_user_profiles_override_and_extend(tmp_path: Path, monkeypatch: pytest.M
     file.write_text("[providers.bad]\nauth = 'carrier pigeon'\n")
     broken = CliRunner().invoke(app, ["providers"])
     assert broken.exit_code == 2 and "[providers.bad]" in broken.output
+
+
+def test_user_profiles_are_read_once_until_the_file_changes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A batch plans every storyboard against the registry: the file is parsed once, and an
+    edit (same size, a later mtime) is seen by the next plan."""
+    file = tmp_path / "providers.toml"
+    file.write_text("[providers.cometapi]\nprompt_max_chars = 400\n")
+    monkeypatch.setenv("CHAINER_PROVIDERS", str(file))
+    reads: list[Path] = []
+    real = profiles._read
+    monkeypatch.setattr(profiles, "_read", lambda path: reads.append(path) or real(path))
+    assert [profiles.registry()["cometapi"].prompt_max_chars for _ in range(3)] == [400] * 3
+    assert reads == [file]
+    profiles.registry()["cometapi"] = profiles.BUILTIN["kling"]  # a caller's copy, not the cache's
+    assert profiles.registry()["cometapi"].prompt_max_chars == 400
+    stat = file.stat()
+    file.write_text("[providers.cometapi]\nprompt_max_chars = 300\n")
+    os.utime(file, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000_000))
+    assert profiles.registry()["cometapi"].prompt_max_chars == 300 and len(reads) == 2
+    file.unlink()
+    assert profiles.registry()["cometapi"].prompt_max_chars == profiles.BUILTIN["cometapi"].prompt_max_chars
 
 
 def test_providers_check_makes_one_cheap_read(tmp_path: Path) -> None:

@@ -137,11 +137,11 @@ def test_the_postgresql_driver_is_loaded_only_for_team_mode() -> None:
 def test_a_start_does_not_load_the_simulators_server_or_httpx_command_line() -> None:
     """Every `chainer` start pays for its imports (a resume of 200 chains: most of its
     second); the simulator's HTTP server and renderer load only where a simulator runs,
-    and httpx's own command-line client (click, pygments) never."""
+    and httpx's own command-line client (click, pygments) never; Pillow where a frame is read."""
     import subprocess
     import sys
 
-    heavy = ("uvicorn", "starlette", "chainer.simulator.server", "chainer.simulator.state", "pygments")
+    heavy = ("uvicorn", "starlette", "chainer.simulator.server", "chainer.simulator.state", "pygments", "PIL")
     probe = (
         "import sys, chainer.cli, chainer.session, httpx; "
         f"print(sorted(m for m in {heavy!r} if m in sys.modules), sys.modules.get('httpx._main'))"

@@ -29,7 +29,7 @@ from .. import archive, errors, failpoints
 from ..chain import StepRow
 from ..events import ChainResult
 from ..plan import Plan, Step
-from ..ports import JournalPort
+from ..ports import ChainRow, JournalPort
 from . import assembly, fetch, poll, revise, submit
 from .context import ChainOptions, ChainRun, RunContext
 
@@ -81,11 +81,12 @@ class ChainRunner:
         run = self.chain
         plan, journal = run.plan, run.journal
         journal.lock_chain(plan.chain)
-        record(journal, plan, run.ctx.client.config.name)
+        recorded = record(journal, plan, run.ctx.client.config.name)
         if run.options.from_step is not None:
             revise.reroll(run, run.options.from_step)
         revise.match_storyboard(run)
-        journal.set_max_units(plan.chain, run.max_units)
+        if recorded.max_units != run.max_units:  # a resume of many chains writes nothing here
+            journal.set_max_units(plan.chain, run.max_units)
 
     async def _walk(self, background: TaskGroup) -> StepRow:
         """Advance every step in order; returns the last one. Downloads overlap in `background`."""
@@ -215,17 +216,17 @@ class ChainRunner:
             )
 
 
-def record(journal: JournalPort, plan: Plan, provider: str) -> None:
+def record(journal: JournalPort, plan: Plan, provider: str) -> ChainRow:
     """Record `plan`'s chain and its planned steps in the journal, once (a run starting it,
-    or `chainer submit` queueing it for a worker)."""
-    journal.ensure_chain(
+    or `chainer submit` queueing it for a worker); the chain's row as the journal has it."""
+    return journal.ensure_chain(
         name=plan.chain,
-        storyboard=str(plan.storyboard.resolve()),
+        storyboard=str(plan.storyboard_abs),
         storyboard_sha=plan.storyboard_sha256,
         provider=provider,
         model=plan.model,
         mode=plan.mode,
-        output=str(plan.output.resolve()),
+        output=str(plan.output_abs),
         steps=[(s.index, s.kind, s.prompt, s.fingerprint) for s in plan.steps],
         storyboard_text=plan.storyboard_text or None,
         profile=plan.provider.name,
