@@ -98,6 +98,7 @@ async def _download(
     stated = _stated_digest(meta)
     info = await _verify(part, dest, digest, stated, reported_duration)
     os.replace(part, dest)
+    media.remember(dest, info)  # the contact sheet's picture and a hand-off read it next
     meta.unlink(missing_ok=True)
     fsync_dir(dest.parent)
     return Downloaded(path=dest, sha256=digest.hexdigest(), size=size, probed_duration=info.duration)

@@ -8,7 +8,9 @@ Any failure becomes a MediaError that shows the command and the tail of ffmpeg's
 
 from __future__ import annotations
 
+import collections
 import functools
+import hashlib
 import importlib.util
 import io
 import math
@@ -17,6 +19,7 @@ import platform
 import shutil
 import subprocess
 import tempfile
+import threading
 from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -25,7 +28,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 import ffmpeg
-from pydantic import BaseModel
+from pydantic import BaseModel, ConfigDict
 
 from .errors import MediaError
 
@@ -93,6 +96,8 @@ def _run(stream: ffmpeg.nodes.OutputStream, what: str) -> None:
 class ProbeResult(BaseModel):
     """What ffprobe says about a video file."""
 
+    model_config = ConfigDict(frozen=True)  # shared by every caller probing the same file
+
     format_name: str
     video_codec: str
     width: int
@@ -119,8 +124,56 @@ def _probe(path: str | os.PathLike[str], **options: object) -> dict[str, Any]:
     return info
 
 
+#: Probes of files not changed since, newest last. A step's video is probed when it is
+#: verified, for its contact-sheet picture and by each frame read from it, and every
+#: ffprobe is a process (10-20 ms of a core): a batch of hundreds of steps pays for that.
+_PROBED: collections.OrderedDict[tuple[int | str, ...], ProbeResult] = collections.OrderedDict()
+_PROBED_MAX = 256
+_PROBED_LOCK = threading.Lock()
+
+
+def _identity(path: str | os.PathLike[str]) -> tuple[int | str, ...] | None:
+    """What changes when `path`'s bytes do: its inode, size and times (a rename or a write
+    changes the ctime), and a digest of its first and last 64 KB (where an MP4 keeps its
+    index), for a rewrite within one tick of the file system's clock."""
+    try:
+        with open(path, "rb") as f:
+            st = os.fstat(f.fileno())
+            head = f.read(1 << 16)
+            if st.st_size > 2 << 16:
+                f.seek(-(1 << 16), os.SEEK_END)
+            tail = f.read(1 << 16)
+    except OSError:
+        return None
+    digest = hashlib.blake2b(head + tail, digest_size=16).hexdigest()
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns, digest)
+
+
+def remember(path: str | os.PathLike[str], info: ProbeResult) -> None:
+    """`path` is the file probed as `info` (verified under another name, then renamed)."""
+    key = _identity(path)
+    if key is not None:
+        with _PROBED_LOCK:
+            _PROBED[key] = info
+            while len(_PROBED) > _PROBED_MAX:
+                _PROBED.popitem(last=False)
+
+
 def probe(path: str | os.PathLike[str]) -> ProbeResult:
-    """Probe `path`; MediaError if it is not a readable video."""
+    """Probe `path` (once while it is unchanged); MediaError if it is not a readable video."""
+    key = _identity(path)
+    if key is not None:
+        with _PROBED_LOCK:
+            known = _PROBED.get(key)
+        if known is not None:
+            return known
+    info = _probe_now(path)
+    if key is not None:
+        remember(path, info)
+    return info
+
+
+def _probe_now(path: str | os.PathLike[str]) -> ProbeResult:
     info = _probe(path, count_packets=None)
     videos = [s for s in info.get("streams", []) if s.get("codec_type") == "video"]
     if not videos:

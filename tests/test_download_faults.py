@@ -4,6 +4,7 @@ or a typed error and nothing at the final path. Never a corrupt file where users
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import threading
 from collections.abc import Iterator
@@ -14,7 +15,7 @@ import anyio
 import httpx
 import pytest
 
-from chainer import archive, errors
+from chainer import archive, errors, media
 from chainer.retry import download_backoff, retrying
 from chainer.simulator.video import Canvas, Scene, render
 
@@ -184,6 +185,27 @@ def test_a_file_that_is_not_the_reported_video_is_kept_aside(serve, tmp_path: Pa
     with pytest.raises(errors.VerificationFailed, match="provider reported 60"):
         anyio.run(main)
     assert not (tmp_path / "x.mp4").exists() and (tmp_path / "x.mp4.rejected").exists()
+
+
+def test_a_verified_download_is_probed_once_until_its_bytes_change(
+    serve, original: bytes, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:  # type: ignore[no-untyped-def]
+    """ffprobe is a process per call: the verification's probe serves the contact-sheet
+    picture and every frame read of the renamed file; a file changed since is probed again."""
+    probed: list[str] = []
+    real = media._probe_now
+    monkeypatch.setattr(media, "_probe_now", lambda p: probed.append(Path(p).name) or real(p))
+    dest = tmp_path / "out.mp4"
+    got = fetch(serve("plain").url, dest)
+    assert probed == ["out.mp4.part"]
+    assert media.probe(dest).duration == got.probed_duration
+    media.frame_at(dest, 1.0, width=64)
+    assert probed == ["out.mp4.part"]
+    with dest.open("r+b") as f:  # damaged in place: shorter, same inode
+        f.truncate(len(original) // 2)
+    with contextlib.suppress(errors.MediaError):
+        media.probe(dest)
+    assert probed == ["out.mp4.part", "out.mp4"]
 
 
 def test_a_200_mb_download_keeps_memory_small(tmp_path: Path) -> None:

@@ -40,6 +40,7 @@ async def publish(run: ChainRun, view: ChainView, last: StepRow, dest: Path | No
     files = [part_file(run, r) for r in view.part_ends()]
     if len(files) == 1:
         archive.publish(files[0], dest)
+        media.remember(dest, media.probe(files[0]))  # the same bytes: the contact sheet reads it next
         return last.probed_duration or last.duration
     run.emit(last.idx, "joining", f"{len(files)} parts")
     joined = await anyio.to_thread.run_sync(
