@@ -22,6 +22,7 @@ import anyio.abc
 
 from . import errors, simulated
 from .budget import RunBudget, remaining_units
+from .chain import Outcome, outcome_of
 from .engine import ChainOptions, ChainRunner, RunContext
 from .engine.fetch import is_lost
 from .engine.runner import first_error
@@ -184,13 +185,18 @@ def _check_unique(session: Session, plans: list[Plan]) -> None:
 
 
 def stopped(session: Session, plan: Plan, exc: errors.ChainerError) -> ChainResult:
-    """The result of a chain that stopped before its end, with what it had reached."""
-    duration, units = None, 0.0
-    state: Literal["failed", "needs_attention"] = (
-        "needs_attention" if isinstance(exc, _ATTENTION) else "failed"
-    )
+    """The result of a chain that stopped before its end (or whose run did), with what it
+    had reached. Where the journal has the chain, its state is the chain model's: one that
+    the provider or the network stopped while nothing of it failed (a paid task may still
+    be in flight) needs attention, it did not fail: the next run goes on; one that had
+    finished before its run was interrupted is done."""
+    duration, units, written = None, 0.0, None
+    state: Outcome = "needs_attention" if isinstance(exc, _ATTENTION) else "failed"
     with contextlib.suppress(errors.JournalError):
-        if session.journal.chain(plan.chain) is not None:
+        if (row := session.journal.chain(plan.chain)) is not None:
             view = session.journal.view(plan.chain)
-            duration, units = view.length(), view.units()
+            duration, units, written = view.length(), view.units(), Path(row.output)
+            state = outcome_of(view.state())
+    if state == "done":
+        return ChainResult(plan.chain, state, written, duration, units)
     return ChainResult(plan.chain, state, None, duration, units, error=exc)

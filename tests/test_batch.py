@@ -133,6 +133,34 @@ def test_a_batch_resumes_like_one_chain(sim_factory, tmp_path: Path, listed: boo
         assert all(journal.summary(f"c{n:02d}").state == "done" for n in range(6))
 
 
+def test_chains_the_network_stops_with_tasks_in_flight_need_attention_not_failed(
+    sim_factory, tmp_path: Path
+) -> None:  # type: ignore[no-untyped-def]
+    """Tasks paid for and still running when the provider cannot be reached: the chains
+    stopped, they did not fail. The summary says so, and the next run finishes them with
+    no second create."""
+    import subprocess
+
+    from helpers import CHAINER
+
+    sim = sim_factory(concurrency=3, time_scale=0.002)
+    folder = storyboards(tmp_path / "boards", 2)
+    dirs = ["--state-dir", str(tmp_path / "state"), "--archive-dir", str(tmp_path / "archive")]
+    env = provider_env(sim, CHAINER_FAILPOINT="after-post@2")
+    killed = subprocess.run([CHAINER, "run", str(folder), *dirs], env=env, capture_output=True, timeout=300)
+    assert killed.returncode == -9
+    unreachable = CliRunner().invoke(
+        app, ["run", str(folder), *dirs], env=provider_env(sim, KLING_BASE_URL="http://127.0.0.1:9")
+    )
+    assert unreachable.exit_code == 1, unreachable.output
+    summary = json.loads((tmp_path / "state" / "last-run.json").read_text())
+    assert [c["state"] for c in summary["chains"]] == ["needs_attention"] * 2 and summary["failed"] == 0
+    assert all("never sent" in c["message"] for c in summary["chains"])
+    code, output, summary = run(sim, tmp_path, str(folder))
+    assert code == 0, output
+    assert len(sim.state.creates) == 2 * 3, "every step created exactly once"
+
+
 def test_json_events_are_one_object_per_line(sim_factory, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     sim = sim_factory(time_scale=0.002)
     folder = storyboards(tmp_path / "boards", 2, extensions=1)
