@@ -3,6 +3,7 @@ exactly once, the final video is right, and the journal is intact."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -106,6 +107,8 @@ def test_ctrl_c_stops_cleanly_and_the_next_run_picks_up(sim_factory, tmp_path: P
     assert proc.returncode == 130, stderr
     assert "run the same command to resume" in stderr
     assert len(slow.state.creates) == 2
+    summary = json.loads((tmp_path / ".chainer" / "last-run.json").read_text())
+    assert [c["state"] for c in summary["chains"]] == ["needs_attention"], "stopped, not failed"
     resumed = chainer_run(tmp_path, provider_env(slow))
     assert resumed.returncode == 0, resumed.stderr
     assert_exactly_once_and_complete(slow, tmp_path)
