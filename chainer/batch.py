@@ -185,18 +185,16 @@ def _check_unique(session: Session, plans: list[Plan]) -> None:
 
 
 def stopped(session: Session, plan: Plan, exc: errors.ChainerError) -> ChainResult:
-    """The result of a chain that stopped before its end (or whose run did), with what it
-    had reached. Where the journal has the chain, its state is the chain model's: one that
-    the provider or the network stopped while nothing of it failed (a paid task may still
-    be in flight) needs attention, it did not fail: the next run goes on; one that had
-    finished before its run was interrupted is done."""
-    duration, units, written = None, 0.0, None
+    """The result of a chain that stopped before its end, with what it had reached. A chain
+    the journal has with nothing of it failed (a paid task may still be in flight: the
+    provider or the network stopped it, or the run was interrupted) needs attention, it did
+    not fail: the next run goes on (the chain model's reading, chain.outcome_of)."""
+    duration, units = None, 0.0
     state: Outcome = "needs_attention" if isinstance(exc, _ATTENTION) else "failed"
     with contextlib.suppress(errors.JournalError):
-        if (row := session.journal.chain(plan.chain)) is not None:
+        if session.journal.chain(plan.chain) is not None:
             view = session.journal.view(plan.chain)
-            duration, units, written = view.length(), view.units(), Path(row.output)
-            state = outcome_of(view.state())
-    if state == "done":
-        return ChainResult(plan.chain, state, written, duration, units)
+            duration, units = view.length(), view.units()
+            if outcome_of(view.state()) == "needs_attention":
+                state = "needs_attention"
     return ChainResult(plan.chain, state, None, duration, units, error=exc)

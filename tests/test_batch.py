@@ -223,28 +223,3 @@ def test_downloads_share_one_limit_across_chains(sim_factory, tmp_path: Path, op
     anyio.run(main)
     assert counting.peak == 2, f"downloads at once: {counting.peak}"
     assert len(list((tmp_path / "a").rglob("*.mp4"))) == 12
-
-
-def test_a_run_interrupted_after_a_chain_finished_reports_it_done(
-    sim_factory, tmp_path: Path, open_session
-) -> None:  # type: ignore[no-untyped-def]
-    """What a run's records say of each chain when the run itself is interrupted: the chain
-    model's state, so a chain that had finished is done, with its output."""
-    import anyio
-
-    from chainer import errors, load_plan
-    from chainer.batch import stopped
-
-    sim = sim_factory(time_scale=0.002)
-    plans = [load_plan(p) for p in sorted(storyboards(tmp_path / "boards", 2, extensions=1).glob("*.yaml"))]
-
-    async def main() -> list[tuple[str, str, bool]]:
-        async with open_session(sim, state_dir=tmp_path / "s", archive_dir=tmp_path / "a") as session:
-            await session.run(plans[0])
-            why = errors.ChainerError("the run was interrupted (KeyboardInterrupt); resume it")
-            results = [stopped(session, session.own(p), why) for p in plans]
-        return [(r.state, str(r.output), r.error is None) for r in results]
-
-    finished, never_started = anyio.run(main)
-    assert finished[0] == "done" and finished[1].endswith("c00.mp4") and finished[2]
-    assert never_started == ("failed", "None", False), "a chain the journal lacks keeps the error's reading"
