@@ -22,7 +22,7 @@ import anyio.abc
 
 from . import errors, simulated
 from .budget import RunBudget, remaining_units
-from .chain import Outcome, outcome_of
+from .chain import outcome_of
 from .engine import ChainOptions, ChainRunner, RunContext
 from .engine.fetch import is_lost
 from .engine.runner import first_error
@@ -190,7 +190,9 @@ def stopped(session: Session, plan: Plan, exc: errors.ChainerError) -> ChainResu
     provider or the network stopped it, or the run was interrupted) needs attention, it did
     not fail: the next run goes on (the chain model's reading, chain.outcome_of)."""
     duration, units = None, 0.0
-    state: Outcome = "needs_attention" if isinstance(exc, _ATTENTION) else "failed"
+    state: Literal["failed", "needs_attention"] = (
+        "needs_attention" if isinstance(exc, _ATTENTION) else "failed"
+    )
     with contextlib.suppress(errors.JournalError):
         if session.journal.chain(plan.chain) is not None:
             view = session.journal.view(plan.chain)

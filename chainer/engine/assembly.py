@@ -7,6 +7,7 @@ OUTPUT.partial.mp4. The manifest is rewritten after every step, and the mirror s
 
 from __future__ import annotations
 
+import contextlib
 import functools
 from pathlib import Path
 
@@ -40,7 +41,7 @@ async def publish(run: ChainRun, view: ChainView, last: StepRow, dest: Path | No
     files = [part_file(run, r) for r in view.part_ends()]
     if len(files) == 1:
         archive.publish(files[0], dest)
-        media.remember(dest, media.probe(files[0]))  # the same bytes: the contact sheet reads it next
+        await anyio.to_thread.run_sync(_probed_as, dest, files[0])
         return last.probed_duration or last.duration
     run.emit(last.idx, "joining", f"{len(files)} parts")
     joined = await anyio.to_thread.run_sync(
@@ -50,6 +51,13 @@ async def publish(run: ChainRun, view: ChainView, last: StepRow, dest: Path | No
     how = "stream copy" if joined.method == "copy" else f"re-encoded: {joined.reason}"
     run.emit(last.idx, "joined", f"{len(files)} parts, {how}", duration)
     return duration
+
+
+def _probed_as(copy: Path, source: Path) -> None:
+    """`copy` has `source`'s bytes: its probe is `source`'s (the contact sheet reads it
+    next). Only a saving: a source ffprobe cannot read leaves the sheet to say so."""
+    with contextlib.suppress(errors.MediaError):
+        media.remember(copy, media.probe(source))
 
 
 async def write_output(run: ChainRun, last: StepRow) -> float | None:
