@@ -1,320 +1,31 @@
 """The archive: every result on disk, verified, with a manifest that explains the chain.
 
-A download streams into `<name>.part` (memory does not grow with the file), resumes with
-`Range` + `If-Range` when a `.part` is already there (only a 206 that starts at the right
-byte is accepted; a 200 restarts from zero), is checked against the size the server
-announced, probed with ffprobe (H.264, duration within 0.2 s of what the provider
-reported), fsynced, renamed into place, and the folder fsynced. Only then does the caller
-record it. A file at a final path is therefore never partial; a file that fails
-verification is kept aside as `<name>.rejected` for the user to look at.
+Results arrive through `downloads` (a file at a final path is never partial; one that
+fails verification is kept aside as `<name>.rejected`). This module names the files,
+publishes outputs, writes manifests, and mirrors the archive.
 
 Layout: `<archive>/<chain>/<step>-<video_id>.mp4` and `<archive>/<chain>/manifest.json`.
 """
 
 from __future__ import annotations
 
-import base64
 import contextlib
 import datetime as dt
 import hashlib
-import json
 import os
-from collections.abc import Callable, Sequence
+import threading
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 from urllib.parse import urlsplit, urlunsplit
 
-import anyio
-import httpx
 from pydantic import BaseModel
 
 from . import media, rules, simulated
 from .chain import StepRow
-from .errors import ConfigError, DownloadError, MediaError, UrlExpired, VerificationFailed, WriteError
+from .downloads import CHUNK, fsync_dir, hash_file
+from .errors import ConfigError, DownloadError
 from .ports import JournalPort
-
-DURATION_TOLERANCE_S = 0.2
-CHUNK = 1 << 20
-#: A download asks the disk to catch up (in a thread) after every this many bytes.
-SYNC_EVERY = 32 << 20
-
-
-class Downloaded(BaseModel):
-    path: Path
-    sha256: str
-    size: int
-    probed_duration: float
-
-
-def fsync_dir(folder: Path) -> None:
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _sidecar(part: Path) -> Path:
-    return part.with_name(part.name + ".json")
-
-
-async def download(
-    http: httpx.AsyncClient,
-    url: str,
-    dest: Path,
-    *,
-    reported_duration: float | None,
-    progress: Callable[[int], None] | None = None,
-) -> Downloaded:
-    """Fetch `url` into `dest` (resuming a previous .part), verify it, and return what was
-    stored. A disk that refuses the bytes is a WriteError (retrying would not help)."""
-    try:
-        return await _download(http, url, dest, reported_duration=reported_duration, progress=progress)
-    except OSError as exc:
-        raise WriteError(
-            f"cannot write {dest.parent}: {exc.strerror or exc}. Make room or fix the folder's "
-            "permissions; the result stays at the provider (30 days from its creation) and `chainer "
-            "archive` or the same run fetches it then"
-        ) from exc
-
-
-async def _download(
-    http: httpx.AsyncClient,
-    url: str,
-    dest: Path,
-    *,
-    reported_duration: float | None,
-    progress: Callable[[int], None] | None = None,
-) -> Downloaded:
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    part = dest.with_name(dest.name + ".part")
-    meta = _sidecar(part)
-    offset = part.stat().st_size if part.exists() else 0
-    validator = None
-    if offset and meta.exists():
-        with contextlib.suppress(ValueError, OSError):
-            validator = json.loads(meta.read_text()).get("validator")
-    size, digest = await _fetch_bytes(http, url, part, meta, offset, validator, progress)
-    stated = _stated_digest(meta)
-    info = await _verify(part, dest, digest, stated, reported_duration)
-    os.replace(part, dest)
-    media.remember(dest, info)  # the contact sheet's picture and a hand-off read it next
-    meta.unlink(missing_ok=True)
-    fsync_dir(dest.parent)
-    return Downloaded(path=dest, sha256=digest.hexdigest(), size=size, probed_duration=info.duration)
-
-
-async def _fetch_bytes(
-    http: httpx.AsyncClient,
-    url: str,
-    part: Path,
-    meta: Path,
-    offset: int,
-    validator: str | None,
-    progress: Callable[[int], None] | None,
-) -> tuple[int, Any]:
-    """Bring `part` up to the whole file (resuming at `offset` when `validator` allows);
-    returns its size and the running sha256 of its bytes."""
-    headers = {}
-    if offset and validator:
-        headers = {"Range": f"bytes={offset}-", "If-Range": validator}
-    else:
-        offset = 0
-    digest = hashlib.sha256()
-    try:
-        async with http.stream("GET", url, headers=headers) as response:
-            if response.status_code in (401, 403, 404, 410):
-                raise UrlExpired(f"the download url answered HTTP {response.status_code}")
-            if response.status_code == 416:
-                _, total = _content_range(response.headers.get("Content-Range", "bytes */0"))
-                if total != offset:  # the .part is not a prefix we can trust: start over
-                    _discard(part)
-                    raise DownloadError(f"the server cannot resume at byte {offset}; restarting")
-                _hash_file(part, digest)  # the .part already holds the whole file
-                size = offset
-            elif response.status_code == 206:
-                start, total = _content_range(response.headers.get("Content-Range", ""))
-                if start != offset:
-                    _discard(part)
-                    raise DownloadError(f"asked to resume at byte {offset}, the server sent byte {start}")
-            elif response.status_code == 200:
-                offset, total = 0, _int(response.headers.get("Content-Length"))
-            else:
-                raise DownloadError(f"the download answered HTTP {response.status_code}")
-            if response.status_code != 416:
-                size = await _receive(response, part, meta, offset, digest, progress)
-    except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
-        raise UrlExpired(f"the download host cannot be reached ({exc!r}); a fresh url is needed") from exc
-    except httpx.TransportError as exc:
-        raise DownloadError(f"the download was interrupted at byte {_size(part)}: {exc!r}") from exc
-    if total is not None and size != total:
-        raise DownloadError(f"the download ended at byte {size} of {total}")
-    return size, digest
-
-
-async def _verify(
-    part: Path, dest: Path, digest: Any, stated: tuple[str, str] | None, reported_duration: float | None
-) -> media.ProbeResult:
-    """Check the received bytes are the provider's video (digest, probe, decode, length);
-    a file that fails is kept aside as `.rejected` and the error says whether to fetch again."""
-    if stated is not None:
-        algorithm, want = stated
-        got = digest.hexdigest() if algorithm == "sha256" else _file_digest(part, algorithm)
-        if got != want:
-            # Bytes changed on the way: keep them aside for a look, fetch again from zero.
-            os.replace(part, dest.with_name(dest.name + ".rejected"))
-            _sidecar(part).unlink(missing_ok=True)
-            raise DownloadError(
-                f"{dest.name}: the bytes received do not match the provider's {algorithm} digest"
-            )
-    try:
-        info = await anyio.to_thread.run_sync(media.probe, part)
-    except MediaError as exc:
-        _reject(part, dest)
-        raise VerificationFailed(
-            f"{dest.name} is not a readable video (kept as {dest.name}.rejected): {exc}"
-        ) from exc
-    problems = []
-    if not info.is_h264_mp4:
-        problems.append(f"expected H.264 in MP4, got {info.video_codec} in {info.format_name}")
-    if reported_duration is not None and abs(info.duration - reported_duration) > DURATION_TOLERANCE_S:
-        problems.append(f"it lasts {info.duration:.3f} s but the provider reported {reported_duration:g} s")
-    # With a matching digest the bytes are the provider's own; without one, a full decode is
-    # the best available check that nothing was damaged on the way.
-    decode = [] if stated is not None else await anyio.to_thread.run_sync(media.decode_errors, part)
-    if decode:
-        os.replace(part, dest.with_name(dest.name + ".rejected"))
-        _sidecar(part).unlink(missing_ok=True)
-        raise DownloadError(f"{dest.name} does not decode cleanly ({decode[0]}); fetching it again")
-    if problems:
-        _reject(part, dest)
-        raise VerificationFailed(
-            f"{dest.name} failed verification (kept as {dest.name}.rejected): {'; '.join(problems)}"
-        )
-    return info
-
-
-async def _receive(
-    response: httpx.Response,
-    part: Path,
-    meta: Path,
-    offset: int,
-    digest: hashlib._Hash,
-    progress: Callable[[int], None] | None,
-) -> int:
-    """Write the body into `part` from byte `offset`; return the file's size when done."""
-    if offset:
-        _hash_file(part, digest, limit=offset)  # the hash covers the bytes we already have
-    validator = response.headers.get("ETag") or response.headers.get("Last-Modified")
-    meta.write_text(json.dumps({"validator": validator, "digest": _announced_digest(response)}))
-    with part.open("r+b" if offset else "wb", buffering=0) as f:
-        f.seek(offset)
-        f.truncate()
-        flushed = offset
-        syncing = False
-
-        async def catch_up() -> None:
-            nonlocal syncing
-            syncing = True
-            try:
-                await anyio.to_thread.run_sync(os.fdatasync, f.fileno())
-            finally:
-                syncing = False
-
-        failure: Exception | None = None
-        async with anyio.create_task_group() as writeback:
-            # Chunks as they arrive (no re-chunking copies); every SYNC_EVERY bytes, the
-            # disk catches up in a thread while the next bytes arrive, so the fsync at
-            # the end waits for little more than the last stretch.
-            try:
-                async for chunk in response.aiter_bytes():
-                    f.write(chunk)
-                    digest.update(chunk)
-                    if progress is not None:
-                        progress(f.tell())
-                    if f.tell() - flushed >= SYNC_EVERY and not syncing:
-                        flushed = f.tell()
-                        writeback.start_soon(catch_up)
-            except Exception as exc:  # raised below as it is, not wrapped in an ExceptionGroup
-                failure = exc
-        if failure is not None:
-            raise failure
-        os.fsync(f.fileno())
-        return f.tell()
-
-
-def _announced_digest(response: httpx.Response) -> list[str] | None:
-    """The whole file's digest as the server states it: RFC 9530 Repr-Digest (any answer) or
-    Content-MD5 (a 200 only, where the body is the whole file)."""
-    for item in response.headers.get("Repr-Digest", "").split(","):
-        name, _, value = item.strip().partition("=")
-        if name.lower() == "sha-256" and value.startswith(":") and value.endswith(":"):
-            with contextlib.suppress(ValueError):
-                return ["sha256", base64.b64decode(value.strip(":")).hex()]
-    md5 = response.headers.get("Content-MD5")
-    if md5 and response.status_code == 200:
-        with contextlib.suppress(ValueError):
-            return ["md5", base64.b64decode(md5).hex()]
-    return None
-
-
-def _stated_digest(meta: Path) -> tuple[str, str] | None:
-    try:
-        stated = json.loads(meta.read_text()).get("digest")
-    except (OSError, ValueError):
-        return None
-    return (stated[0], stated[1]) if isinstance(stated, list) and len(stated) == 2 else None
-
-
-def _file_digest(path: Path, algorithm: str) -> str:
-    h = hashlib.new(algorithm)
-    _hash_file(path, h)
-    return h.hexdigest()
-
-
-def _hash_file(path: Path, digest: hashlib._Hash, *, limit: int | None = None) -> None:
-    left = path.stat().st_size if limit is None else limit
-    with path.open("rb") as f:
-        while left > 0:
-            block = f.read(min(CHUNK, left))
-            if not block:
-                break
-            digest.update(block)
-            left -= len(block)
-
-
-def _discard(part: Path) -> None:
-    part.unlink(missing_ok=True)
-    _sidecar(part).unlink(missing_ok=True)
-
-
-def _reject(part: Path, dest: Path) -> None:
-    os.replace(part, dest.with_name(dest.name + ".rejected"))
-    _sidecar(part).unlink(missing_ok=True)
-
-
-def _size(path: Path) -> int:
-    return path.stat().st_size if path.exists() else 0
-
-
-def _int(value: str | None) -> int | None:
-    try:
-        return int(value) if value is not None else None
-    except ValueError:
-        return None
-
-
-def _content_range(value: str) -> tuple[int | None, int | None]:
-    """(first byte, total size) of "bytes 100-199/2000"; None for a "*" in either place."""
-    try:
-        unit, _, rest = value.partition(" ")
-        span, _, total = rest.partition("/")
-        if unit != "bytes" or not span or not total:
-            raise ValueError(value)
-        start = None if span == "*" else int(span.split("-")[0])
-        return start, (None if total == "*" else int(total))
-    except (ValueError, IndexError) as exc:
-        raise DownloadError(f"the server sent an unreadable Content-Range {value!r}") from exc
 
 
 def check_file(path: str | None, size: int | None, sha256: str | None) -> str | None:
@@ -328,7 +39,7 @@ def check_file(path: str | None, size: int | None, sha256: str | None) -> str | 
         return f"{file} has {file.stat().st_size} bytes, not the {size} recorded"
     if sha256 is not None:
         digest = hashlib.sha256()
-        _hash_file(file, digest)
+        hash_file(file, digest)
         if digest.hexdigest() != sha256:
             return f"{file} changed since it was archived (sha256 differs)"
     return None
@@ -425,9 +136,11 @@ def expires_at(created_ms: int | None) -> dt.datetime | None:
 
 def write_atomically(target: Path, data: str | bytes) -> Path:
     """Write `target` so that it is either its old or its new self (temp file, fsync,
-    rename, fsync of the folder): a crash never leaves a half-written file."""
+    rename, fsync of the folder): a crash never leaves a half-written file. The temp file's
+    name is this writer's own: two processes writing one file (two runs sharing a state
+    folder, each ending with last-run.json) never rename each other's."""
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(f".{target.name}.tmp")
+    tmp = target.with_name(f".{target.name}.{os.getpid()}-{threading.get_ident()}.tmp")
     with tmp.open("wb") as f:
         f.write(data.encode() if isinstance(data, str) else data)
         f.flush()

@@ -22,7 +22,7 @@ import anyio
 import anyio.abc
 import httpx
 
-from . import archive, batch, preflight, simulated
+from . import archive, batch, downloads, preflight, simulated
 from .batch import Batch, RunOptions
 from .callbacks import CallbackHub
 from .engine import CreateGate, RunContext
@@ -125,7 +125,8 @@ class Session:
     provider: ProviderConfig
     journal: Journal
     client: KlingClient
-    http: httpx.AsyncClient
+    #: What results are downloaded with (the API has its own client, `client`).
+    http: downloads.Http
     archive_dir: Path
     poll: PollPolicy
     scheduler: Scheduler | SharedSlots
@@ -176,9 +177,9 @@ class Session:
         else `archive/` beside it.
         `callbacks`: a running callback receiver (`chainer.receiver.receiving`); each create
         then carries its URL, and pollers are woken by what it hears.
-        `transport` is the one seam under every request the session makes (the provider's
-        API and the downloads alike): tests serve a simulator in-process through it
-        (Simulator.asgi_transport) or wrap one to inject faults.
+        `transport`: the seam under the API's requests (tests serve a simulator in-process
+        through it, or wrap one to inject faults); downloads go through it too when it is
+        given, and otherwise read the network in worker threads (downloads.py).
         `journal`: where the journal lives, a file or a PostgreSQL URL (team mode: several
         workers then share it and count the account's slots in it); None is the state
         folder's file for the provider.
@@ -208,7 +209,7 @@ class Session:
                 httpx.AsyncClient(timeout=DEFAULT_TIMEOUT, limits=DEFAULT_LIMITS, transport=transport)
             )
             client = await stack.enter_async_context(KlingClient(provider, http=http))
-            poll = PollPolicy().scaled(provider.time_scale)
+            blocking = None if transport else stack.enter_context(downloads.blocking_client())
             # Absolute, so a chain resumed from another working directory finds its files.
             scheduler = _slots(kept, provider, concurrency or provider.concurrency or DEFAULT_CONCURRENCY)
             if sim is not None and archive_url:  # the mirror of real results is never written either
@@ -218,9 +219,9 @@ class Session:
                 provider,
                 kept,
                 client,
-                http,
+                blocking or http,
                 archive_root.resolve(),
-                poll,
+                PollPolicy().scaled(provider.time_scale),
                 scheduler,
                 sim,
                 mirror,

@@ -13,7 +13,7 @@ import functools
 from collections.abc import Collection
 from pathlib import Path
 
-from . import archive, errors, rules
+from . import archive, downloads, errors, rules
 from .engine.context import READ_DEADLINE_S
 from .engine.fetch import download_result, sync_mirror
 from .provider.wire import Task
@@ -151,10 +151,10 @@ async def _sweep_list(
 
 async def _fetch_for_sweep(
     session: Session, kind: rules.TaskKind, task: Task, dest: Path
-) -> archive.Downloaded:
+) -> downloads.Downloaded:
     try:
         assert task.video is not None
-        return await archive.download(
+        return await downloads.download(
             session.http, task.video.url, dest, reported_duration=task.video.seconds
         )
     except errors.UrlExpired:

@@ -243,3 +243,20 @@ def test_the_mirror_never_copies_a_download_in_progress(tmp_path: Path) -> None:
         "contact-sheet.png",
         "manifest.json",
     ]
+
+
+def test_writers_of_one_file_never_rename_each_others_temp_file(tmp_path: Path) -> None:
+    """Two runs sharing a state folder each end by writing last-run.json: a temp file of one
+    shared name let one writer rename the other's away (a soak run caught it)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    target = tmp_path / "last-run.json"
+
+    def write(writer: int) -> None:
+        for n in range(40):
+            archive.write_atomically(target, f"{writer}:{n}")
+
+    with ThreadPoolExecutor(4) as pool:
+        list(pool.map(write, range(4)))  # re-raises a writer's error
+    assert target.read_text().endswith(":39")
+    assert [p.name for p in tmp_path.iterdir()] == ["last-run.json"]

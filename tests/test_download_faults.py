@@ -7,7 +7,7 @@ import base64
 import contextlib
 import hashlib
 import threading
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
@@ -15,7 +15,7 @@ import anyio
 import httpx
 import pytest
 
-from chainer import archive, errors, media
+from chainer import downloads, errors, media
 from chainer.retry import download_backoff, retrying
 from chainer.simulator.video import Canvas, Scene, render
 
@@ -34,6 +34,7 @@ class Server:
 
     def __init__(self, data: bytes, mode: str, *, digest: bool = True):
         self.data, self.mode, self.digest, self.requests = data, mode, digest, 0
+        self.ranges: list[str | None] = []
         server = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -42,6 +43,7 @@ class Server:
 
             def do_GET(self) -> None:
                 server.requests += 1
+                server.ranges.append(self.headers.get("Range"))
                 server.answer(self, server.requests)
 
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
@@ -112,11 +114,28 @@ def serve(original: bytes) -> Iterator[object]:
         s.close()
 
 
-def fetch(url: str, dest: Path) -> archive.Downloaded:
-    async def main() -> archive.Downloaded:
-        async with httpx.AsyncClient() as http:
+@pytest.fixture(params=["blocking", "event loop"])
+def kind(request: pytest.FixtureRequest) -> str:
+    """Which client reads the body: a worker thread on blocking sockets (what a Session uses on
+    the network) or the event loop (what it uses under an in-process transport)."""
+    return str(request.param)
+
+
+@contextlib.asynccontextmanager
+async def client(kind: str) -> AsyncIterator[downloads.Http]:
+    if kind == "blocking":
+        with downloads.blocking_client(timeout=60) as blocking:
+            yield blocking
+    else:
+        async with httpx.AsyncClient(timeout=60) as http:
+            yield http
+
+
+def fetch(url: str, dest: Path, kind: str = "blocking", *, reported: float = 10.0) -> downloads.Downloaded:
+    async def main() -> downloads.Downloaded:
+        async with client(kind) as http:
             return await retrying(
-                lambda: archive.download(http, url, dest, reported_duration=10.0),
+                lambda: downloads.download(http, url, dest, reported_duration=reported),
                 on=download_backoff,
                 deadline_s=60,
             )
@@ -149,11 +168,11 @@ def fetch(url: str, dest: Path) -> archive.Downloaded:
     ],
 )
 def test_recoverable_faults_end_with_the_exact_file(
-    serve, original: bytes, tmp_path: Path, mode: str, digest: bool
+    serve, original: bytes, tmp_path: Path, mode: str, digest: bool, kind: str
 ) -> None:  # type: ignore[no-untyped-def]
     server = serve(mode, digest)
     dest = tmp_path / "out.mp4"
-    got = fetch(server.url, dest)
+    got = fetch(server.url, dest, kind)
     assert dest.read_bytes() == original, f"{mode}: a corrupt file at the final path"
     assert got.sha256 == hashlib.sha256(original).hexdigest() and got.size == len(original)
     assert server.requests >= 2, "the fault happened and was recovered from"
@@ -163,27 +182,20 @@ def test_recoverable_faults_end_with_the_exact_file(
 @pytest.mark.parametrize(
     "mode,error", [("expired", errors.UrlExpired), ("always-flip", errors.DownloadError)]
 )
-def test_unrecoverable_faults_end_with_a_typed_error(serve, tmp_path: Path, mode: str, error: type) -> None:  # type: ignore[no-untyped-def]
+def test_unrecoverable_faults_end_with_a_typed_error(
+    serve, tmp_path: Path, mode: str, error: type, kind: str
+) -> None:  # type: ignore[no-untyped-def]
     server = serve(mode)
     dest = tmp_path / "out.mp4"
     with pytest.raises(error):
-        fetch(server.url, dest)
+        fetch(server.url, dest, kind)
     assert not dest.exists(), "nothing at the final path"
 
 
-def test_a_file_that_is_not_the_reported_video_is_kept_aside(serve, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_a_file_that_is_not_the_reported_video_is_kept_aside(serve, tmp_path: Path, kind: str) -> None:  # type: ignore[no-untyped-def]
     server = serve("cut@mid")
-
-    async def main() -> None:
-        async with httpx.AsyncClient() as http:
-            await retrying(
-                lambda: archive.download(http, server.url, tmp_path / "x.mp4", reported_duration=60.0),
-                on=download_backoff,
-                deadline_s=60,
-            )
-
     with pytest.raises(errors.VerificationFailed, match="provider reported 60"):
-        anyio.run(main)
+        fetch(server.url, tmp_path / "x.mp4", kind, reported=60.0)
     assert not (tmp_path / "x.mp4").exists() and (tmp_path / "x.mp4.rejected").exists()
 
 
@@ -243,9 +255,9 @@ def test_a_200_mb_download_keeps_memory_small(tmp_path: Path) -> None:
     assert len(data) > 190_000_000
     client = tmp_path / "client.py"
     client.write_text(
-        "import sys, anyio, httpx\nfrom pathlib import Path\nfrom chainer import archive\n"
-        "async def main():\n    async with httpx.AsyncClient() as http:\n"
-        "        got = await archive.download(http, sys.argv[1], Path(sys.argv[2]), reported_duration=100.0)\n"
+        "import sys, anyio\nfrom pathlib import Path\nfrom chainer import downloads\n"
+        "async def main():\n    with downloads.blocking_client(timeout=60) as http:\n"
+        "        got = await downloads.download(http, sys.argv[1], Path(sys.argv[2]), reported_duration=100.0)\n"
         "    # VmHWM belongs to this process image (ru_maxrss would count the forking parent's pages)\n"
         "    hwm = [l for l in open('/proc/self/status') if l.startswith('VmHWM')][0].split()[1]\n"
         "    print(got.size, int(hwm) // 1024)\n"
@@ -266,3 +278,38 @@ def test_a_200_mb_download_keeps_memory_small(tmp_path: Path) -> None:
     print(f"\ndownloaded {size / 1e6:.0f} MB with a peak of {peak_mb} MB resident")
     assert size == len(data)
     assert peak_mb < 100
+
+
+def test_a_cancelled_download_stops_its_threads_and_resumes_where_it_stopped(
+    original: bytes, tmp_path: Path, kind: str
+) -> None:
+    """Ctrl-C mid-body: when download() returns, nothing writes the .part any more (its reader
+    and hashing threads have ended), nothing is at the final path, and the next download asks
+    for the rest with Range and ends with the exact bytes."""
+    pad = (16 << 20) - len(original)  # a `free` box after the video: the same video, many reads
+    data = original + pad.to_bytes(4, "big") + b"free" + bytes(pad - 8)
+    server = Server(data, "plain")
+    dest, part = tmp_path / "out.mp4", tmp_path / "out.mp4.part"
+    seen: list[int] = []
+
+    async def interrupted() -> None:
+        async with client(kind) as http:
+            with anyio.CancelScope() as scope:
+
+                def progress(done: int) -> None:
+                    seen.append(done)
+                    if len(seen) == 1:
+                        (scope.cancel() if kind == "event loop" else anyio.from_thread.run_sync(scope.cancel))
+
+                await downloads.download(http, server.url, dest, reported_duration=10.0, progress=progress)
+            assert scope.cancelled_caught
+
+    try:
+        anyio.run(interrupted)
+        assert not dest.exists() and part.stat().st_size == seen[-1]
+        assert not [t for t in threading.enumerate() if t.name == "chainer-digest"]
+        got = fetch(server.url, dest, kind)
+    finally:
+        server.close()
+    assert dest.read_bytes() == data and got.size == len(data)
+    assert server.ranges == [None, f"bytes={seen[-1]}-"]

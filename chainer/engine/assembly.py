@@ -13,7 +13,7 @@ from pathlib import Path
 
 import anyio
 
-from .. import archive, errors, media, report
+from .. import archive, downloads, errors, media, report
 from ..chain import ChainView, StepRow
 from .context import ChainRun
 from .fetch import sync_mirror
@@ -114,7 +114,7 @@ async def prune(run: ChainRun, *, keep: set[int]) -> None:
             continue
         Path(row.file).unlink(missing_ok=True)
         run.journal.mark_pruned(row)
-    archive.fsync_dir(run.folder)
+    downloads.fsync_dir(run.folder)
     await write_manifest(run)
 
 

@@ -17,9 +17,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
 import anyio
-import httpx
 
-from .. import archive, errors
+from .. import archive, downloads, errors
 from ..budget import RunBudget
 from ..callbacks import CallbackHub
 from ..chain import ChainView, StepRow
@@ -59,7 +58,8 @@ class RunContext:
 
     client: Provider
     journal: JournalPort
-    http: httpx.AsyncClient
+    #: What results are downloaded with (a blocking client on the network: downloads.py).
+    http: downloads.Http
     archive_dir: Path
     poll: PollPolicy = field(default_factory=PollPolicy)
     scheduler: Slots = field(default_factory=lambda: Scheduler(5))

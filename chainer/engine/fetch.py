@@ -7,7 +7,7 @@ from typing import cast
 
 import anyio
 
-from .. import archive, errors, failpoints, report, rules
+from .. import archive, downloads, errors, failpoints, report, rules
 from ..chain import StepRow
 from ..plan import Step
 from ..ports import JournalPort
@@ -83,7 +83,7 @@ async def download_result(
         ctx.journal.transition(row, "failed", message, error=message)
         return errors.ResultDeleted(message)
 
-    async def attempt() -> archive.Downloaded:
+    async def attempt() -> downloads.Downloaded:
         nonlocal url
         fresh = url is None
         if fresh:
@@ -96,7 +96,7 @@ async def download_result(
                 raise errors.VerificationFailed(f"task {task_id} no longer offers its video")
         assert url is not None
         try:
-            return await archive.download(
+            return await downloads.download(
                 ctx.http,
                 url,
                 dest,
