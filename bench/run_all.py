@@ -1,6 +1,6 @@
 """Run every benchmark and write bench/results.md with their figures and targets.
 
-    .venv/bin/python bench/run_all.py            # the full run (a few minutes)
+    .venv/bin/python bench/run_all.py            # the full run (about 40 minutes)
     .venv/bin/python bench/run_all.py --smoke    # tiny sizes, as CI runs them (no file written)
 
 Each benchmark runs in its own process, one after the other, so none disturbs another.
@@ -60,7 +60,9 @@ def main() -> int:
         f"Machine: {machine()}.",
         "Everything runs on 127.0.0.1 against the simulator (fixed seeds) or local files; the",
         "baselines run in the same run. Targets were not tuned for: where one is missed, the",
-        "note below the table says why and what would fix it.",
+        "note below the table says why and what would fix it. Each benchmark's time scale (how",
+        "much faster than Kling the simulator runs) is among its figures; the README's Benchmarks",
+        "section says why those scales.",
         "",
         "| benchmark | figure | value | target | |",
         "|---|---|---|---|---|",

@@ -7,10 +7,13 @@ remaining expected time (EARLY_SHARE), so it is sparse early and dense near the 
 end, then polls at a small fraction of the task's age once it is overdue. Jitter keeps
 many chains from polling in lockstep.
 
-The share and the longest interval were chosen with a Monte Carlo of the schedule over
-Kling-like task times (log-normal, sigma 0.25, plus a queue of 1-6 s): halving the
-remaining time with polls at most 30 s apart cost 11 queries a task for a median lag of
-3.2 % of its time; 70 % of it with polls at most 60 s apart costs 7.6 for 3.6 %.
+The share, the overdue fraction and the longest interval were chosen with a Monte Carlo
+of the schedule over Kling-like task times (log-normal, sigma 0.25, plus a queue of 1-6 s,
+the expected time learned from the last 10): 70 % of the remaining time and 5 % of the age
+once overdue costs 5.2 queries a task for a median lag of 3.7 % of its time (mean 7.2 %);
+60 % and 5 % cost 5.8 for 3.4 % (mean 6.1 %); 60 % and 4 %, 6.3 for 2.9 %; 50 % and 3 %,
+7.9 for 2.2 %. 60 % and 5 % leave room under 8 queries for the looks a step adds (a batch's
+first tasks, with no history yet, measured 7.9 a task with 4 %: bench/polling.py).
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ import random
 from dataclasses import dataclass, replace
 
 #: Before the expected end, each poll waits this share of the time still expected.
-EARLY_SHARE = 0.7
+EARLY_SHARE = 0.6
 
 
 @dataclass(frozen=True)

@@ -66,6 +66,21 @@ def _may_simulate(simulate: bool | None, state: Path, archive: Path, real: dict[
         )
 
 
+async def _clients(
+    stack: AsyncExitStack, transport: httpx.AsyncBaseTransport | None
+) -> tuple[httpx.AsyncClient, downloads.Http]:
+    """The API's client, and what results are downloaded with: a blocking client read in
+    worker threads on the network (downloads.py), the API's own under a test's transport.
+    Both share one TLS context (building one reads the CA bundle: about 50 ms a start)."""
+    tls = httpx.create_ssl_context()
+    http = await stack.enter_async_context(
+        httpx.AsyncClient(timeout=DEFAULT_TIMEOUT, limits=DEFAULT_LIMITS, transport=transport, verify=tls)
+    )
+    if transport is not None:
+        return http, http
+    return http, stack.enter_context(downloads.blocking_client(verify=tls))
+
+
 def _state_folder(state: Path) -> Path:
     """`state`, made if missing, or ConfigError saying it cannot be (nothing was sent)."""
     try:
@@ -205,11 +220,8 @@ class Session:
                 provider = simulator_provider(sim, time_scale=config.time_scale, name=name)
                 archive_root = simulated.archive_root(archive_root)
             kept = stack.enter_context(Journal(journal or state / f"journal-{provider.name}.sqlite"))
-            http = await stack.enter_async_context(
-                httpx.AsyncClient(timeout=DEFAULT_TIMEOUT, limits=DEFAULT_LIMITS, transport=transport)
-            )
+            http, fetcher = await _clients(stack, transport)
             client = await stack.enter_async_context(KlingClient(provider, http=http))
-            blocking = None if transport else stack.enter_context(downloads.blocking_client())
             # Absolute, so a chain resumed from another working directory finds its files.
             scheduler = _slots(kept, provider, concurrency or provider.concurrency or DEFAULT_CONCURRENCY)
             if sim is not None and archive_url:  # the mirror of real results is never written either
@@ -219,7 +231,7 @@ class Session:
                 provider,
                 kept,
                 client,
-                blocking or http,
+                fetcher,
                 archive_root.resolve(),
                 PollPolicy().scaled(provider.time_scale),
                 scheduler,
