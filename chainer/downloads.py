@@ -24,6 +24,7 @@ import hashlib
 import json
 import os
 import queue
+import socket
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -129,11 +130,11 @@ def _disk_errors(dest: Path) -> Iterator[None]:
         ) from exc
 
 
-async def _in_thread(work: Callable[[threading.Event], Any]) -> Any:
+async def _in_thread(work: Callable[[_Stop], Any]) -> Any:
     """Run `work(stop)` in a worker thread. On cancellation `stop` is set and the thread is
-    waited for (it stops at its next chunk, or when the read timeout ends a stalled read):
-    a thread still writing the .part must not outlive the download that owns it."""
-    stop, done = threading.Event(), threading.Event()
+    waited for (it stops at its next chunk; a read waiting on a stalled server returns at
+    once): a thread still writing the .part must not outlive the download that owns it."""
+    stop, done = _Stop(), threading.Event()
 
     def run() -> Any:
         try:
@@ -152,6 +153,25 @@ async def _in_thread(work: Callable[[threading.Event], Any]) -> Any:
 
 class _Stopped(Exception):
     """The download's owner was cancelled; the worker thread leaves the .part as it is."""
+
+
+class _Stop:
+    """Set when the download's owner is cancelled. `socket` is the connection the worker
+    reads: it is shut down then, so a read waiting for a stalled server returns at once
+    instead of at the read timeout (a minute)."""
+
+    def __init__(self) -> None:
+        self._event = threading.Event()
+        self.socket: socket.socket | None = None
+
+    def is_set(self) -> bool:
+        return self._event.is_set()
+
+    def set(self) -> None:
+        self._event.set()
+        if self.socket is not None:
+            with contextlib.suppress(OSError):
+                self.socket.shutdown(socket.SHUT_RDWR)
 
 
 class _Request:
@@ -185,9 +205,13 @@ class _Request:
                     size = await anyio.to_thread.run_sync(body.finish)
         return self._complete(size, body)
 
-    def fetch_blocking(self, http: httpx.Client, stop: threading.Event) -> tuple[int, Any]:
+    def fetch_blocking(self, http: httpx.Client, stop: _Stop) -> tuple[int, Any]:
         """The same in a worker thread with a blocking client; `stop` ends it between chunks."""
         with self._transport_errors(), http.stream("GET", self.url, headers=self.headers) as response:
+            stream = response.extensions.get("network_stream")
+            stop.socket = stream.get_extra_info("socket") if stream is not None else None
+            if stop.is_set():
+                raise _Stopped
             body = self._accept(response)
             if body.whole:
                 return body.size, body.digest

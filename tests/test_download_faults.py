@@ -35,6 +35,7 @@ class Server:
     def __init__(self, data: bytes, mode: str, *, digest: bool = True):
         self.data, self.mode, self.digest, self.requests = data, mode, digest, 0
         self.ranges: list[str | None] = []
+        self.release = threading.Event()  # a "stall" answer waits for it
         server = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -89,6 +90,11 @@ class Server:
                 "Repr-Digest", f"sha-256=:{base64.b64encode(hashlib.sha256(data).digest()).decode()}:"
             )
         h.end_headers()
+        if mode == "stall" and n == 1:  # half the body, then nothing until released
+            h.wfile.write(body[: size // 2])
+            h.wfile.flush()
+            self.release.wait()
+            return
         if n == 1 and cut is not None:
             h.wfile.write(body[:cut])
             h.wfile.flush()
@@ -98,6 +104,7 @@ class Server:
         h.wfile.write(body)
 
     def close(self) -> None:
+        self.release.set()
         self.httpd.shutdown()
 
 
@@ -313,3 +320,28 @@ def test_a_cancelled_download_stops_its_threads_and_resumes_where_it_stopped(
         server.close()
     assert dest.read_bytes() == data and got.size == len(data)
     assert server.ranges == [None, f"bytes={seen[-1]}-"]
+
+
+def test_ctrl_c_while_the_server_stalls_does_not_wait_for_it(original: bytes, tmp_path: Path) -> None:
+    """The blocking reader waits in recv() for a server that sends nothing more; a Ctrl-C
+    shuts its socket down, so download() returns while the server still stalls (with no
+    read timeout here, a reader left waiting would hang this test)."""
+    server = Server(original, "stall")
+    dest = tmp_path / "out.mp4"
+
+    async def interrupted() -> None:
+        with downloads.blocking_client(timeout=httpx.Timeout(10.0, read=None)) as http:
+            with anyio.CancelScope() as scope:
+
+                def progress(done: int) -> None:
+                    anyio.from_thread.run_sync(scope.cancel)
+
+                await downloads.download(http, server.url, dest, reported_duration=10.0, progress=progress)
+            assert scope.cancelled_caught
+
+    try:
+        anyio.run(interrupted)
+        assert not server.release.is_set(), "download() returned while the server was still stalling"
+        assert not dest.exists() and 0 < (tmp_path / "out.mp4.part").stat().st_size < len(original)
+    finally:
+        server.close()
