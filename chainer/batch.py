@@ -83,13 +83,14 @@ async def run_batch(
         raise errors.ConfigError("--from-step re-rolls one chain: use it with a single storyboard")
     results: dict[str, ChainResult] = {}
     owned: list[Plan] = []
+    outputs = {c.output: c.name for c in session.journal.chains()}
     for p in plans:
         try:
             if p.placeholders:  # a create with them would only fail at the provider
                 raise errors.StoryboardError(p.placeholders)
-            owned.append(
-                session.with_journal_handoffs(session.own(p), options.from_step, options.from_last_frame)
-            )
+            mine = session.own(p)
+            _not_another_chains_output(mine, outputs)
+            owned.append(session.with_journal_handoffs(mine, options.from_step, options.from_last_frame))
         except (errors.ConfigError, errors.StoryboardError) as exc:
             if len(plans) == 1:
                 raise
@@ -182,6 +183,18 @@ def _check_unique(session: Session, plans: list[Plan]) -> None:
         if out in outputs:
             raise errors.ConfigError(f"chains {outputs[out]!r} and {p.chain!r} would both write {p.output}")
         outputs[out] = p.chain
+
+
+def _not_another_chains_output(plan: Plan, outputs: dict[str, str]) -> None:
+    """A chain the journal already has (run before from this state folder) keeps its output
+    file: another chain naming the same `output:` would replace that video without a word."""
+    other = outputs.get(str(plan.output_abs))
+    if other is not None and other != plan.chain:
+        raise errors.ConfigError(
+            f"{plan.output} is already the output of chain {other!r}, run before from this state "
+            f"folder; give {plan.chain!r} its own `output:` in {plan.storyboard} (or --output), so "
+            "that neither video replaces the other"
+        )
 
 
 def stopped(session: Session, plan: Plan, exc: errors.ChainerError) -> ChainResult:

@@ -100,6 +100,27 @@ def test_duplicate_chain_names_are_refused_before_anything_is_sent(sim: Simulato
     assert not sim.state.creates
 
 
+def test_a_chain_may_not_take_the_output_of_one_run_before(sim_factory, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """A storyboard copied and renamed but not given its own output: the second run would
+    have replaced the first chain's video. It is refused before anything is sent; in a batch
+    only that chain stops."""
+    sim = sim_factory(time_scale=0.002)
+    text = "name: %s\nstart: {text2video: {prompt: p}}\nsegments: [{prompt: q}]\noutput: %s\n"
+    first, copy, other = tmp_path / "first.yaml", tmp_path / "copy.yaml", tmp_path / "other.yaml"
+    first.write_text(text % ("first", tmp_path / "out.mp4"))
+    copy.write_text(text % ("copy", tmp_path / "out.mp4"))
+    other.write_text(text % ("other", tmp_path / "other.mp4"))
+    assert run(sim, tmp_path, str(first))[0] == 0
+    made, video = len(sim.state.creates), (tmp_path / "out.mp4").read_bytes()
+    code, output, _ = run(sim, tmp_path, str(copy))
+    assert code == 2 and "already the output of chain 'first'" in output
+    assert len(sim.state.creates) == made and (tmp_path / "out.mp4").read_bytes() == video
+    code, _, summary = run(sim, tmp_path, str(copy), str(other))
+    states = {c["chain"]: c["state"] for c in summary["chains"]}
+    assert code == 1 and states == {"copy": "failed", "other": "done"}
+    assert (tmp_path / "out.mp4").read_bytes() == video
+
+
 @pytest.mark.parametrize("listed", [True, False], ids=["list", "no-list"])
 def test_a_batch_resumes_like_one_chain(sim_factory, tmp_path: Path, listed: bool) -> None:  # type: ignore[no-untyped-def]
     """Killed mid-batch, run again: every step created once. The resume's first look at
