@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import hashlib
+import json
 import threading
 from collections.abc import AsyncIterator, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -67,6 +68,12 @@ class Server:
         if rng and mode != "ignore-range" and (if_range is None or if_range == etag):
             start = int(rng.removeprefix("bytes=").split("-")[0])
             status = 206
+            if start >= size:  # nothing left to send: what HTTP servers answer
+                h.send_response(416)
+                h.send_header("Content-Range", f"bytes */{size}")
+                h.send_header("Content-Length", "0")
+                h.end_headers()
+                return
         body = data[start:]
         if (
             mode in ("flip", "flip-no-digest", "always-flip")
@@ -197,6 +204,22 @@ def test_unrecoverable_faults_end_with_a_typed_error(
     with pytest.raises(error):
         fetch(server.url, dest, kind)
     assert not dest.exists(), "nothing at the final path"
+
+
+def test_a_part_that_already_holds_every_byte_is_verified_and_kept(
+    serve, original: bytes, tmp_path: Path, kind: str
+) -> None:  # type: ignore[no-untyped-def]
+    """Killed after the last byte arrived, before the rename: the next download asks for
+    the rest, the server answers 416 (nothing left), and the .part becomes the file."""
+    server = serve("plain")
+    dest = tmp_path / "out.mp4"
+    (tmp_path / "out.mp4.part").write_bytes(original)
+    stated = ["sha256", hashlib.sha256(original).hexdigest()]
+    (tmp_path / "out.mp4.part.json").write_text(json.dumps({"validator": '"v1"', "digest": stated}))
+    got = fetch(server.url, dest, kind)
+    assert dest.read_bytes() == original and got.sha256 == stated[1] and got.size == len(original)
+    assert server.ranges == [f"bytes={len(original)}-"], "asked only for what was missing"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.mp4"]
 
 
 def test_a_file_that_is_not_the_reported_video_is_kept_aside(serve, tmp_path: Path, kind: str) -> None:  # type: ignore[no-untyped-def]
