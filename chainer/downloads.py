@@ -27,6 +27,7 @@ import queue
 import socket
 import threading
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -196,7 +197,7 @@ class _Request:
         with self._transport_errors():
             async with http.stream("GET", self.url, headers=self.headers) as response:
                 body = await anyio.to_thread.run_sync(self._accept, response)
-                if body.whole:
+                if isinstance(body, _Whole):
                     return body.size, body.digest
                 with body:
                     async for chunk in response.aiter_bytes():
@@ -213,7 +214,7 @@ class _Request:
             if stop.is_set():
                 raise _Stopped
             body = self._accept(response)
-            if body.whole:
+            if isinstance(body, _Whole):
                 return body.size, body.digest
             with body:
                 for chunk in response.iter_bytes():
@@ -232,7 +233,7 @@ class _Request:
         except httpx.TransportError as exc:
             raise DownloadError(f"the download was interrupted at byte {_size(self.part)}: {exc!r}") from exc
 
-    def _accept(self, response: httpx.Response) -> _Body:
+    def _accept(self, response: httpx.Response) -> _Body | _Whole:
         """What the answer means for the .part: where its body goes, or that the .part already
         holds the whole file. Raises for an answer that cannot be used."""
         status = response.status_code
@@ -244,7 +245,7 @@ class _Request:
             if total != offset:  # the .part is not a prefix we can trust: start over
                 _discard(self.part)
                 raise DownloadError(f"the server cannot resume at byte {offset}; restarting")
-            return _Body.whole_file(self.part)
+            return _Whole.of(self.part)
         if status == 206:
             start, self.total = _content_range(response.headers.get("Content-Range", ""))
             if start != offset:
@@ -264,26 +265,33 @@ class _Request:
         return size, body.digest
 
 
+@dataclass(frozen=True)
+class _Whole:
+    """The .part already holds the whole file (the server answered 416 at its size)."""
+
+    size: int
+    digest: Any
+
+    @classmethod
+    def of(cls, part: Path) -> _Whole:
+        digest = hashlib.sha256()
+        hash_file(part, digest)
+        return cls(_size(part), digest)
+
+
 class _Body:
     """The .part being written from `offset`: the bytes go to the file in the reading thread;
     hashing them and the periodic fdatasync happen in `_Digest`'s helper thread."""
 
     def __init__(self, part: Path, offset: int, progress: Callable[[int], None] | None):
         self.digest = hashlib.sha256()
-        self.whole, self.size, self._progress = False, offset, progress
+        self.size, self._progress = offset, progress
         if offset:
             hash_file(part, self.digest, limit=offset)  # the hash covers the bytes we already have
         self._file = part.open("r+b" if offset else "wb", buffering=0)
         self._file.seek(offset)
         self._file.truncate()
         self._hashing = _Digest(self.digest, self._file.fileno())
-
-    @classmethod
-    def whole_file(cls, part: Path) -> _Body:
-        body = cls.__new__(cls)
-        body.digest, body.whole, body.size = hashlib.sha256(), True, _size(part)
-        hash_file(part, body.digest)
-        return body
 
     def _written(self, chunk: bytes) -> None:
         self._file.write(chunk)
