@@ -222,7 +222,6 @@ class Session:
             kept = stack.enter_context(Journal(journal or state / f"journal-{provider.name}.sqlite"))
             http, fetcher = await _clients(stack, transport)
             client = await stack.enter_async_context(KlingClient(provider, http=http))
-            # Absolute, so a chain resumed from another working directory finds its files.
             scheduler = _slots(kept, provider, concurrency or provider.concurrency or DEFAULT_CONCURRENCY)
             if sim is not None and archive_url:  # the mirror of real results is never written either
                 archive_url = simulated.archive_url(archive_url)
@@ -232,7 +231,7 @@ class Session:
                 kept,
                 client,
                 fetcher,
-                archive_root.resolve(),
+                archive_root.resolve(),  # so a resume from another working folder finds its files
                 PollPolicy().scaled(provider.time_scale),
                 scheduler,
                 sim,
